@@ -1,0 +1,2 @@
+//! Piece hashing throughput (filled in by the foundation issue).
+fn main() {}

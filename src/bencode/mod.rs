@@ -1,0 +1,1 @@
+//! bencode (being built).

@@ -1,0 +1,156 @@
+//! Command-line interface (clap). Every `serve` flag also has a config-file
+//! key (see `engine::config`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "ringseed", version, about = "High-performance BitTorrent seeding server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a .torrent file for a file or a directory.
+    Create(CreateArgs),
+    /// Show what a .torrent file contains.
+    Inspect(InspectArgs),
+    /// Check data on disk against a .torrent file, piece by piece.
+    Verify(VerifyArgs),
+    /// Seed torrents to BitTorrent peers.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TorrentKind {
+    V1,
+    V2,
+    Hybrid,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// File or directory to make a torrent of.
+    pub path: PathBuf,
+    /// Where to write the .torrent file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Make a v1+v2 hybrid torrent (the default).
+    #[arg(long, conflicts_with_all = ["v1", "v2"])]
+    pub hybrid: bool,
+    /// Make a v1-only torrent (BEP 3).
+    #[arg(long, conflicts_with = "v2")]
+    pub v1: bool,
+    /// Make a v2-only torrent (BEP 52).
+    #[arg(long)]
+    pub v2: bool,
+    /// Piece length in bytes (power of two, at least 16384; suffixes K/M
+    /// accepted). Default: chosen from the total size.
+    #[arg(long, value_name = "BYTES")]
+    pub piece_length: Option<String>,
+    /// Tracker URL. Repeat for more; separate tiers with `--tracker-tier`.
+    /// A value with commas (`url1,url2`) puts those URLs in one tier.
+    #[arg(long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
+    /// BEP 19 web seed URL (repeatable).
+    #[arg(long = "web-seed", value_name = "URL")]
+    pub web_seeds: Vec<String>,
+    /// Set the private flag (BEP 27).
+    #[arg(long)]
+    pub private: bool,
+    /// Free-text comment.
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Leave out `creation date` (for reproducible output).
+    #[arg(long)]
+    pub no_date: bool,
+    /// Hashing threads (default: number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl CreateArgs {
+    pub fn kind(&self) -> TorrentKind {
+        if self.v1 {
+            TorrentKind::V1
+        } else if self.v2 {
+            TorrentKind::V2
+        } else {
+            TorrentKind::Hybrid
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// The content: the file of a single-file torrent or the top directory of
+    /// a multi-file one (a directory containing an entry with the torrent's
+    /// name is accepted too).
+    pub data: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Hashing threads (default: number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `ringseed serve` flags. Defaults live in `engine::config::ServeConfig`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Seed every file and top-level directory in DIR.
+    pub dir: Option<PathBuf>,
+    /// An existing .torrent to seed (pair with --data; repeatable).
+    #[arg(long = "torrent", value_name = "FILE")]
+    pub torrents: Vec<PathBuf>,
+    /// The content for the --torrent at the same position.
+    #[arg(long = "data", value_name = "PATH")]
+    pub data: Vec<PathBuf>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where created torrents and resume records go (default DIR/.ringseed).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Peer listen address (default 0.0.0.0:6881).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Number of shards, one pinned thread each (default: number of cores).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Upload slots; 0 = unchoke everyone.
+    #[arg(long)]
+    pub upload_slots: Option<u32>,
+    /// Maximum peer connections in total.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Maximum peer connections from one IP address.
+    #[arg(long)]
+    pub max_per_ip: Option<u32>,
+    /// Maximum outstanding requests per peer (advertised as `reqq`).
+    #[arg(long)]
+    pub max_requests: Option<u32>,
+    /// Use SEND_ZC (zero-copy sends; for real NICs, not loopback).
+    #[arg(long)]
+    pub send_zc: bool,
+    /// Skip the start-up verification (trust the data). Dangerous.
+    #[arg(long)]
+    pub skip_verify: bool,
+    /// Prometheus endpoint address, or `off` (default 127.0.0.1:9100).
+    #[arg(long)]
+    pub metrics: Option<String>,
+}

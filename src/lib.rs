@@ -1,0 +1,21 @@
+//! ringseed: a high-performance BitTorrent seeding server for Linux.
+//!
+//! Rooms (see README.md and DESIGN notes in each module):
+//! - [`bencode`]: strict decoder that keeps raw spans, and an encoder.
+//! - [`metainfo`]: `.torrent` v1/v2/hybrid parse, validate, create, magnet links.
+//! - [`storage`]: a torrent's files on disk, piece <-> file spans, hashing, verify.
+//! - [`wire`]: sans-IO peer protocol (codec and per-peer state machine).
+//! - [`swarm`]: sans-IO seeding policies (choker, limits).
+//! - [`engine`]: thread-per-core io_uring shards that serve peers.
+//! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
+//! - [`commands`]: the `ringseed` subcommands, called from `main.rs`.
+
+pub mod bencode;
+pub mod cli;
+pub mod commands;
+pub mod engine;
+pub mod metainfo;
+pub mod metrics;
+pub mod storage;
+pub mod swarm;
+pub mod wire;
