@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringseed", version, about = "High-performance BitTorrent seeding server")]
+#[command(
+    name = "ringseed",
+    version,
+    about = "High-performance BitTorrent seeding server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -58,7 +58,9 @@ impl std::str::FromStr for MetricsEndpoint {
             return Ok(Self::Off);
         }
         s.parse().map(Self::Listen).map_err(|_| {
-            format!("metrics endpoint {s:?} is neither `off` nor an address:port like 127.0.0.1:9100")
+            format!(
+                "metrics endpoint {s:?} is neither `off` nor an address:port like 127.0.0.1:9100"
+            )
         })
     }
 }
@@ -266,13 +268,21 @@ impl ServeConfig {
                 reason,
             })?;
         }
-        flag_duration(&mut self.rechoke_interval, "--rechoke-interval", &args.rechoke_interval)?;
+        flag_duration(
+            &mut self.rechoke_interval,
+            "--rechoke-interval",
+            &args.rechoke_interval,
+        )?;
         flag_duration(
             &mut self.optimistic_interval,
             "--optimistic-interval",
             &args.optimistic_interval,
         )?;
-        flag_duration(&mut self.handshake_timeout, "--handshake-timeout", &args.handshake_timeout)?;
+        flag_duration(
+            &mut self.handshake_timeout,
+            "--handshake-timeout",
+            &args.handshake_timeout,
+        )?;
         flag_duration(&mut self.idle_timeout, "--idle-timeout", &args.idle_timeout)?;
         // Boolean flags can only switch a feature on.
         self.send_zc |= args.send_zc;
@@ -404,7 +414,9 @@ fn flag_duration(
 /// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"` or a bare integer (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let hint = "write a whole number with a unit, like \"500ms\", \"10s\", \"2m\" or \"1h\"";
     if digits.is_empty() {

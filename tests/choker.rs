@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use ringseed::swarm::choker::{ChokeDecision, Choker, ChokerConfig, ChokerError, ChokerMode, PeerId};
+use ringseed::swarm::choker::{
+    ChokeDecision, Choker, ChokerConfig, ChokerError, ChokerMode, PeerId,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -61,11 +63,13 @@ impl Sim {
     fn interested(&mut self, id: u32, yes: bool) -> Vec<ChokeDecision> {
         if yes {
             self.order += 1;
-            self.waiting_since.insert(PeerId(id), (self.now, self.order));
+            self.waiting_since
+                .insert(PeerId(id), (self.now, self.order));
         } else {
             self.waiting_since.remove(&PeerId(id));
         }
-        self.choker.peer_interested(self.now, PeerId(id), yes, &mut self.out);
+        self.choker
+            .peer_interested(self.now, PeerId(id), yes, &mut self.out);
         self.absorb()
     }
 
@@ -78,7 +82,8 @@ impl Sim {
 
     fn disconnect(&mut self, id: u32) -> Vec<ChokeDecision> {
         self.waiting_since.remove(&PeerId(id));
-        self.choker.peer_disconnected(self.now, PeerId(id), &mut self.out);
+        self.choker
+            .peer_disconnected(self.now, PeerId(id), &mut self.out);
         self.absorb()
     }
 
@@ -90,7 +95,8 @@ impl Sim {
     }
 
     fn unchoked(&self, ids: std::ops::Range<u32>) -> Vec<u32> {
-        ids.filter(|&i| self.choker.is_unchoked(PeerId(i))).collect()
+        ids.filter(|&i| self.choker.is_unchoked(PeerId(i)))
+            .collect()
     }
 
     fn upload_to_unchoked(&mut self, ids: std::ops::Range<u32>, bytes: u64) {
@@ -271,7 +277,10 @@ fn optimistic_unchoke_every_30s_goes_to_the_longest_waiting_peer() {
             assert_eq!(optimistic.len(), 1, "at {elapsed:?}: {decisions:?}");
             assert_eq!(optimistic[0].peer, longest, "at {elapsed:?}");
             assert!(sim.choker.is_optimistic(longest));
-            assert_eq!(sim.choker.optimistic_unchokes_total(), optimistic_before + 1);
+            assert_eq!(
+                sim.choker.optimistic_unchokes_total(),
+                optimistic_before + 1
+            );
         } else {
             assert!(optimistic.is_empty(), "at {elapsed:?}: {decisions:?}");
         }

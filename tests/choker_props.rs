@@ -30,17 +30,30 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = ChokerConfig> {
-    (0u32..5, 0u32..3, any::<bool>(), 1u64..20, 1u64..60, 0u64..(32 << 20), 0u64..90).prop_map(
-        |(slots, optimistic, fastest, rechoke, opt_interval, quota, quota_time)| ChokerConfig {
-            upload_slots: slots,
-            optimistic_slots: optimistic,
-            mode: if fastest { ChokerMode::FastestUpload } else { ChokerMode::RoundRobin },
-            rechoke_interval: Duration::from_secs(rechoke),
-            optimistic_interval: Duration::from_secs(opt_interval),
-            round_robin_quota_bytes: quota,
-            round_robin_quota_time: Duration::from_secs(quota_time),
-        },
+    (
+        0u32..5,
+        0u32..3,
+        any::<bool>(),
+        1u64..20,
+        1u64..60,
+        0u64..(32 << 20),
+        0u64..90,
     )
+        .prop_map(
+            |(slots, optimistic, fastest, rechoke, opt_interval, quota, quota_time)| ChokerConfig {
+                upload_slots: slots,
+                optimistic_slots: optimistic,
+                mode: if fastest {
+                    ChokerMode::FastestUpload
+                } else {
+                    ChokerMode::RoundRobin
+                },
+                rechoke_interval: Duration::from_secs(rechoke),
+                optimistic_interval: Duration::from_secs(opt_interval),
+                round_robin_quota_bytes: quota,
+                round_robin_quota_time: Duration::from_secs(quota_time),
+            },
+        )
 }
 
 /// What an engine applying the decisions believes.
@@ -99,7 +112,7 @@ proptest! {
             for d in &out {
                 let p = d.peer.0;
                 prop_assert!(model.connected.contains(&p), "decision for unknown {:?}", d);
-                let was = model.unchoked.get(&p).is_some();
+                let was = model.unchoked.contains_key(&p);
                 prop_assert_eq!(was, !d.unchoke, "not a transition: {:?}", d);
                 if d.unchoke {
                     seen_unchoke = true;

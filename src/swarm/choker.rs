@@ -137,7 +137,9 @@ pub struct ChokeDecision {
 /// Misuse of the choker by its caller (an engine bug, never peer input).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChokerError {
-    #[error("choker: {0} connected twice; call peer_disconnected before reusing a connection slot")]
+    #[error(
+        "choker: {0} connected twice; call peer_disconnected before reusing a connection slot"
+    )]
     AlreadyConnected(PeerId),
 }
 
@@ -480,7 +482,13 @@ impl Choker {
                     && (peer.uploaded_in_turn >= self.config.round_robin_quota_bytes
                         || now.saturating_duration_since(peer.unchoked_at)
                             >= self.config.round_robin_quota_time);
-                (u8::from(turn_over), u8::from(choked), Reverse(rate), seq, peer.id)
+                (
+                    u8::from(turn_over),
+                    u8::from(choked),
+                    Reverse(rate),
+                    seq,
+                    peer.id,
+                )
             }
             ChokerMode::FastestUpload => {
                 // An unchoked peer that took nothing last round ranks below
@@ -517,7 +525,11 @@ impl Choker {
                 peer.next = Slot::Regular;
             }
         }
-        let kept_optimistic = self.peers.iter().filter(|p| p.next == Slot::Optimistic).count();
+        let kept_optimistic = self
+            .peers
+            .iter()
+            .filter(|p| p.next == Slot::Optimistic)
+            .count();
         let mut free = self.optimistic_limit().saturating_sub(kept_optimistic);
         // Optimistic slots go to those who were waiting, longest first, then
         // (rather than leave a slot idle) to peers losing their slot now.
