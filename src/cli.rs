@@ -1,12 +1,16 @@
 //! Command-line interface (clap). Every `serve` flag also has a config-file
-//! key (see `engine::config`).
+//! key (see `config::ServeConfig`).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringseed", version, about = "High-performance BitTorrent seeding server")]
+#[command(
+    name = "ringseed",
+    version,
+    about = "High-performance BitTorrent seeding server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -109,7 +113,7 @@ pub struct VerifyArgs {
     pub threads: Option<usize>,
 }
 
-/// `ringseed serve` flags. Defaults live in `engine::config::ServeConfig`.
+/// `ringseed serve` flags. Defaults live in `config::ServeConfig`.
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// Seed every file and top-level directory in DIR.
@@ -153,4 +157,29 @@ pub struct ServeArgs {
     /// Prometheus endpoint address, or `off` (default 127.0.0.1:9100).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Maximum peer connections per shard (default: max-connections / shards).
+    #[arg(long)]
+    pub max_connections_per_shard: Option<u32>,
+    /// Seed choker: round_robin (rotate slots) or fastest_upload.
+    #[arg(long, value_name = "MODE")]
+    pub choker: Option<String>,
+    /// How often upload slots are re-decided, e.g. `10s` (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub rechoke_interval: Option<String>,
+    /// How often the optimistic unchoke moves on, e.g. `30s` (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub optimistic_interval: Option<String>,
+    /// Optimistic unchoke slots on top of --upload-slots (default 1; 0 = off).
+    #[arg(long)]
+    pub optimistic_slots: Option<u32>,
+    /// Close peers that have not completed the handshake in this time (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Close peers that sent nothing for this long (default 120s).
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives like `ringseed=debug` (default info).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }

@@ -8,11 +8,13 @@
 //! - [`swarm`]: sans-IO seeding policies (choker, limits).
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
+//! - [`config`]: `ringseed serve` settings: defaults, TOML file, flags.
 //! - [`commands`]: the `ringseed` subcommands, called from `main.rs`.
 
 pub mod bencode;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod engine;
 pub mod metainfo;
 pub mod metrics;

@@ -1,0 +1,483 @@
+//! `ringseed serve` configuration: defaults, then the `--config` TOML file,
+//! then command-line flags, then validation.
+//!
+//! Every flag of [`crate::cli::ServeArgs`] has a key here. Durations are
+//! written as strings with a unit (`"500ms"`, `"10s"`, `"2m"`, `"1h"`) or as
+//! an integer number of seconds. Unknown keys are rejected, with the key named.
+//!
+//! ```toml
+//! dir = "/srv/seed"
+//! listen = "[::]:6881"
+//! upload_slots = 512
+//! choker = "round_robin"
+//! rechoke_interval = "10s"
+//!
+//! [[torrents]]
+//! torrent = "/srv/ubuntu.iso.torrent"
+//! data = "/srv/ubuntu.iso"
+//! ```
+//!
+//! What this module does not do: open sockets, read torrents or check that
+//! paths exist. That happens at start-up, where the error can name the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+use crate::swarm::choker::{ChokerConfig, ChokerMode};
+
+/// One existing torrent to seed and where its content is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorrentEntry {
+    /// The `.torrent` file.
+    pub torrent: PathBuf,
+    /// The content: the file of a single-file torrent, the top directory of a
+    /// multi-file one, or a directory containing an entry with its name.
+    pub data: PathBuf,
+}
+
+/// Where the Prometheus endpoint listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MetricsEndpoint {
+    /// `"off"`: no endpoint.
+    Off,
+    Listen(SocketAddr),
+}
+
+impl std::str::FromStr for MetricsEndpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        s.parse().map(Self::Listen).map_err(|_| {
+            format!(
+                "metrics endpoint {s:?} is neither `off` nor an address:port like 127.0.0.1:9100"
+            )
+        })
+    }
+}
+
+impl TryFrom<String> for MetricsEndpoint {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MetricsEndpoint> for String {
+    fn from(m: MetricsEndpoint) -> Self {
+        match m {
+            MetricsEndpoint::Off => "off".to_owned(),
+            MetricsEndpoint::Listen(addr) => addr.to_string(),
+        }
+    }
+}
+
+/// Every `ringseed serve` setting. Field docs give unit and default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Seed every file and top-level directory in this directory. Default: none.
+    pub dir: Option<PathBuf>,
+    /// Existing torrents to seed (`[[torrents]]` tables). `--torrent`/`--data`
+    /// flags replace this list. Default: empty.
+    pub torrents: Vec<TorrentEntry>,
+    /// Where created torrents and resume records go. Default `DIR/.ringseed`
+    /// (see [`ServeConfig::effective_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+    /// Peer listen address, IPv4 or IPv6 (`"[::]:6881"`). Default `0.0.0.0:6881`.
+    pub listen: SocketAddr,
+    /// Shards, one pinned thread and io_uring each. Default: number of cores.
+    pub shards: usize,
+    /// Regular upload slots for the whole box, split evenly over shards;
+    /// 0 = unchoke every interested peer. Default 256.
+    pub upload_slots: u32,
+    /// Optimistic unchoke slots per shard on top of `upload_slots`; 0 = off.
+    /// Default 1.
+    pub optimistic_slots: u32,
+    /// Seed choker: `"round_robin"` (default) or `"fastest_upload"`.
+    pub choker: ChokerMode,
+    /// How often upload slots are re-decided. Default `"10s"`.
+    #[serde(with = "duration_serde")]
+    pub rechoke_interval: Duration,
+    /// How often the optimistic unchoke moves on. Default `"30s"`.
+    #[serde(with = "duration_serde")]
+    pub optimistic_interval: Duration,
+    /// Peer connections in total. Default 20000. Each takes a file
+    /// descriptor: raise `LimitNOFILE` (systemd) or `ulimit -n` to match.
+    pub max_connections: u32,
+    /// Peer connections per shard. Default: `max_connections / shards`,
+    /// rounded up (see [`ServeConfig::connections_per_shard`]).
+    pub max_connections_per_shard: Option<u32>,
+    /// Peer connections from one IP address. Default 1000 (high: datacenter
+    /// NAT and loopback tests put many peers behind one address).
+    pub max_per_ip: u32,
+    /// Outstanding block requests per peer, advertised as `reqq`. Default 500.
+    pub max_requests: u32,
+    /// Time a new connection has to complete the handshake. Default `"10s"`.
+    #[serde(with = "duration_serde")]
+    pub handshake_timeout: Duration,
+    /// A peer silent for this long is closed. Default `"120s"`.
+    #[serde(with = "duration_serde")]
+    pub idle_timeout: Duration,
+    /// Zero-copy sends (SEND_ZC); for real NICs, not loopback. Default false.
+    pub send_zc: bool,
+    /// Skip start-up verification and trust the data. Default false.
+    pub skip_verify: bool,
+    /// Prometheus endpoint address or `"off"`. Default `"127.0.0.1:9100"`.
+    pub metrics: MetricsEndpoint,
+    /// Log filter: a level or tracing directives. Default `"info"`.
+    pub log_level: String,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let choker = ChokerConfig::default();
+        Self {
+            dir: None,
+            torrents: Vec::new(),
+            state_dir: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            upload_slots: 256,
+            optimistic_slots: choker.optimistic_slots,
+            choker: choker.mode,
+            rechoke_interval: choker.rechoke_interval,
+            optimistic_interval: choker.optimistic_interval,
+            max_connections: 20_000,
+            max_connections_per_shard: None,
+            max_per_ip: 1000,
+            max_requests: 500,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            send_zc: false,
+            skip_verify: false,
+            metrics: MetricsEndpoint::Listen(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid ringseed TOML (keys are listed in `ringseed serve --help`)")]
+    Toml {
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{flag} {value:?}: {reason}")]
+    Flag {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--torrent and --data must come in pairs: got {torrents} --torrent and {data} --data")]
+    UnpairedTorrents { torrents: usize, data: usize },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "nothing to seed: give a DIR, --torrent FILE --data PATH pairs, or `dir` / \
+         `[[torrents]]` in the config file"
+    )]
+    NothingToSeed,
+}
+
+impl ServeConfig {
+    /// Defaults, then the `--config` file, then flags; validated.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_args(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a config file (not validated: flags may still fix it).
+    pub fn from_file(path: &Path) -> anyhow::Result<ServeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parse TOML over the defaults (not validated).
+    pub fn from_toml_str(text: &str) -> Result<ServeConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Toml { source })
+    }
+
+    /// Override settings with the flags that were given.
+    pub fn apply_args(&mut self, args: &ServeArgs) -> Result<(), ConfigError> {
+        if let Some(dir) = &args.dir {
+            self.dir = Some(dir.clone());
+        }
+        if args.torrents.len() != args.data.len() {
+            return Err(ConfigError::UnpairedTorrents {
+                torrents: args.torrents.len(),
+                data: args.data.len(),
+            });
+        }
+        if !args.torrents.is_empty() {
+            self.torrents = args
+                .torrents
+                .iter()
+                .zip(&args.data)
+                .map(|(torrent, data)| TorrentEntry {
+                    torrent: torrent.clone(),
+                    data: data.clone(),
+                })
+                .collect();
+        }
+        if let Some(state_dir) = &args.state_dir {
+            self.state_dir = Some(state_dir.clone());
+        }
+        if let Some(listen) = &args.listen {
+            self.listen = listen.parse().map_err(|_| ConfigError::Flag {
+                flag: "--listen",
+                value: listen.clone(),
+                reason: "not an address:port like 0.0.0.0:6881 or [::]:6881".to_owned(),
+            })?;
+        }
+        set(&mut self.shards, args.shards);
+        set(&mut self.upload_slots, args.upload_slots);
+        set(&mut self.optimistic_slots, args.optimistic_slots);
+        set(&mut self.max_connections, args.max_connections);
+        if args.max_connections_per_shard.is_some() {
+            self.max_connections_per_shard = args.max_connections_per_shard;
+        }
+        set(&mut self.max_per_ip, args.max_per_ip);
+        set(&mut self.max_requests, args.max_requests);
+        if let Some(mode) = &args.choker {
+            self.choker = mode.parse().map_err(|reason| ConfigError::Flag {
+                flag: "--choker",
+                value: mode.clone(),
+                reason,
+            })?;
+        }
+        flag_duration(
+            &mut self.rechoke_interval,
+            "--rechoke-interval",
+            &args.rechoke_interval,
+        )?;
+        flag_duration(
+            &mut self.optimistic_interval,
+            "--optimistic-interval",
+            &args.optimistic_interval,
+        )?;
+        flag_duration(
+            &mut self.handshake_timeout,
+            "--handshake-timeout",
+            &args.handshake_timeout,
+        )?;
+        flag_duration(&mut self.idle_timeout, "--idle-timeout", &args.idle_timeout)?;
+        // Boolean flags can only switch a feature on.
+        self.send_zc |= args.send_zc;
+        self.skip_verify |= args.skip_verify;
+        if let Some(metrics) = &args.metrics {
+            self.metrics = metrics.parse().map_err(|reason| ConfigError::Flag {
+                flag: "--metrics",
+                value: metrics.clone(),
+                reason,
+            })?;
+        }
+        if let Some(level) = &args.log_level {
+            self.log_level = level.clone();
+        }
+        Ok(())
+    }
+
+    /// Check the settings fit together; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least_one(key: &'static str, value: u64) -> Result<(), ConfigError> {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: "0".to_owned(),
+                    reason: "must be at least 1",
+                });
+            }
+            Ok(())
+        }
+        fn positive(key: &'static str, value: Duration) -> Result<(), ConfigError> {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: "\"0s\"".to_owned(),
+                    reason: "must be longer than zero",
+                });
+            }
+            Ok(())
+        }
+        if self.dir.is_none() && self.torrents.is_empty() {
+            return Err(ConfigError::NothingToSeed);
+        }
+        at_least_one("shards", self.shards as u64)?;
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::Invalid {
+                key: "shards",
+                value: self.shards.to_string(),
+                reason: "more than 1024 shards; use one per core",
+            });
+        }
+        at_least_one("max_connections", self.max_connections.into())?;
+        if let Some(per_shard) = self.max_connections_per_shard {
+            at_least_one("max_connections_per_shard", per_shard.into())?;
+        }
+        at_least_one("max_per_ip", self.max_per_ip.into())?;
+        at_least_one("max_requests", self.max_requests.into())?;
+        positive("rechoke_interval", self.rechoke_interval)?;
+        positive("optimistic_interval", self.optimistic_interval)?;
+        positive("handshake_timeout", self.handshake_timeout)?;
+        positive("idle_timeout", self.idle_timeout)?;
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                value: format!("{:?}", self.log_level),
+                reason: "not a log filter: use error, warn, info, debug, trace or \
+                         directives like `ringseed=debug`",
+            });
+        }
+        Ok(())
+    }
+
+    /// Connection limit of one shard: the configured value, else
+    /// `max_connections` divided evenly (rounded up).
+    pub fn connections_per_shard(&self) -> u32 {
+        self.max_connections_per_shard
+            .unwrap_or_else(|| div_ceil(self.max_connections, self.shards))
+    }
+
+    /// The choker settings for one shard: the box's `upload_slots` split
+    /// evenly over shards (rounded up; 0 stays "unlimited").
+    pub fn choker_config(&self) -> ChokerConfig {
+        ChokerConfig {
+            upload_slots: div_ceil(self.upload_slots, self.shards),
+            optimistic_slots: self.optimistic_slots,
+            mode: self.choker,
+            rechoke_interval: self.rechoke_interval,
+            optimistic_interval: self.optimistic_interval,
+            ..ChokerConfig::default()
+        }
+    }
+
+    /// The state directory: `state_dir` if set, else `DIR/.ringseed`; `None`
+    /// when only `--torrent` pairs are seeded and no `state_dir` is set.
+    pub fn effective_state_dir(&self) -> Option<PathBuf> {
+        self.state_dir
+            .clone()
+            .or_else(|| self.dir.as_ref().map(|dir| dir.join(".ringseed")))
+    }
+}
+
+const MAX_SHARDS: usize = 1024;
+
+fn div_ceil(total: u32, parts: usize) -> u32 {
+    let parts = u32::try_from(parts.max(1)).unwrap_or(u32::MAX);
+    total.div_ceil(parts)
+}
+
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
+fn flag_duration(
+    field: &mut Duration,
+    flag: &'static str,
+    value: &Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(text) = value {
+        *field = parse_duration(text).map_err(|reason| ConfigError::Flag {
+            flag,
+            value: text.clone(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"` or a bare integer (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let hint = "write a whole number with a unit, like \"500ms\", \"10s\", \"2m\" or \"1h\"";
+    if digits.is_empty() {
+        return Err(format!("{text:?} is not a duration: {hint}"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is too large for a duration: {hint}"))?;
+    let per_unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("{text:?} has unknown unit {other:?}: {hint}")),
+    };
+    n.checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too large for a duration: {hint}"))
+}
+
+/// Serde for durations: a string with a unit or integer seconds.
+mod duration_serde {
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let ms = d.as_millis();
+        if ms % 1000 == 0 {
+            s.serialize_str(&format!("{}s", ms / 1000))
+        } else {
+            s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration like \"10s\" or \"500ms\", or whole seconds")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v)
+                    .map(Duration::from_secs)
+                    .map_err(|_| E::custom(format!("duration {v} is negative")))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                super::parse_duration(v).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_any(DurationVisitor)
+    }
+}

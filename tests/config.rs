@@ -1,0 +1,290 @@
+//! `ServeConfig`: defaults, file and flag precedence, and errors that name
+//! the problem.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringseed::cli::ServeArgs;
+use ringseed::config::{parse_duration, MetricsEndpoint, ServeConfig, TorrentEntry};
+use ringseed::swarm::choker::ChokerMode;
+
+fn args_with_dir() -> ServeArgs {
+    ServeArgs {
+        dir: Some(PathBuf::from("/srv/seed")),
+        ..ServeArgs::default()
+    }
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringseed.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// The whole error chain, as `main` would print it.
+fn chain(err: &anyhow::Error) -> String {
+    format!("{err:#}")
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = ServeConfig::load(&args_with_dir()).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:6881".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.shards,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert_eq!(c.upload_slots, 256);
+    assert_eq!(c.optimistic_slots, 1);
+    assert_eq!(c.choker, ChokerMode::RoundRobin);
+    assert_eq!(c.rechoke_interval, Duration::from_secs(10));
+    assert_eq!(c.optimistic_interval, Duration::from_secs(30));
+    assert_eq!(c.max_connections, 20_000);
+    assert_eq!(c.max_connections_per_shard, None);
+    assert_eq!(c.max_per_ip, 1000);
+    assert_eq!(c.max_requests, 500);
+    assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.idle_timeout, Duration::from_secs(120));
+    assert!(!c.send_zc);
+    assert!(!c.skip_verify);
+    assert_eq!(
+        c.metrics,
+        MetricsEndpoint::Listen("127.0.0.1:9100".parse().unwrap())
+    );
+    assert_eq!(c.log_level, "info");
+    assert_eq!(
+        c.effective_state_dir(),
+        Some(PathBuf::from("/srv/seed/.ringseed"))
+    );
+}
+
+#[test]
+fn file_overrides_defaults_and_flags_override_the_file() {
+    let (_tmp, path) = write_config(
+        r#"
+        dir = "/from/file"
+        listen = "[::]:7000"
+        shards = 3
+        upload_slots = 10
+        choker = "fastest_upload"
+        rechoke_interval = "500ms"
+        optimistic_interval = 45
+        max_connections = 300
+        max_per_ip = 5
+        idle_timeout = "2m"
+        send_zc = true
+        metrics = "off"
+        log_level = "ringseed=debug"
+
+        [[torrents]]
+        torrent = "a.torrent"
+        data = "a"
+        "#,
+    );
+    let mut args = ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    };
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.dir, Some(PathBuf::from("/from/file")));
+    assert_eq!(c.listen, "[::]:7000".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.shards, 3);
+    assert_eq!(c.choker, ChokerMode::FastestUpload);
+    assert_eq!(c.rechoke_interval, Duration::from_millis(500));
+    assert_eq!(c.optimistic_interval, Duration::from_secs(45));
+    assert_eq!(c.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        c.handshake_timeout,
+        Duration::from_secs(10),
+        "unset key keeps its default"
+    );
+    assert!(c.send_zc);
+    assert_eq!(c.metrics, MetricsEndpoint::Off);
+    assert_eq!(
+        c.torrents,
+        vec![TorrentEntry {
+            torrent: "a.torrent".into(),
+            data: "a".into()
+        }]
+    );
+    // Derived per-shard values.
+    assert_eq!(c.connections_per_shard(), 100);
+    assert_eq!(c.choker_config().upload_slots, 4); // ceil(10 / 3)
+    assert_eq!(c.choker_config().mode, ChokerMode::FastestUpload);
+
+    args.dir = Some("/from/flag".into());
+    args.listen = Some("127.0.0.1:0".into());
+    args.shards = Some(1);
+    args.upload_slots = Some(0);
+    args.choker = Some("round_robin".into());
+    args.rechoke_interval = Some("3s".into());
+    args.metrics = Some("127.0.0.1:9999".into());
+    args.torrents = vec!["b.torrent".into()];
+    args.data = vec!["b".into()];
+    args.max_connections_per_shard = Some(7);
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.dir, Some(PathBuf::from("/from/flag")));
+    assert_eq!(c.listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.shards, 1);
+    assert_eq!(c.upload_slots, 0);
+    assert_eq!(
+        c.choker_config().upload_slots,
+        0,
+        "0 stays unlimited per shard"
+    );
+    assert_eq!(c.choker, ChokerMode::RoundRobin);
+    assert_eq!(c.rechoke_interval, Duration::from_secs(3));
+    assert_eq!(
+        c.metrics,
+        MetricsEndpoint::Listen("127.0.0.1:9999".parse().unwrap())
+    );
+    assert_eq!(c.torrents.len(), 1);
+    assert_eq!(c.torrents[0].torrent, PathBuf::from("b.torrent"));
+    assert_eq!(c.connections_per_shard(), 7);
+    // Values only the file set survive.
+    assert_eq!(c.max_per_ip, 5);
+    assert!(c.send_zc);
+}
+
+#[test]
+fn unknown_key_is_rejected_with_the_key_named() {
+    let (_tmp, path) = write_config("dir = \"/x\"\nupload_slot = 3\n");
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..ServeArgs::default()
+    };
+    let msg = chain(&ServeConfig::load(&args).unwrap_err());
+    assert!(msg.contains("upload_slot"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+
+    // Inside a [[torrents]] table too.
+    let err =
+        ServeConfig::from_toml_str("[[torrents]]\ntorrent = \"a\"\ndata = \"b\"\nfile = \"c\"\n")
+            .unwrap_err();
+    let msg = chain(&anyhow::Error::from(err));
+    assert!(msg.contains("unknown field `file`"), "{msg}");
+}
+
+#[test]
+fn bad_durations_are_rejected_clearly() {
+    for (text, needle) in [
+        ("10x", "unknown unit \"x\""),
+        ("s", "not a duration"),
+        ("", "not a duration"),
+        ("1.5s", "unknown unit"),
+        ("99999999999999999999s", "too large"),
+        ("18446744073709551615h", "too large"),
+    ] {
+        let err = parse_duration(text).unwrap_err();
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+
+    let err = ServeConfig::from_toml_str("idle_timeout = \"ten seconds\"").unwrap_err();
+    let msg = chain(&anyhow::Error::from(err));
+    assert!(
+        msg.contains("idle_timeout") && msg.contains("not a duration"),
+        "{msg}"
+    );
+    let err = ServeConfig::from_toml_str("idle_timeout = -5").unwrap_err();
+    let msg = chain(&anyhow::Error::from(err));
+    assert!(msg.contains("negative"), "{msg}");
+
+    let args = ServeArgs {
+        handshake_timeout: Some("5 parsecs".into()),
+        ..args_with_dir()
+    };
+    let msg = chain(&ServeConfig::load(&args).unwrap_err());
+    assert!(
+        msg.starts_with("--handshake-timeout \"5 parsecs\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn validation_names_the_key_and_the_fix() {
+    let cases: Vec<(ServeArgs, &str)> = vec![
+        (
+            ServeArgs {
+                shards: Some(0),
+                ..args_with_dir()
+            },
+            "shards = 0: must be at least 1",
+        ),
+        (
+            ServeArgs {
+                torrents: vec!["a.torrent".into(), "b.torrent".into()],
+                data: vec!["a".into()],
+                ..ServeArgs::default()
+            },
+            "--torrent and --data must come in pairs: got 2 --torrent and 1 --data",
+        ),
+        (ServeArgs::default(), "nothing to seed"),
+        (
+            ServeArgs {
+                listen: Some("6881".into()),
+                ..args_with_dir()
+            },
+            "--listen \"6881\": not an address:port",
+        ),
+        (
+            ServeArgs {
+                metrics: Some("on".into()),
+                ..args_with_dir()
+            },
+            "neither `off` nor an address:port",
+        ),
+        (
+            ServeArgs {
+                choker: Some("tit_for_tat".into()),
+                ..args_with_dir()
+            },
+            "unknown choker mode \"tit_for_tat\"",
+        ),
+        (
+            ServeArgs {
+                rechoke_interval: Some("0s".into()),
+                ..args_with_dir()
+            },
+            "rechoke_interval = \"0s\": must be longer than zero",
+        ),
+        (
+            ServeArgs {
+                max_requests: Some(0),
+                ..args_with_dir()
+            },
+            "max_requests = 0: must be at least 1",
+        ),
+        (
+            ServeArgs {
+                log_level: Some("ringseed=loud".into()),
+                ..args_with_dir()
+            },
+            "log_level",
+        ),
+    ];
+    for (args, needle) in cases {
+        let msg = chain(&ServeConfig::load(&args).unwrap_err());
+        assert!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+    }
+}
+
+#[test]
+fn config_round_trips_through_toml() {
+    let mut c = ServeConfig {
+        dir: Some("/srv".into()),
+        rechoke_interval: Duration::from_millis(1500),
+        metrics: MetricsEndpoint::Off,
+        ..ServeConfig::default()
+    };
+    c.torrents.push(TorrentEntry {
+        torrent: "x.torrent".into(),
+        data: "x".into(),
+    });
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(ServeConfig::from_toml_str(&text).unwrap(), c);
+}
