@@ -1,6 +1,274 @@
 //! The serving engine: one pinned thread per core ("shard"), each owning its
 //! io_uring, its listener socket (SO_REUSEPORT), its connections and its
-//! counters. Nothing is shared between shards but read-only torrent state
-//! and a shutdown flag.
+//! counters. Nothing is shared between shards but the read-only
+//! [`Catalog`], the per-shard stats (each written by one shard only) and a
+//! shutdown flag.
+//!
+//! Connections stay on the shard whose listener accepted them. The kernel
+//! spreads new connections over the SO_REUSEPORT listeners by a hash of the
+//! 4-tuple; per-shard connection gauges (`ShardStats::connections`) show any
+//! imbalance. Limits (`max_connections`, `max_per_ip`) are split evenly
+//! across shards so no shard ever consults another.
+//!
+//! Deliberately not here: torrent creation and verification (done before the
+//! engine starts, see `commands::serve`), trackers, metrics export.
 
+pub mod catalog;
+pub mod conn;
+pub mod prepare;
+pub mod shard;
+pub mod stats;
 pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+pub use catalog::{Catalog, ServedTorrent};
+pub use shard::ShardConfig;
+pub use stats::{CloseKind, ShardStats};
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Address to listen on (port 0: pick a free port; see [`Engine::local_addr`]).
+    pub listen: SocketAddr,
+    /// Number of shards (threads), at least 1.
+    pub shards: usize,
+    /// Pin shard `i` to the i-th allowed CPU.
+    pub pin: bool,
+    /// Connections in total (split across shards).
+    pub max_connections: usize,
+    /// Connections per source IP (split across shards, rounded up).
+    pub max_per_ip: u32,
+    /// Template for every shard (index, cpu and limits are filled in).
+    pub shard: ShardConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            max_connections: 20_000,
+            max_per_ip: 1000,
+            shard: ShardConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("io_uring support: {0}")]
+    Kernel(String),
+    #[error("cannot listen on {addr}: {source} (is another seeder using the port? try --listen with another port)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("shard {index} failed to start: {source}")]
+    ShardStart {
+        index: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("shard {0} panicked")]
+    ShardPanicked(usize),
+    #[error("shard {index} stopped with an error: {source}")]
+    ShardFailed {
+        index: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running engine. Dropping it without [`Engine::shutdown`] +
+/// [`Engine::join`] leaves the shards running.
+pub struct Engine {
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    shutdown: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 peers too, as operators expect.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock)
+}
+
+impl Engine {
+    /// Probe the kernel, bind one SO_REUSEPORT listener per shard, and start
+    /// the shards. Returns once every shard is serving.
+    pub fn start(cfg: EngineConfig, catalog: Arc<Catalog>) -> Result<Self, EngineError> {
+        let support = uring::probe_kernel().map_err(EngineError::Kernel)?;
+        if cfg.shard.send_zc && !support.send_zc {
+            return Err(EngineError::Kernel(format!(
+                "--send-zc needs IORING_OP_SENDMSG_ZC (Linux 6.1+); kernel {} lacks it",
+                support.release
+            )));
+        }
+        uring::sys::raise_nofile_limit();
+        let shards = cfg.shards.max(1);
+        // The first bind resolves port 0; the others join the same port.
+        let mut listeners = Vec::with_capacity(shards);
+        let first = bind_listener(cfg.listen).map_err(|source| EngineError::Listen { addr: cfg.listen, source })?;
+        let local_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(cfg.listen);
+        listeners.push(first);
+        for _ in 1..shards {
+            listeners.push(
+                bind_listener(local_addr).map_err(|source| EngineError::Listen { addr: local_addr, source })?,
+            );
+        }
+        let cpus = uring::sys::allowed_cpus();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(shards);
+        let mut stats = Vec::with_capacity(shards);
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let mut scfg = cfg.shard.clone();
+            scfg.index = index;
+            scfg.cpu = if cfg.pin && !cpus.is_empty() {
+                Some(cpus[index % cpus.len()])
+            } else {
+                None
+            };
+            scfg.max_connections = cfg.max_connections.div_ceil(shards).max(1);
+            scfg.max_per_ip = cfg.max_per_ip.div_ceil(shards as u32).max(1);
+            let st = Arc::new(ShardStats::default());
+            stats.push(st.clone());
+            let catalog = catalog.clone();
+            let shutdown = shutdown.clone();
+            let ready_tx = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("shard-{index:02}"))
+                .spawn(move || shard_main(scfg, listener, catalog, st, shutdown, ready_tx))
+                .map_err(|source| EngineError::ShardStart { index, source })?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut engine = Self {
+            threads,
+            shutdown,
+            local_addr,
+            stats,
+        };
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(source))) => {
+                    engine.shutdown();
+                    let _ = engine.join();
+                    return Err(EngineError::ShardStart { index, source });
+                }
+                Err(_) => {
+                    engine.shutdown();
+                    let _ = engine.join();
+                    return Err(EngineError::ShardPanicked(0));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The address peers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Per-shard counters, indexed by shard.
+    pub fn stats(&self) -> &[Arc<ShardStats>] {
+        &self.stats
+    }
+
+    /// Ask every shard to stop accepting, close its peers and exit.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The shutdown flag (e.g. for a signal handler to set).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether any shard thread has exited (it should only after shutdown).
+    pub fn any_shard_exited(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// Wait for every shard to exit.
+    pub fn join(self) -> Result<(), EngineError> {
+        let mut first_err = None;
+        for (index, t) in self.threads.into_iter().enumerate() {
+            let r = match t.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(EngineError::ShardFailed { index, source }),
+                Err(_) => Err(EngineError::ShardPanicked(index)),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn shard_main(
+    cfg: ShardConfig,
+    listener: socket2::Socket,
+    catalog: Arc<Catalog>,
+    stats: Arc<ShardStats>,
+    shutdown: Arc<AtomicBool>,
+    ready: mpsc::Sender<(usize, io::Result<()>)>,
+) -> io::Result<()> {
+    let index = cfg.index;
+    if let Some(cpu) = cfg.cpu {
+        if let Err(e) = uring::sys::pin_to_cpu(cpu) {
+            tracing::warn!(shard = index, cpu, error = %e, "could not pin shard to its CPU; running unpinned");
+        }
+    }
+    let shard = match shard::Shard::new(cfg, listener, catalog, stats, shutdown.clone()) {
+        Ok(s) => {
+            let _ = ready.send((index, Ok(())));
+            s
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send((index, Err(e)));
+            return Err(io::Error::other(msg));
+        }
+    };
+    drop(ready);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+    match result {
+        Ok(r) => {
+            if let Err(e) = &r {
+                tracing::error!(shard = index, error = %e, "shard failed; stopping the server");
+                shutdown.store(true, Ordering::Relaxed);
+            }
+            r
+        }
+        Err(_) => {
+            // A shard that dies takes the process with it, loudly: a seed box
+            // silently serving half its peers is worse than a restart.
+            eprintln!("ringseed: shard-{index:02} panicked; exiting");
+            std::process::exit(70);
+        }
+    }
+}

@@ -12,7 +12,9 @@
 
 pub mod bufring;
 pub mod ring;
+pub mod readpool;
 pub mod send;
+pub mod sys;
 pub mod user_data;
 
 pub use bufring::ProvidedBufRing;

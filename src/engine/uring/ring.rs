@@ -157,3 +157,47 @@ mod tests {
         assert!(!support.release.is_empty());
     }
 }
+
+impl Ring {
+    /// Queue an SQE, flushing the submission queue to the kernel if full.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `entry` (buffers, iovecs, msghdr) must stay valid and
+    /// unmoved until the operation's last CQE has been reaped.
+    pub unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded to the caller.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.uring.submit()?;
+        }
+    }
+
+    /// Multishot accept on a listening socket.
+    pub fn push_accept_multi(&mut self, fd: std::os::fd::RawFd, user_data: u64) -> io::Result<()> {
+        let e = opcode::AcceptMulti::new(io_uring::types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers in this SQE.
+        unsafe { self.push(&e) }
+    }
+
+    /// Multishot receive into buffers of group `bgid`.
+    pub fn push_recv_multi(&mut self, fd: std::os::fd::RawFd, bgid: u16, user_data: u64) -> io::Result<()> {
+        let e = opcode::RecvMulti::new(io_uring::types::Fd(fd), bgid)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the buffers are the registered ring's, which outlives the ring.
+        unsafe { self.push(&e) }
+    }
+
+    /// Cancel the operation(s) tagged `target`.
+    pub fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        let e = opcode::AsyncCancel::new(target).build().user_data(user_data);
+        // SAFETY: no pointers in this SQE.
+        unsafe { self.push(&e) }
+    }
+}

@@ -45,8 +45,10 @@ pub struct SendSlot {
     sent: usize,
     /// Connection slot index and generation that owns this send.
     pub owner: (u32, u32),
-    /// SEND_ZC: the send CQE arrived but the notification has not.
-    pub awaiting_notif: bool,
+    /// SEND_ZC notifications still due for this slot's operations.
+    pub notifs: u32,
+    /// The batch is done (sent or failed); free once `notifs` is 0.
+    pub finished: bool,
     /// Protocol (non-payload) bytes in this batch.
     pub control_len: usize,
 }
@@ -75,7 +77,8 @@ impl SendSlot {
             total: 0,
             sent: 0,
             owner: (0, 0),
-            awaiting_notif: false,
+            notifs: 0,
+            finished: false,
             control_len: 0,
         }
     }
@@ -90,7 +93,8 @@ impl SendSlot {
         self.total = 0;
         self.sent = 0;
         self.owner = owner;
-        self.awaiting_notif = false;
+        self.notifs = 0;
+        self.finished = false;
         self.control_len = 0;
     }
 

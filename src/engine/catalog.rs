@@ -1,0 +1,109 @@
+//! The torrents a server seeds, as the shards see them: read-only, shared by
+//! `Arc`, built off the shards (after verification) and never locked on the
+//! hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::metainfo::Torrent;
+use crate::storage::{Content, PieceLayout};
+use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView};
+
+/// One torrent being seeded: metadata, open content, the piece layout and
+/// the pieces that passed verification (only those are advertised/served).
+pub struct ServedTorrent {
+    pub id: TorrentId,
+    pub torrent: Torrent,
+    pub content: Content,
+    pub layout: PieceLayout,
+    pub have: Bitfield,
+    piece_length: u32,
+    last_piece_len: u32,
+}
+
+impl ServedTorrent {
+    /// `have`: the verified pieces (from `storage::verify` or a resume record).
+    pub fn new(
+        id: u32,
+        torrent: Torrent,
+        content: Content,
+        have: Bitfield,
+    ) -> Result<Self, crate::storage::LayoutError> {
+        let layout = PieceLayout::new(&torrent)?;
+        let piece_length = u32::try_from(torrent.piece_length).unwrap_or(u32::MAX);
+        let last_piece_len = if torrent.num_pieces == 0 {
+            0
+        } else {
+            u32::try_from(torrent.piece_len(torrent.num_pieces - 1)).unwrap_or(u32::MAX)
+        };
+        Ok(Self {
+            id: TorrentId(id),
+            torrent,
+            content,
+            layout,
+            have,
+            piece_length,
+            last_piece_len,
+        })
+    }
+
+    pub fn view(&self) -> TorrentView<'_> {
+        TorrentView {
+            id: self.id,
+            num_pieces: self.torrent.num_pieces,
+            piece_length: self.piece_length,
+            last_piece_len: self.last_piece_len,
+            have: &self.have,
+            has_v2: self.torrent.info_hash_v2.is_some(),
+            metadata_size: None,
+        }
+    }
+}
+
+/// All torrents, looked up by v1 info-hash or truncated v2 info-hash.
+#[derive(Default)]
+pub struct Catalog {
+    torrents: Vec<Arc<ServedTorrent>>,
+    by_hash: HashMap<[u8; 20], u32>,
+}
+
+impl Catalog {
+    /// Build from torrents whose ids are their positions in `torrents`.
+    pub fn new(torrents: Vec<ServedTorrent>) -> Self {
+        let mut by_hash = HashMap::new();
+        let mut list = Vec::with_capacity(torrents.len());
+        for (i, mut t) in torrents.into_iter().enumerate() {
+            let id = i as u32;
+            t.id = TorrentId(id);
+            if let Some(h) = t.torrent.info_hash_v1 {
+                by_hash.insert(h.0, id);
+            }
+            if let Some(h) = t.torrent.info_hash_v2 {
+                by_hash.insert(h.truncated(), id);
+            }
+            list.push(Arc::new(t));
+        }
+        Self {
+            torrents: list,
+            by_hash,
+        }
+    }
+
+    pub fn get(&self, id: TorrentId) -> Option<&Arc<ServedTorrent>> {
+        self.torrents.get(id.0 as usize)
+    }
+
+    pub fn torrents(&self) -> &[Arc<ServedTorrent>] {
+        &self.torrents
+    }
+}
+
+impl TorrentCatalog for Catalog {
+    fn lookup(&self, key: TorrentKey<'_>) -> Option<TorrentView<'_>> {
+        let id = match key {
+            TorrentKey::InfoHash(h) => *self.by_hash.get(h)?,
+            TorrentKey::Id(id) => id.0,
+        };
+        self.torrents.get(id as usize).map(|t| t.view())
+    }
+}

@@ -1,0 +1,84 @@
+//! One peer connection as a shard holds it: the socket, the sans-IO
+//! [`PeerState`], and which io_uring operations are in flight for it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::wire::{BlockRequest, PeerState};
+
+use super::catalog::ServedTorrent;
+use super::stats::CloseKind;
+
+/// A block whose data sits in a read-pool buffer (it was not in the page
+/// cache), waiting to be sent.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadyBlock {
+    pub req: BlockRequest,
+    pub buf: u32,
+}
+
+pub struct Conn {
+    pub fd: OwnedFd,
+    pub generation: u32,
+    pub remote: SocketAddr,
+    pub peer: PeerState,
+    /// The torrent this peer is attached to, once the handshake named it.
+    pub torrent: Option<Arc<ServedTorrent>>,
+    /// Multishot receive is armed (its final CQE has not arrived).
+    pub recv_armed: bool,
+    /// Send slot in flight, if any (at most one keeps the stream ordered).
+    pub send_slot: Option<u32>,
+    /// Send slots whose SEND_ZC notifications are still due.
+    pub zc_pending: u32,
+    /// Disk reads in flight for this connection's cold blocks.
+    pub reads_inflight: u32,
+    /// Blocks read from disk, ready to send.
+    pub ready: VecDeque<ReadyBlock>,
+    /// A block waiting for a free read buffer.
+    pub parked: Option<BlockRequest>,
+    /// Set when closing: the connection is torn down once nothing is in
+    /// flight.
+    pub closing: Option<CloseKind>,
+    /// In the shard's dirty list (has something to send).
+    pub dirty: bool,
+    /// Registered with the choker (handshake done).
+    pub in_choker: bool,
+    /// Last interest state passed to the choker.
+    pub interested: bool,
+    pub accepted_at: Instant,
+}
+
+impl Conn {
+    pub fn new(fd: OwnedFd, generation: u32, remote: SocketAddr, peer: PeerState, now: Instant) -> Self {
+        Self {
+            fd,
+            generation,
+            remote,
+            peer,
+            torrent: None,
+            recv_armed: false,
+            send_slot: None,
+            zc_pending: 0,
+            reads_inflight: 0,
+            ready: VecDeque::new(),
+            parked: None,
+            closing: None,
+            dirty: false,
+            in_choker: false,
+            interested: false,
+            accepted_at: now,
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Nothing of this connection is in the kernel's hands any more.
+    pub fn quiescent(&self) -> bool {
+        !self.recv_armed && self.send_slot.is_none() && self.zc_pending == 0 && self.reads_inflight == 0
+    }
+}

@@ -1,0 +1,221 @@
+//! Turn the serve configuration into verified, servable torrents, off the
+//! shards and before they start: create torrents for `serve DIR`, open and
+//! map content, verify every piece (or trust a resume record that proves
+//! the data unchanged since the last full verification).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::ServeConfig;
+use crate::metainfo::create::{create, write_atomically, CreateOptions};
+use crate::metainfo::{MetaVersion, Torrent};
+use crate::storage::progress::Progress;
+use crate::storage::resume::ResumeRecord;
+use crate::storage::{verify, Content, PieceBitfield};
+use crate::wire::Bitfield;
+
+use super::catalog::ServedTorrent;
+
+/// A torrent ready to be served, plus what the operator is told about it.
+pub struct Prepared {
+    pub served: ServedTorrent,
+    /// Where its `.torrent` is (created or given).
+    pub torrent_path: PathBuf,
+    /// Pieces that failed verification (never advertised or served).
+    pub bad_pieces: u32,
+    /// How the pieces were established: "verified", "resume record", "created".
+    pub source: &'static str,
+}
+
+/// Prepare every torrent the configuration names.
+pub fn prepare_all(cfg: &ServeConfig, threads: usize) -> anyhow::Result<Vec<Prepared>> {
+    let state_dir = cfg.effective_state_dir();
+    let mut out = Vec::new();
+    if let Some(dir) = &cfg.dir {
+        let state = state_dir.clone().unwrap_or_else(|| dir.join(".ringseed"));
+        for entry in dir_entries(dir)? {
+            let p = prepare_dir_entry(&entry, &state, cfg, threads, out.len() as u32)
+                .with_context(|| format!("preparing {}", entry.display()))?;
+            out.push(p);
+        }
+    }
+    for t in &cfg.torrents {
+        let p = prepare_pair(&t.torrent, &t.data, state_dir.as_deref(), cfg, threads, out.len() as u32)
+            .with_context(|| format!("preparing {} with data {}", t.torrent.display(), t.data.display()))?;
+        out.push(p);
+    }
+    // Two entries with the same info-hash would be ambiguous for peers.
+    let mut seen = std::collections::HashSet::new();
+    for p in &out {
+        for h in [
+            p.served.torrent.info_hash_v1.map(|h| h.0),
+            p.served.torrent.info_hash_v2.map(|h| h.truncated()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !seen.insert(h) {
+                anyhow::bail!(
+                    "{} is configured twice (same info-hash); remove the duplicate",
+                    p.served.torrent.name
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Files and top-level directories of DIR, sorted, hidden entries skipped.
+fn dir_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_file() || ft.is_dir() {
+            entries.push(e.path());
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn progress_for(label: &str, bytes: u64) -> Progress {
+    Progress::new(label, bytes)
+}
+
+fn to_wire_bitfield(b: &PieceBitfield) -> Bitfield {
+    Bitfield::from_wire(b.as_bytes(), b.len()).unwrap_or_else(|_| Bitfield::new(b.len()))
+}
+
+fn prepare_dir_entry(
+    path: &Path,
+    state: &Path,
+    cfg: &ServeConfig,
+    threads: usize,
+    id: u32,
+) -> anyhow::Result<Prepared> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let torrent_path = state.join(format!("{name}.torrent"));
+    std::fs::create_dir_all(state).with_context(|| format!("cannot create state directory {}", state.display()))?;
+    // Reuse the torrent made last time if the data is provably unchanged.
+    if let Ok(bytes) = std::fs::read(&torrent_path) {
+        if let Ok(torrent) = Torrent::from_bytes(&bytes) {
+            if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
+                let root = if torrent.multi_file { path.to_path_buf() } else { path.to_path_buf() };
+                if let Ok(have) = rec.check(&torrent, &root) {
+                    let content = Content::open(&torrent, path)?;
+                    let bad = torrent.num_pieces - have.count_ones();
+                    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+                    return Ok(Prepared { served, torrent_path, bad_pieces: bad, source: "resume record" });
+                }
+            }
+        }
+    }
+    let opts = CreateOptions {
+        version: MetaVersion::Hybrid,
+        threads,
+        creation_date: None,
+        ..CreateOptions::default()
+    };
+    let _ = cfg;
+    let total = dir_size(path);
+    let progress = progress_for(&format!("hashing {name}"), total * 2);
+    let created = create(path, &opts, &|n| progress.add(n)).with_context(|| format!("creating a torrent for {}", path.display()))?;
+    progress.finish();
+    write_atomically(&torrent_path, &created.bytes)?;
+    let torrent = created.torrent;
+    let content = Content::open(&torrent, path)?;
+    // We just hashed every byte: every piece is verified as of now.
+    let mut have = PieceBitfield::new(torrent.num_pieces);
+    for i in 0..torrent.num_pieces {
+        have.set(i, true);
+    }
+    if let Ok(rec) = ResumeRecord::capture(&torrent, content.root(), &have) {
+        let _ = rec.save(&torrent, state);
+    }
+    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+    Ok(Prepared { served, torrent_path, bad_pieces: 0, source: "created" })
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else { return 0 };
+    if meta.is_file() {
+        return meta.len();
+    }
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            total += dir_size(&e.path());
+        }
+    }
+    total
+}
+
+fn prepare_pair(
+    torrent_file: &Path,
+    data: &Path,
+    state: Option<&Path>,
+    cfg: &ServeConfig,
+    threads: usize,
+    id: u32,
+) -> anyhow::Result<Prepared> {
+    let bytes = std::fs::read(torrent_file).with_context(|| format!("cannot read {}", torrent_file.display()))?;
+    let torrent = Torrent::from_bytes(&bytes).with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
+    let content = Content::open(&torrent, data)?;
+    if let Some(state) = state {
+        if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
+            if let Ok(have) = rec.check(&torrent, content.root()) {
+                let bad = torrent.num_pieces - have.count_ones();
+                let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+                return Ok(Prepared {
+                    served,
+                    torrent_path: torrent_file.to_path_buf(),
+                    bad_pieces: bad,
+                    source: "resume record",
+                });
+            }
+        }
+    }
+    let (have, bad, source) = if cfg.skip_verify {
+        let mut have = PieceBitfield::new(torrent.num_pieces);
+        for i in 0..torrent.num_pieces {
+            have.set(i, true);
+        }
+        tracing::warn!(torrent = %torrent.name, "--skip-verify: serving pieces without checking them");
+        (have, 0, "trusted (--skip-verify)")
+    } else {
+        let progress = progress_for(&format!("verifying {}", torrent.name), torrent.piece_space_len);
+        let report = verify::verify_content(&torrent, &content, threads, &|n| progress.add(n))?;
+        progress.finish();
+        for bad in report.bad_pieces.iter().take(10) {
+            let files: Vec<String> = bad
+                .files
+                .iter()
+                .filter_map(|&i| torrent.files.get(i).map(|f| f.display_path()))
+                .collect();
+            tracing::warn!(
+                torrent = %torrent.name,
+                piece = bad.index,
+                files = %files.join(", "),
+                "piece failed its hash check and will not be served: file damaged or changed on disk? run `ringseed verify`"
+            );
+        }
+        let bad = report.bad_pieces.len() as u32;
+        if let Some(state) = state {
+            if let Ok(rec) = ResumeRecord::capture(&torrent, content.root(), &report.verified) {
+                let _ = rec.save(&torrent, state);
+            }
+        }
+        (report.verified, bad, "verified")
+    };
+    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+    Ok(Prepared { served, torrent_path: torrent_file.to_path_buf(), bad_pieces: bad, source })
+}

@@ -1,0 +1,82 @@
+//! A bounded pool of 16 KiB buffers for blocks whose pages are not in the
+//! page cache: the shard reads them with io_uring READ (never touching the
+//! mmap, which could stall the whole shard on a major fault) and sends from
+//! the buffer. The pool's memory is one allocation that never moves.
+
+use io_uring::{opcode, squeue, types};
+
+/// Size of one read buffer: the largest block a peer may request.
+pub const READ_BUF_SIZE: usize = 16 * 1024;
+
+pub struct ReadPool {
+    mem: Box<[u8]>,
+    free: Vec<u32>,
+    count: u32,
+}
+
+impl ReadPool {
+    pub fn new(count: u32) -> Self {
+        Self {
+            mem: vec![0u8; count as usize * READ_BUF_SIZE].into_boxed_slice(),
+            free: (0..count).rev().collect(),
+            count,
+        }
+    }
+
+    pub fn alloc(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    pub fn release(&mut self, idx: u32) {
+        if idx < self.count && !self.free.contains(&idx) {
+            self.free.push(idx);
+        }
+    }
+
+    pub fn in_use(&self) -> usize {
+        (self.count as usize) - self.free.len()
+    }
+
+    /// Fill `len` bytes of buffer `idx` at `offset` with zeros (pad bytes).
+    pub fn zero(&mut self, idx: u32, offset: usize, len: usize) {
+        if idx >= self.count || offset + len > READ_BUF_SIZE {
+            return;
+        }
+        let start = idx as usize * READ_BUF_SIZE + offset;
+        self.mem[start..start + len].fill(0);
+    }
+
+    /// Start of buffer `idx` (stable for the pool's lifetime).
+    pub fn ptr(&self, idx: u32) -> *const u8 {
+        let idx = (idx.min(self.count.saturating_sub(1))) as usize;
+        self.mem[idx * READ_BUF_SIZE..].as_ptr()
+    }
+
+    /// An SQE reading `len` bytes at `file_offset` of `fd` into buffer `idx`
+    /// at `dest_offset`.
+    ///
+    /// Returns `None` if the range does not fit the buffer. The caller must
+    /// not release `idx` before the CQE arrives, and must keep the pool
+    /// alive until then (the shard drains its ring before dropping it).
+    pub fn read_sqe(
+        &mut self,
+        idx: u32,
+        dest_offset: usize,
+        fd: types::Fd,
+        file_offset: u64,
+        len: u32,
+        user_data: u64,
+    ) -> Option<squeue::Entry> {
+        if idx >= self.count || dest_offset + len as usize > READ_BUF_SIZE {
+            return None;
+        }
+        let start = idx as usize * READ_BUF_SIZE + dest_offset;
+        let dest = self.mem[start..start + len as usize].as_mut_ptr();
+        Some(
+            opcode::Read::new(fd, dest, len)
+                .offset(file_offset)
+                .build()
+                .user_data(user_data),
+        )
+    }
+}
