@@ -1,0 +1,610 @@
+//! The per-connection state machine of a seed: [`PeerState`].
+//!
+//! It turns the bytes a peer sends into bytes to send back and block requests
+//! to serve. It never downloads, never does I/O and never reads a clock.
+//!
+//! # Call order (the engine's contract)
+//!
+//! 1. [`PeerState::new`] when a connection is accepted.
+//! 2. [`PeerState::handle_bytes`] with every chunk received, in order, split
+//!    anywhere. Before the handshake completes it looks the info-hash up in
+//!    the [`TorrentCatalog`] by [`TorrentKey::InfoHash`]; afterwards by the
+//!    [`TorrentId`] it returned ([`PeerState::torrent`]) once per call.
+//!    `Err(reason)`: close the connection and count `reason`.
+//! 3. To build one send: first take all of [`PeerState::poll_transmit`]
+//!    (control messages: handshake, extension handshake, bitfield, unchoke,
+//!    choke, rejects, keep-alives), then pop up to a batch of blocks with
+//!    [`PeerState::pop_block`] and append `[piece_header, data]` for each
+//!    after the control bytes. Report how many control bytes were handed to
+//!    the kernel with [`PeerState::advance_transmit`]. Control bytes queued
+//!    later go into a later send, so a choke is never overtaken by blocks
+//!    popped after it, and a reject never precedes the piece it replaces.
+//! 4. [`PeerState::set_choked`] whenever the choker decides;
+//!    [`PeerState::wants_unchoke`] tells it who asks.
+//! 5. [`PeerState::handle_tick`] at least every few seconds (or at
+//!    [`PeerState::poll_timeout`]): handshake and idle timeouts, keep-alives.
+//! 6. [`PeerState::take_counters`] whenever metrics are aggregated.
+//!
+//! Memory: the partial-message buffer only holds a message split across
+//! receives (bounded by `max_message_len`); whole messages are decoded in
+//! place from the caller's bytes without allocating.
+//!
+//! Not handled here (yet): BEP 9 metadata requests and BEP 52 hash requests
+//! (hash requests are answered with hash reject), super-seeding, allowed-fast
+//! sets. Requests for pieces we lost (not in `have`) are rejected for fast
+//! peers and silently dropped for others, since losing them is our doing.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::bitfield::{bitfield_len, Bitfield};
+use super::codec::{
+    decode, BlockRequest, Decoded, Handshake, HandshakeDecoded, Message, ReservedFlags, WireError,
+    HANDSHAKE_LEN,
+};
+use super::ext::{encode_ext_handshake, parse_ext_handshake, OurExtHandshake, PeerExtHandshake};
+use super::types::{
+    CloseReason, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog, TorrentId,
+    TorrentKey, TorrentView,
+};
+
+/// Control bytes we let pile up (beyond the initial bitfield) before
+/// deciding the peer does not read; only rejects and hash rejects can grow it.
+const CONTROL_BACKLOG_LIMIT: usize = 64 * 1024;
+/// Buffers larger than this are released once drained, so idle connections
+/// stay small after a large bitfield.
+const SHRINK_ABOVE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitHandshake,
+    Active,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeerHas {
+    Nothing,
+    All,
+    Some(Bitfield),
+}
+
+enum Step {
+    Consumed(usize),
+    Need(usize),
+}
+
+/// One peer connection of a seed. See the module docs for the call order.
+#[derive(Debug)]
+pub struct PeerState {
+    cfg: PeerConfig,
+    remote: SocketAddr,
+    phase: Phase,
+    torrent: Option<TorrentId>,
+    num_pieces: u32,
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    peer_flags: ReservedFlags,
+    peer_ext: Option<PeerExtHandshake>,
+    peer_has: PeerHas,
+    peer_interested: bool,
+    am_choking: bool,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    tx_pos: usize,
+    queue: VecDeque<BlockRequest>,
+    created: Instant,
+    handshake_at: Option<Instant>,
+    last_recv: Instant,
+    last_send: Instant,
+    sent_since_tick: bool,
+    last_wire_error: Option<WireError>,
+    counters: PeerCounters,
+}
+
+impl PeerState {
+    pub fn new(now: Instant, config: &PeerConfig, remote: SocketAddr) -> Self {
+        PeerState {
+            cfg: config.clone(),
+            remote,
+            phase: Phase::AwaitHandshake,
+            torrent: None,
+            num_pieces: 0,
+            info_hash: [0; 20],
+            peer_id: [0; 20],
+            peer_flags: ReservedFlags::default(),
+            peer_ext: None,
+            peer_has: PeerHas::Nothing,
+            peer_interested: false,
+            am_choking: true,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            tx_pos: 0,
+            queue: VecDeque::new(),
+            created: now,
+            handshake_at: None,
+            last_recv: now,
+            last_send: now,
+            sent_since_tick: false,
+            last_wire_error: None,
+            counters: PeerCounters::default(),
+        }
+    }
+
+    /// Feeds bytes received from the peer. Any split of the stream works.
+    pub fn handle_bytes<C: TorrentCatalog + ?Sized>(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        catalog: &C,
+    ) -> Result<(), CloseReason> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.last_recv = now;
+        self.counters.protocol_bytes_received += bytes.len() as u64;
+        let mut view = match self.torrent {
+            Some(id) => Some(
+                catalog
+                    .lookup(TorrentKey::Id(id))
+                    .ok_or(CloseReason::TorrentRemoved)?,
+            ),
+            None => None,
+        };
+        let mut input = bytes;
+
+        // Finish a message split across receives, copying only its bytes.
+        if !self.rx.is_empty() {
+            let mut rx = std::mem::take(&mut self.rx);
+            let result = loop {
+                match self.step(now, &rx, catalog, &mut view) {
+                    Ok(Step::Need(needed)) => {
+                        if input.is_empty() {
+                            break Ok(false);
+                        }
+                        let take = needed.min(input.len());
+                        let (head, rest) = input.split_at(take);
+                        rx.extend_from_slice(head);
+                        input = rest;
+                    }
+                    Ok(Step::Consumed(_)) => break Ok(true),
+                    Err(e) => break Err(e),
+                }
+            };
+            match result {
+                Ok(false) => {
+                    self.rx = rx;
+                    return Ok(());
+                }
+                Ok(true) => {
+                    rx.clear();
+                    if rx.capacity() > SHRINK_ABOVE {
+                        rx = Vec::new();
+                    }
+                    self.rx = rx;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Whole messages are decoded in place.
+        while !input.is_empty() {
+            match self.step(now, input, catalog, &mut view)? {
+                Step::Consumed(n) => input = input.get(n..).unwrap_or_default(),
+                Step::Need(_) => {
+                    self.rx.extend_from_slice(input);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step<'c, C: TorrentCatalog + ?Sized>(
+        &mut self,
+        now: Instant,
+        buf: &[u8],
+        catalog: &'c C,
+        view: &mut Option<TorrentView<'c>>,
+    ) -> Result<Step, CloseReason> {
+        match self.phase {
+            Phase::AwaitHandshake => match Handshake::decode(buf) {
+                Err(e) => {
+                    self.last_wire_error = Some(e);
+                    Err(CloseReason::BadHandshake)
+                }
+                Ok(HandshakeDecoded::Incomplete { needed }) => Ok(Step::Need(needed)),
+                Ok(HandshakeDecoded::Complete(h)) => {
+                    let v = catalog
+                        .lookup(TorrentKey::InfoHash(&h.info_hash))
+                        .ok_or(CloseReason::UnknownInfoHash)?;
+                    self.on_handshake(now, &h, &v);
+                    *view = Some(v);
+                    Ok(Step::Consumed(HANDSHAKE_LEN))
+                }
+            },
+            Phase::Active => match decode(buf, self.cfg.max_message_len) {
+                Err(e) => {
+                    self.last_wire_error = Some(e);
+                    Err(match e {
+                        WireError::MessageTooLong { .. } => CloseReason::MessageTooLong,
+                        _ => CloseReason::MalformedMessage,
+                    })
+                }
+                Ok(Decoded::Incomplete { needed }) => Ok(Step::Need(needed)),
+                Ok(Decoded::Message { msg, consumed }) => {
+                    let v = view.as_ref().ok_or(CloseReason::TorrentRemoved)?;
+                    self.on_message(msg, v)?;
+                    Ok(Step::Consumed(consumed))
+                }
+            },
+        }
+    }
+
+    fn on_handshake(&mut self, now: Instant, h: &Handshake, view: &TorrentView<'_>) {
+        self.phase = Phase::Active;
+        self.handshake_at = Some(now);
+        self.torrent = Some(view.id);
+        self.num_pieces = view.num_pieces;
+        self.info_hash = h.info_hash;
+        self.peer_id = h.peer_id;
+        self.peer_flags = h.flags();
+
+        let ours = Handshake {
+            reserved: ReservedFlags {
+                fast: true,
+                extension: true,
+                v2: view.has_v2,
+                dht: false,
+            }
+            .to_bytes(),
+            info_hash: h.info_hash,
+            peer_id: self.cfg.peer_id,
+        };
+        self.tx.extend_from_slice(&ours.encode());
+        if self.peer_flags.extension {
+            encode_ext_handshake(
+                &mut self.tx,
+                &OurExtHandshake {
+                    client_version: &self.cfg.client_version,
+                    reqq: self.cfg.reqq,
+                    listen_port: self.cfg.listen_port,
+                    yourip: Some(self.remote.ip()),
+                    metadata_size: view.metadata_size,
+                },
+            );
+        }
+        let fast = self.peer_flags.fast;
+        if fast && view.have.is_full() {
+            Message::HaveAll.encode(&mut self.tx);
+        } else if view.have.count() == 0 {
+            if fast {
+                Message::HaveNone.encode(&mut self.tx);
+            }
+        } else {
+            Message::Bitfield(view.have.as_bytes()).encode(&mut self.tx);
+        }
+        if !self.am_choking {
+            Message::Unchoke.encode(&mut self.tx);
+        }
+    }
+
+    fn on_message(&mut self, msg: Message<'_>, view: &TorrentView<'_>) -> Result<(), CloseReason> {
+        match msg {
+            Message::KeepAlive | Message::Choke | Message::Unchoke => {}
+            Message::Interested => self.peer_interested = true,
+            Message::NotInterested => self.peer_interested = false,
+            Message::Have(i) => {
+                if i >= view.num_pieces {
+                    return Err(CloseReason::BadHave);
+                }
+                match &mut self.peer_has {
+                    PeerHas::All => {}
+                    PeerHas::Some(b) => {
+                        b.set(i);
+                        if b.is_full() {
+                            self.peer_has = PeerHas::All;
+                        }
+                    }
+                    PeerHas::Nothing => {
+                        let mut b = Bitfield::new(view.num_pieces);
+                        b.set(i);
+                        self.peer_has = if b.is_full() {
+                            PeerHas::All
+                        } else {
+                            PeerHas::Some(b)
+                        };
+                    }
+                }
+            }
+            Message::Bitfield(bytes) => {
+                let b = Bitfield::from_wire(bytes, view.num_pieces)
+                    .map_err(|_| CloseReason::BadBitfield)?;
+                self.peer_has = if b.is_full() {
+                    PeerHas::All
+                } else if b.count() == 0 {
+                    PeerHas::Nothing
+                } else {
+                    PeerHas::Some(b)
+                };
+            }
+            Message::HaveAll => self.peer_has = PeerHas::All,
+            Message::HaveNone => self.peer_has = PeerHas::Nothing,
+            Message::Request(r) => self.on_request(r, view)?,
+            Message::Cancel(r) => {
+                self.counters.cancels += 1;
+                if let Some(pos) = self.queue.iter().position(|q| *q == r) {
+                    self.queue.remove(pos);
+                    self.counters.cancels_matched += 1;
+                    // BEP 6: every request gets exactly one answer, even when cancelled.
+                    if self.peer_flags.fast {
+                        self.queue_control(Message::Reject(r), view)?;
+                    }
+                }
+            }
+            Message::Piece { .. } => self.counters.unexpected_pieces += 1,
+            Message::Port(_)
+            | Message::Suggest(_)
+            | Message::AllowedFast(_)
+            | Message::Reject(_) => {}
+            Message::Extended { id: 0, payload } => {
+                let ext = parse_ext_handshake(payload).map_err(|_| CloseReason::BadExtension)?;
+                self.peer_ext = Some(ext);
+            }
+            Message::Extended { .. } => self.counters.extended_ignored += 1,
+            Message::HashRequest(r) => {
+                self.counters.hash_requests_rejected += 1;
+                self.queue_control(Message::HashReject(r), view)?;
+            }
+            Message::Hashes { .. } | Message::HashReject(_) | Message::Unknown { .. } => {
+                self.counters.unknown_messages += 1
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, r: BlockRequest, view: &TorrentView<'_>) -> Result<(), CloseReason> {
+        self.counters.requests_received += 1;
+        match view.validate_request(&r) {
+            Ok(()) => {}
+            Err(RequestError::TooLarge(_)) => return Err(CloseReason::RequestTooLarge),
+            Err(RequestError::ZeroLength) => {
+                return self.refuse(
+                    r,
+                    RejectReason::ZeroLength,
+                    Some(CloseReason::BadRequest),
+                    view,
+                )
+            }
+            Err(RequestError::OutOfRange) => {
+                return self.refuse(
+                    r,
+                    RejectReason::OutOfRange,
+                    Some(CloseReason::BadRequest),
+                    view,
+                )
+            }
+            Err(RequestError::NotHave) => return self.refuse(r, RejectReason::NotHave, None, view),
+        }
+        if self.am_choking {
+            return self.refuse(r, RejectReason::Choked, None, view);
+        }
+        if self.queue.len() >= self.cfg.reqq as usize {
+            return self.refuse(
+                r,
+                RejectReason::QueueFull,
+                Some(CloseReason::TooManyRequests),
+                view,
+            );
+        }
+        self.queue.push_back(r);
+        Ok(())
+    }
+
+    /// Refuses a request: reject_request for fast peers; for others close
+    /// with `close` if given, else drop it silently.
+    fn refuse(
+        &mut self,
+        r: BlockRequest,
+        reason: RejectReason,
+        close: Option<CloseReason>,
+        view: &TorrentView<'_>,
+    ) -> Result<(), CloseReason> {
+        self.counters.count_reject(reason);
+        if self.peer_flags.fast {
+            self.queue_control(Message::Reject(r), view)
+        } else {
+            close.map_or(Ok(()), Err)
+        }
+    }
+
+    /// Queues a reply the peer provoked, bounded so that a peer which floods
+    /// us and never reads cannot grow our buffer.
+    fn queue_control(
+        &mut self,
+        msg: Message<'_>,
+        view: &TorrentView<'_>,
+    ) -> Result<(), CloseReason> {
+        let limit = CONTROL_BACKLOG_LIMIT + bitfield_len(view.num_pieces);
+        if self.tx.len() - self.tx_pos + msg.encoded_len() > limit {
+            return Err(CloseReason::SendBacklog);
+        }
+        msg.encode(&mut self.tx);
+        Ok(())
+    }
+
+    /// Chokes or unchokes the peer. Choking drops its queued requests
+    /// (rejecting each if it speaks the fast extension, as BEP 6 requires).
+    /// Before the handshake completes this only sets the initial state.
+    pub fn set_choked(&mut self, now: Instant, choked: bool) {
+        let _ = now;
+        if choked == self.am_choking {
+            return;
+        }
+        self.am_choking = choked;
+        if self.phase != Phase::Active {
+            return;
+        }
+        if choked {
+            Message::Choke.encode(&mut self.tx);
+            while let Some(r) = self.queue.pop_front() {
+                self.counters.count_reject(RejectReason::ChokeFlushed);
+                if self.peer_flags.fast {
+                    Message::Reject(r).encode(&mut self.tx);
+                }
+            }
+        } else {
+            Message::Unchoke.encode(&mut self.tx);
+        }
+    }
+
+    /// Timeouts and keep-alives.
+    pub fn handle_tick(&mut self, now: Instant) -> Result<(), CloseReason> {
+        if self.sent_since_tick {
+            self.sent_since_tick = false;
+            self.last_send = now;
+        }
+        if self.phase == Phase::AwaitHandshake
+            && now.saturating_duration_since(self.created) >= self.cfg.handshake_timeout
+        {
+            return Err(CloseReason::HandshakeTimeout);
+        }
+        if now.saturating_duration_since(self.last_recv) >= self.cfg.idle_timeout {
+            return Err(CloseReason::IdleTimeout);
+        }
+        if self.phase == Phase::Active
+            && self.tx_pos == self.tx.len()
+            && now.saturating_duration_since(self.last_send) >= self.cfg.keepalive_interval
+        {
+            Message::KeepAlive.encode(&mut self.tx);
+            self.last_send = now;
+        }
+        Ok(())
+    }
+
+    /// The next instant at which [`PeerState::handle_tick`] has work.
+    pub fn poll_timeout(&self) -> Instant {
+        let idle = self.last_recv + self.cfg.idle_timeout;
+        match self.phase {
+            Phase::AwaitHandshake => idle.min(self.created + self.cfg.handshake_timeout),
+            Phase::Active => idle.min(self.last_send + self.cfg.keepalive_interval),
+        }
+    }
+
+    /// Control bytes waiting to be sent (may be empty).
+    pub fn poll_transmit(&self) -> &[u8] {
+        self.tx.get(self.tx_pos..).unwrap_or_default()
+    }
+
+    /// `n` bytes of [`PeerState::poll_transmit`] were handed to the kernel.
+    pub fn advance_transmit(&mut self, n: usize) {
+        let n = n.min(self.tx.len() - self.tx_pos);
+        if n == 0 {
+            return;
+        }
+        self.tx_pos += n;
+        self.counters.protocol_bytes_sent += n as u64;
+        self.sent_since_tick = true;
+        if self.tx_pos == self.tx.len() {
+            self.tx_pos = 0;
+            self.tx.clear();
+            if self.tx.capacity() > SHRINK_ABOVE {
+                self.tx = Vec::new();
+            }
+        }
+    }
+
+    /// The next request to serve, oldest first.
+    pub fn pop_block(&mut self) -> Option<BlockRequest> {
+        let r = self.queue.pop_front();
+        if r.is_some() {
+            self.sent_since_tick = true;
+        }
+        r
+    }
+
+    /// Requests queued and not yet popped.
+    pub fn queued_requests(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The torrent this peer is attached to, once the handshake completed.
+    pub fn torrent(&self) -> Option<TorrentId> {
+        self.torrent
+    }
+
+    /// The info-hash the peer used (v1, or the truncated v2 one).
+    pub fn info_hash(&self) -> Option<&[u8; 20]> {
+        self.torrent.map(|_| &self.info_hash)
+    }
+
+    pub fn peer_id(&self) -> Option<&[u8; 20]> {
+        self.torrent.map(|_| &self.peer_id)
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    pub fn is_handshake_complete(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    pub fn handshake_completed_at(&self) -> Option<Instant> {
+        self.handshake_at
+    }
+
+    /// The peer's handshake capabilities (all false before the handshake).
+    pub fn peer_flags(&self) -> ReservedFlags {
+        self.peer_flags
+    }
+
+    pub fn peer_ext(&self) -> Option<&PeerExtHandshake> {
+        self.peer_ext.as_ref()
+    }
+
+    pub fn is_interested(&self) -> bool {
+        self.peer_interested
+    }
+
+    pub fn is_choked(&self) -> bool {
+        self.am_choking
+    }
+
+    /// Interested, handshaken and still choked: a candidate for an upload slot.
+    pub fn wants_unchoke(&self) -> bool {
+        self.phase == Phase::Active && self.peer_interested && self.am_choking
+    }
+
+    /// How many pieces the peer says it has.
+    pub fn peer_piece_count(&self) -> u32 {
+        match &self.peer_has {
+            PeerHas::Nothing => 0,
+            PeerHas::All => self.num_pieces,
+            PeerHas::Some(b) => b.count(),
+        }
+    }
+
+    pub fn peer_has_piece(&self, piece: u32) -> bool {
+        match &self.peer_has {
+            PeerHas::Nothing => false,
+            PeerHas::All => piece < self.num_pieces,
+            PeerHas::Some(b) => b.get(piece),
+        }
+    }
+
+    /// The codec error behind the last `BadHandshake`/`MalformedMessage`/
+    /// `MessageTooLong`, for debug logs.
+    pub fn last_wire_error(&self) -> Option<&WireError> {
+        self.last_wire_error.as_ref()
+    }
+
+    pub fn counters(&self) -> &PeerCounters {
+        &self.counters
+    }
+
+    /// Returns the counters and resets them.
+    pub fn take_counters(&mut self) -> PeerCounters {
+        std::mem::take(&mut self.counters)
+    }
+}

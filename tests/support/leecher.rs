@@ -1,0 +1,324 @@
+//! A small blocking test leecher over `std::net::TcpStream`, built on
+//! `ringseed::wire::codec`, plus raw helpers for hostile-peer tests.
+//!
+//! It is deliberately simple: one connection, no piece verification (the
+//! caller compares bytes), errors as strings that say what went wrong.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ringseed::wire::codec::{
+    decode, BlockRequest, Decoded, Handshake, HandshakeDecoded, Message, ReservedFlags,
+    HANDSHAKE_LEN, MAX_BLOCK_LEN,
+};
+
+/// Time without any progress after which `download` gives up.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_MESSAGE: u32 = 4 * 1024 * 1024;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Reads whole messages from a stream, keeping leftovers.
+pub struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Reader {
+    pub fn new(stream: TcpStream) -> Self {
+        Reader {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err("seeder closed the connection".into()),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(format!("no data from seeder within {STALL_TIMEOUT:?}"))
+            }
+            Err(e) => Err(format!("read from seeder failed: {e}")),
+        }
+    }
+
+    pub fn read_handshake(&mut self) -> Result<Handshake> {
+        loop {
+            match Handshake::decode(&self.buf[self.start..]).map_err(|e| e.to_string())? {
+                HandshakeDecoded::Complete(h) => {
+                    self.start += HANDSHAKE_LEN;
+                    return Ok(h);
+                }
+                HandshakeDecoded::Incomplete { .. } => self.fill()?,
+            }
+        }
+    }
+
+    /// Calls `f` with the next message.
+    pub fn next<T>(&mut self, f: impl FnOnce(Message<'_>) -> T) -> Result<T> {
+        loop {
+            match decode(&self.buf[self.start..], MAX_MESSAGE).map_err(|e| e.to_string())? {
+                Decoded::Message { msg, consumed } => {
+                    let out = f(msg);
+                    self.start += consumed;
+                    return Ok(out);
+                }
+                Decoded::Incomplete { .. } => {
+                    if self.start > 0 {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
+                    }
+                    self.fill()?
+                }
+            }
+        }
+    }
+}
+
+/// What the seeder told us, besides blocks.
+#[derive(Debug, Default, Clone)]
+pub struct SeederInfo {
+    pub handshake: Option<Handshake>,
+    pub have_all: bool,
+    pub bitfield: Option<Vec<u8>>,
+    pub ext_handshake: Option<Vec<u8>>,
+    pub rejects: u64,
+    pub chokes: u64,
+}
+
+/// Downloads the whole piece space of a torrent from `addr`.
+pub fn download(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    num_pieces: u32,
+    piece_length: u32,
+    total_len: u64,
+    pipeline: usize,
+) -> Result<Vec<u8>> {
+    download_with_info(
+        addr,
+        info_hash,
+        num_pieces,
+        piece_length,
+        total_len,
+        pipeline,
+    )
+    .map(|(d, _)| d)
+}
+
+/// [`download`], also returning what the seeder sent besides blocks.
+pub fn download_with_info(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    num_pieces: u32,
+    piece_length: u32,
+    total_len: u64,
+    pipeline: usize,
+) -> Result<(Vec<u8>, SeederInfo)> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(STALL_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut r = Reader::new(stream);
+    let ours = Handshake {
+        reserved: ReservedFlags {
+            fast: true,
+            extension: true,
+            v2: false,
+            dht: false,
+        }
+        .to_bytes(),
+        info_hash,
+        peer_id: *b"-TL0001-testleecher0",
+    };
+    let mut out = ours.encode().to_vec();
+    Message::Interested.encode(&mut out);
+    r.stream()
+        .write_all(&out)
+        .map_err(|e| format!("send handshake: {e}"))?;
+    let mut info = SeederInfo::default();
+    let theirs = r.read_handshake()?;
+    if theirs.info_hash != info_hash {
+        return Err("seeder answered with a different info-hash".into());
+    }
+    info.handshake = Some(theirs);
+
+    // Every block of the piece space, in order.
+    let mut todo: std::collections::VecDeque<BlockRequest> = Default::default();
+    for piece in 0..num_pieces {
+        let start = u64::from(piece) * u64::from(piece_length);
+        let plen = (total_len - start).min(u64::from(piece_length)) as u32;
+        let mut begin = 0;
+        while begin < plen {
+            let len = (plen - begin).min(MAX_BLOCK_LEN);
+            todo.push_back(BlockRequest { piece, begin, len });
+            begin += len;
+        }
+    }
+    let mut data = vec![0u8; total_len as usize];
+    let mut outstanding: Vec<BlockRequest> = Vec::new();
+    let mut received = 0u64;
+    let mut unchoked = false;
+    let deadline_per_step = STALL_TIMEOUT;
+    let mut last_progress = Instant::now();
+
+    while received < total_len {
+        if last_progress.elapsed() > deadline_per_step {
+            return Err(format!("stalled at {received}/{total_len} bytes"));
+        }
+        if unchoked && outstanding.len() < pipeline && !todo.is_empty() {
+            let mut out = Vec::new();
+            while outstanding.len() < pipeline {
+                let Some(req) = todo.pop_front() else { break };
+                Message::Request(req).encode(&mut out);
+                outstanding.push(req);
+            }
+            r.stream()
+                .write_all(&out)
+                .map_err(|e| format!("send requests: {e}"))?;
+        }
+        enum Ev {
+            Unchoke,
+            Choke,
+            Reject(BlockRequest),
+            Block(BlockRequest),
+            Other,
+        }
+        let ev = r.next(|m| match m {
+            Message::Unchoke => Ev::Unchoke,
+            Message::Choke => Ev::Choke,
+            Message::Reject(req) => Ev::Reject(req),
+            Message::HaveAll => {
+                info.have_all = true;
+                Ev::Other
+            }
+            Message::Bitfield(b) => {
+                info.bitfield = Some(b.to_vec());
+                Ev::Other
+            }
+            Message::Extended { id: 0, payload } => {
+                info.ext_handshake = Some(payload.to_vec());
+                Ev::Other
+            }
+            Message::Piece {
+                index,
+                begin,
+                data: block,
+            } => {
+                let req = BlockRequest {
+                    piece: index,
+                    begin,
+                    len: block.len() as u32,
+                };
+                let off = u64::from(index) * u64::from(piece_length) + u64::from(begin);
+                match data.get_mut(off as usize..off as usize + block.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(block);
+                        Ev::Block(req)
+                    }
+                    None => Ev::Other,
+                }
+            }
+            _ => Ev::Other,
+        })?;
+        match ev {
+            Ev::Unchoke => unchoked = true,
+            Ev::Choke => {
+                // Without fast, a choke drops everything outstanding; with
+                // fast, rejects follow, but re-queueing here is harmless.
+                info.chokes += 1;
+                unchoked = false;
+                for req in outstanding.drain(..).rev() {
+                    todo.push_front(req);
+                }
+            }
+            Ev::Reject(req) => {
+                info.rejects += 1;
+                if let Some(pos) = outstanding.iter().position(|o| *o == req) {
+                    outstanding.remove(pos);
+                    todo.push_front(req);
+                }
+            }
+            Ev::Block(req) => {
+                let Some(pos) = outstanding.iter().position(|o| *o == req) else {
+                    return Err(format!("unrequested block {req:?}"));
+                };
+                outstanding.remove(pos);
+                received += u64::from(req.len);
+                last_progress = Instant::now();
+            }
+            Ev::Other => {}
+        }
+    }
+    Ok((data, info))
+}
+
+/// Connects with a read timeout.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Our handshake bytes for `info_hash`, with the given capabilities.
+pub fn handshake_bytes(info_hash: [u8; 20], fast: bool, extension: bool) -> [u8; HANDSHAKE_LEN] {
+    Handshake {
+        reserved: ReservedFlags {
+            fast,
+            extension,
+            v2: false,
+            dht: false,
+        }
+        .to_bytes(),
+        info_hash,
+        peer_id: *b"-TL0001-hostilepeer0",
+    }
+    .encode()
+}
+
+/// Sends raw bytes; errors (e.g. the seeder already closed) are returned.
+pub fn send_raw(s: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    s.write_all(bytes).map_err(|e| format!("send: {e}"))
+}
+
+/// Reads until the seeder closes the connection (Ok with everything read)
+/// or `timeout` passes (Err). A reset counts as closed.
+pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("seeder did not close within {timeout:?}"));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(all),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                return Ok(all)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}

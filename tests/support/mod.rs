@@ -1,0 +1,5 @@
+//! Test helpers shared by integration tests: `mod support;` in a test file.
+#![allow(dead_code)]
+
+pub mod catalog;
+pub mod leecher;
