@@ -1,1 +1,37 @@
-//! storage (being built).
+//! A torrent's content on disk: piece space <-> file spans, opening and
+//! mapping the files, v1/v2 hashing, parallel verification and resume
+//! records.
+//!
+//! What lives here:
+//! - [`layout`]: allocation-free mapping of a piece-space range to file
+//!   segments and zero (pad) segments, plus the block bounds check the server
+//!   calls for every request.
+//! - [`files`]: resolve a data path, check sizes, open read-only and mmap.
+//! - [`merkle`]: BEP 52 merkle helpers (leaf hashing, roots, piece layers).
+//! - [`hash`]: multi-threaded hashing of a torrent's content (used by
+//!   `ringseed create` and by [`verify`]).
+//! - [`verify`]: check every piece against v1 and v2 hashes.
+//! - [`resume`]: "data unchanged since the last full verification" records.
+//! - [`progress`]: a progress bar on a terminal, plain lines otherwise.
+//!
+//! What does not live here: parsing `.torrent` files (see `metainfo`) and
+//! anything that talks to the network. Nothing in this module panics on file
+//! contents or sizes found on disk.
+
+pub mod bitfield;
+mod error;
+pub mod files;
+pub mod hash;
+pub mod layout;
+pub mod merkle;
+pub mod progress;
+mod reader;
+pub mod resume;
+pub mod verify;
+
+pub use bitfield::PieceBitfield;
+pub use error::StorageError;
+pub use files::{resolve_data_root, Content, ContentFile, FileStatus};
+pub use hash::{hash_files, ContentHashes, FileHashes};
+pub use layout::{BlockError, LayoutError, PieceLayout, Segment, Segments, BLOCK_SIZE};
+pub use verify::{verify, verify_content, BadPiece, FileProblem, VerifyReport};
