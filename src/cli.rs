@@ -55,8 +55,8 @@ pub struct CreateArgs {
     /// accepted). Default: chosen from the total size.
     #[arg(long, value_name = "BYTES")]
     pub piece_length: Option<String>,
-    /// Tracker URL. Repeat for more; separate tiers with `--tracker-tier`.
-    /// A value with commas (`url1,url2`) puts those URLs in one tier.
+    /// Tracker URL. Each `--tracker` is its own BEP 12 tier (tried in
+    /// order); a value with commas (`url1,url2`) puts those URLs in one tier.
     #[arg(long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
     /// BEP 19 web seed URL (repeatable).
