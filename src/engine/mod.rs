@@ -163,7 +163,7 @@ impl Engine {
             threads.push(handle);
         }
         drop(ready_tx);
-        let mut engine = Self {
+        let engine = Self {
             threads,
             shutdown,
             local_addr,

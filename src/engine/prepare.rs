@@ -127,7 +127,7 @@ fn prepare_dir_entry(
     };
     let _ = cfg;
     let total = dir_size(path);
-    let progress = progress_for(&format!("hashing {name}"), total * 2);
+    let progress = progress_for(&format!("hashing {name}"), total);
     let created = create(path, &opts, &|n| progress.add(n)).with_context(|| format!("creating a torrent for {}", path.display()))?;
     progress.finish();
     write_atomically(&torrent_path, &created.bytes)?;

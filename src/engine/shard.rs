@@ -802,7 +802,7 @@ impl Shard {
         for rb in &c.ready {
             self.reads.release(rb.buf);
         }
-        if c.peer.is_unchoked() {
+        if !c.peer.is_choked() {
             self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(n) = self.per_ip.get_mut(&c.remote.ip()) {
@@ -891,7 +891,7 @@ fn owned_fd(fd: i32) -> OwnedFd {
 
 /// Map a protocol close reason to its metrics group.
 pub fn close_kind(reason: CloseReason) -> CloseKind {
-    if reason.is_timeout() {
+    if matches!(reason, CloseReason::HandshakeTimeout | CloseReason::IdleTimeout) {
         CloseKind::Timeout
     } else {
         CloseKind::ProtocolError
