@@ -167,11 +167,10 @@ impl<'a> Parser<'a> {
             Some((b'-', rest)) => (true, rest),
             _ => (false, digits),
         };
-        let canonical = !body.is_empty()
-            && body.iter().all(u8::is_ascii_digit)
-            && !(body.len() > 1 && body[0] == b'0')
-            && !(neg && body == b"0");
-        if !canonical {
+        let leading_zero = body.len() > 1 && body.first() == Some(&b'0');
+        let negative_zero = neg && body == b"0";
+        let digits_ok = !body.is_empty() && body.iter().all(u8::is_ascii_digit);
+        if !digits_ok || leading_zero || negative_zero {
             return Err(self.err());
         }
         let text = std::str::from_utf8(digits).map_err(|_| self.err())?;
