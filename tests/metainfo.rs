@@ -10,7 +10,9 @@ use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::{Magnet, MetaVersion, MetainfoError, Torrent};
 
 fn fixture(name: &str) -> Torrent {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     Torrent::from_bytes(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -20,9 +22,21 @@ fn libtorrent_fixtures_parse_with_the_same_info_hashes() {
         serde_json::from_str(include_str!("fixtures/expected.json")).unwrap();
     for (name, want) in expected.as_object().unwrap() {
         let t = fixture(name);
-        assert_eq!(t.info_hash_v1.map(|h| h.to_string()).as_deref(), want["v1"].as_str(), "{name}");
-        assert_eq!(t.info_hash_v2.map(|h| h.to_string()).as_deref(), want["v2"].as_str(), "{name}");
-        assert_eq!(u64::from(t.num_pieces), want["num_pieces"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            t.info_hash_v1.map(|h| h.to_string()).as_deref(),
+            want["v1"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            t.info_hash_v2.map(|h| h.to_string()).as_deref(),
+            want["v2"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            u64::from(t.num_pieces),
+            want["num_pieces"].as_u64().unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -33,15 +47,29 @@ fn hybrid_fixture_details() {
     assert_eq!(t.name, "multi");
     assert!(t.multi_file);
     assert_eq!(t.piece_length, 16384);
-    let files: Vec<(String, u64, u64)> = t.files.iter().map(|f| (f.display_path(), f.length, f.offset)).collect();
+    let files: Vec<(String, u64, u64)> = t
+        .files
+        .iter()
+        .map(|f| (f.display_path(), f.length, f.offset))
+        .collect();
     // Pad files are gone; offsets are in the v1 piece space (pads included).
     assert_eq!(
         files,
-        vec![("big.bin".into(), 70000, 0), ("empty".into(), 0, 81920), ("sub/one".into(), 1, 81920)]
+        vec![
+            ("big.bin".into(), 70000, 0),
+            ("empty".into(), 0, 81920),
+            ("sub/one".into(), 1, 81920)
+        ]
     );
     assert_eq!(t.total_size, 70001);
     assert_eq!(t.piece_space_len, 98304); // libtorrent pads the tail too
-    assert_eq!(t.trackers, vec![vec!["http://tracker.example/announce".to_string()], vec!["udp://backup.example:6969".into()]]);
+    assert_eq!(
+        t.trackers,
+        vec![
+            vec!["http://tracker.example/announce".to_string()],
+            vec!["udp://backup.example:6969".into()]
+        ]
+    );
     assert_eq!(t.comment.as_deref(), Some("hybrid fixture"));
     assert_eq!(t.creation_date, Some(1_700_000_000));
     let layers = t.v2_piece_layers.as_ref().unwrap();
@@ -57,12 +85,18 @@ fn v1_single_fixture_details() {
     assert_eq!(t.version, MetaVersion::V1);
     assert!(!t.multi_file);
     assert_eq!(t.files[0].path, vec!["single.iso".to_string()]);
-    assert_eq!(t.web_seeds, vec!["http://mirror.example/single.iso".to_string()]);
+    assert_eq!(
+        t.web_seeds,
+        vec!["http://mirror.example/single.iso".to_string()]
+    );
     assert_eq!(t.piece_len(3), 50001 - 3 * 16384);
     let m = Magnet::parse(&t.magnet_uri()).unwrap();
     assert_eq!(m.info_hash_v1, t.info_hash_v1);
     assert_eq!(m.display_name.as_deref(), Some("single.iso"));
-    assert_eq!(m.trackers, vec!["http://tracker.example/announce".to_string()]);
+    assert_eq!(
+        m.trackers,
+        vec!["http://tracker.example/announce".to_string()]
+    );
 }
 
 #[test]
@@ -83,7 +117,12 @@ fn i(n: i64) -> OwnedValue {
     OwnedValue::Int(n)
 }
 fn dict(entries: Vec<(&str, OwnedValue)>) -> OwnedValue {
-    OwnedValue::Dict(entries.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect::<BTreeMap<_, _>>())
+    OwnedValue::Dict(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 fn path(parts: &[&str]) -> OwnedValue {
     OwnedValue::List(parts.iter().map(|p| b(p)).collect())
@@ -93,7 +132,10 @@ fn path(parts: &[&str]) -> OwnedValue {
 fn v1_multi(files: &[(&[&str], i64)]) -> OwnedValue {
     let total: i64 = files.iter().map(|f| f.1.max(0)).sum();
     let pieces = (total as u64).div_ceil(16384) as usize;
-    let list = files.iter().map(|(p, len)| dict(vec![("length", i(*len)), ("path", path(p))])).collect();
+    let list = files
+        .iter()
+        .map(|(p, len)| dict(vec![("length", i(*len)), ("path", path(p))]))
+        .collect();
     dict(vec![(
         "info",
         dict(vec![
@@ -132,11 +174,26 @@ fn path_traversal_and_bad_components_are_rejected() {
         }
         other => panic!("unexpected {other:?}"),
     };
-    assert_eq!(reason(bad_path(&["a", "..", "etc"])), "`.` or `..` component (path traversal)");
-    assert_eq!(reason(bad_path(&["."])), "`.` or `..` component (path traversal)");
-    assert_eq!(reason(bad_path(&["/etc/passwd"])), "path separator inside a component (absolute path or traversal)");
-    assert_eq!(reason(bad_path(&["a/b"])), "path separator inside a component (absolute path or traversal)");
-    assert_eq!(reason(bad_path(&["a\\b"])), "path separator inside a component (absolute path or traversal)");
+    assert_eq!(
+        reason(bad_path(&["a", "..", "etc"])),
+        "`.` or `..` component (path traversal)"
+    );
+    assert_eq!(
+        reason(bad_path(&["."])),
+        "`.` or `..` component (path traversal)"
+    );
+    assert_eq!(
+        reason(bad_path(&["/etc/passwd"])),
+        "path separator inside a component (absolute path or traversal)"
+    );
+    assert_eq!(
+        reason(bad_path(&["a/b"])),
+        "path separator inside a component (absolute path or traversal)"
+    );
+    assert_eq!(
+        reason(bad_path(&["a\\b"])),
+        "path separator inside a component (absolute path or traversal)"
+    );
     assert_eq!(reason(bad_path(&["a", ""])), "empty path component");
     assert_eq!(reason(bad_path(&["a\0b"])), "NUL byte in a component");
     assert_eq!(reason(bad_path(&[])), "empty path");
@@ -151,11 +208,23 @@ fn path_traversal_and_bad_components_are_rejected() {
 fn bad_names_are_rejected() {
     let mut t = v1_multi(&[(&["a"], 10)]);
     info_mut(&mut t).insert(b"name".to_vec(), b(".."));
-    assert!(matches!(parse(&t).unwrap_err(), MetainfoError::InvalidPath { field, .. } if field == "info.name"));
+    assert!(
+        matches!(parse(&t).unwrap_err(), MetainfoError::InvalidPath { field, .. } if field == "info.name")
+    );
     info_mut(&mut t).insert(b"name".to_vec(), OwnedValue::Bytes(vec![0xff, 0xfe]));
-    assert_eq!(parse(&t).unwrap_err(), MetainfoError::NotUtf8 { field: "info.name".into() });
+    assert_eq!(
+        parse(&t).unwrap_err(),
+        MetainfoError::NotUtf8 {
+            field: "info.name".into()
+        }
+    );
     info_mut(&mut t).remove(&b"name"[..]);
-    assert_eq!(parse(&t).unwrap_err(), MetainfoError::MissingField { field: "info.name".into() });
+    assert_eq!(
+        parse(&t).unwrap_err(),
+        MetainfoError::MissingField {
+            field: "info.name".into()
+        }
+    );
 }
 
 #[test]
@@ -178,27 +247,51 @@ fn duplicates_and_clashes_are_rejected() {
 fn v1_structure_errors() {
     let mut t = v1_multi(&[(&["a"], 20000)]);
     info_mut(&mut t).insert(b"pieces".to_vec(), OwnedValue::Bytes(vec![0; 30]));
-    assert_eq!(parse(&t).unwrap_err(), MetainfoError::PiecesNotMultipleOf20 { len: 30 });
+    assert_eq!(
+        parse(&t).unwrap_err(),
+        MetainfoError::PiecesNotMultipleOf20 { len: 30 }
+    );
     info_mut(&mut t).insert(b"pieces".to_vec(), OwnedValue::Bytes(vec![0; 20]));
     assert_eq!(
         parse(&t).unwrap_err(),
-        MetainfoError::PieceCountMismatch { expected: 2, found: 1, size: 20000, piece_length: 16384 }
+        MetainfoError::PieceCountMismatch {
+            expected: 2,
+            found: 1,
+            size: 20000,
+            piece_length: 16384
+        }
     );
     info_mut(&mut t).insert(b"length".to_vec(), i(5));
     assert_eq!(parse(&t).unwrap_err(), MetainfoError::LengthAndFiles);
     assert_eq!(
         parse(&v1_multi(&[(&["a"], -1)])).unwrap_err(),
-        MetainfoError::InvalidFileLength { path: "a".into(), length: -1 }
+        MetainfoError::InvalidFileLength {
+            path: "a".into(),
+            length: -1
+        }
     );
-    assert_eq!(parse(&v1_multi(&[(&["a"], 0)])).unwrap_err(), MetainfoError::EmptyTorrent);
+    assert_eq!(
+        parse(&v1_multi(&[(&["a"], 0)])).unwrap_err(),
+        MetainfoError::EmptyTorrent
+    );
     assert_eq!(parse(&v1_multi(&[])).unwrap_err(), MetainfoError::NoFiles);
     let mut t = v1_multi(&[(&["a"], 10)]);
     info_mut(&mut t).insert(b"piece length".to_vec(), i(0));
-    assert_eq!(parse(&t).unwrap_err(), MetainfoError::InvalidPieceLength { length: 0, reason: "must be positive" });
+    assert_eq!(
+        parse(&t).unwrap_err(),
+        MetainfoError::InvalidPieceLength {
+            length: 0,
+            reason: "must be positive"
+        }
+    );
     info_mut(&mut t).insert(b"piece length".to_vec(), b("16384"));
     assert_eq!(
         parse(&t).unwrap_err(),
-        MetainfoError::WrongType { field: "info.piece length".into(), expected: "integer", found: "string" }
+        MetainfoError::WrongType {
+            field: "info.piece length".into(),
+            expected: "integer",
+            found: "string"
+        }
     );
     // v1 tolerates odd piece lengths, as libtorrent does.
     let mut t = v1_multi(&[(&["a"], 10)]);
@@ -206,16 +299,33 @@ fn v1_structure_errors() {
     assert_eq!(parse(&t).unwrap().piece_length, 1000);
     info_mut(&mut t).remove(&b"pieces"[..]);
     assert_eq!(parse(&t).unwrap_err(), MetainfoError::NoVersion);
-    assert_eq!(parse(&dict(vec![("announce", b("x"))])).unwrap_err(), MetainfoError::MissingField { field: "info".into() });
+    assert_eq!(
+        parse(&dict(vec![("announce", b("x"))])).unwrap_err(),
+        MetainfoError::MissingField {
+            field: "info".into()
+        }
+    );
 }
 
 #[test]
 fn bencode_errors_carry_offsets() {
     let e = Torrent::from_bytes(b"d4:infod1:bi1e1:ai1eee").unwrap_err();
-    assert_eq!(e, MetainfoError::Bencode(DecodeError::UnsortedKeys { offset: 14 }));
-    assert_eq!(e.to_string(), "bencode: dictionary keys not sorted at offset 14");
-    assert!(matches!(Torrent::from_bytes(b"d4:info").unwrap_err(), MetainfoError::Bencode(DecodeError::UnexpectedEof { offset: 7, .. })));
-    assert!(matches!(Torrent::from_bytes(b"le").unwrap_err(), MetainfoError::WrongType { .. }));
+    assert_eq!(
+        e,
+        MetainfoError::Bencode(DecodeError::UnsortedKeys { offset: 14 })
+    );
+    assert_eq!(
+        e.to_string(),
+        "bencode: dictionary keys not sorted at offset 14"
+    );
+    assert!(matches!(
+        Torrent::from_bytes(b"d4:info").unwrap_err(),
+        MetainfoError::Bencode(DecodeError::UnexpectedEof { offset: 7, .. })
+    ));
+    assert!(matches!(
+        Torrent::from_bytes(b"le").unwrap_err(),
+        MetainfoError::WrongType { .. }
+    ));
 }
 
 /// A torrent made by `create` from a directory with a three-piece file and
@@ -226,7 +336,11 @@ fn created(version: MetaVersion) -> (tempfile::TempDir, OwnedValue, Torrent) {
     std::fs::create_dir_all(root.join("d")).unwrap();
     std::fs::write(root.join("d/big"), vec![3u8; 40000]).unwrap();
     std::fs::write(root.join("small"), b"hello").unwrap();
-    let opts = CreateOptions { version, piece_length: Some(16384), ..CreateOptions::default() };
+    let opts = CreateOptions {
+        version,
+        piece_length: Some(16384),
+        ..CreateOptions::default()
+    };
     let c = create(&root, &opts, &|_| {}).unwrap();
     let v = OwnedValue::from(&decode(&c.bytes).unwrap().value);
     (dir, v, c.torrent)
@@ -268,13 +382,19 @@ fn v2_errors() {
 
     let mut v = base.clone();
     info_mut(&mut v).insert(b"meta version".to_vec(), i(3));
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::UnsupportedMetaVersion { found: 3 });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::UnsupportedMetaVersion { found: 3 }
+    );
 
     let mut v = base.clone();
     info_mut(&mut v).insert(b"piece length".to_vec(), i(24576));
     assert_eq!(
         parse(&v).unwrap_err(),
-        MetainfoError::InvalidPieceLength { length: 24576, reason: "v2 torrents need a power of two of at least 16384" }
+        MetainfoError::InvalidPieceLength {
+            length: 24576,
+            reason: "v2 torrents need a power of two of at least 16384"
+        }
     );
 
     let mut v = base.clone();
@@ -283,15 +403,33 @@ fn v2_errors() {
 
     let mut v = base.clone();
     big_file_mut(&mut v).remove(&b"pieces root"[..]);
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::MissingPiecesRoot { path: "d/big".into(), length: 40000 });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::MissingPiecesRoot {
+            path: "d/big".into(),
+            length: 40000
+        }
+    );
 
     let mut v = base.clone();
     big_file_mut(&mut v).insert(b"pieces root".to_vec(), OwnedValue::Bytes(vec![1; 31]));
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::InvalidPiecesRoot { path: "d/big".into(), len: 31 });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::InvalidPiecesRoot {
+            path: "d/big".into(),
+            len: 31
+        }
+    );
 
     let mut v = base.clone();
     layers_mut(&mut v).clear();
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::MissingPieceLayer { path: "d/big".into(), length: 40000 });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::MissingPieceLayer {
+            path: "d/big".into(),
+            length: 40000
+        }
+    );
 
     let mut v = base.clone();
     for layer in layers_mut(&mut v).values_mut() {
@@ -299,7 +437,14 @@ fn v2_errors() {
             b.truncate(64);
         }
     }
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::PieceLayerLength { path: "d/big".into(), expected: 96, found: 64 });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::PieceLayerLength {
+            path: "d/big".into(),
+            expected: 96,
+            found: 64
+        }
+    );
 
     let mut v = base.clone();
     for layer in layers_mut(&mut v).values_mut() {
@@ -307,11 +452,18 @@ fn v2_errors() {
             b[0] ^= 1;
         }
     }
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::PieceLayerRootMismatch { path: "d/big".into() });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::PieceLayerRootMismatch {
+            path: "d/big".into()
+        }
+    );
 
     let mut v = base.clone();
     layers_mut(&mut v).insert(vec![9u8; 32], OwnedValue::Bytes(vec![0; 32]));
-    assert!(matches!(parse(&v).unwrap_err(), MetainfoError::UnknownPieceLayer { root } if root == "09".repeat(32)));
+    assert!(
+        matches!(parse(&v).unwrap_err(), MetainfoError::UnknownPieceLayer { root } if root == "09".repeat(32))
+    );
 
     // A node that is both a file and a directory.
     let mut v = base.clone();
@@ -319,9 +471,17 @@ fn v2_errors() {
         Some(OwnedValue::Dict(tree)) => tree.get_mut(&b"small"[..]),
         _ => None,
     } {
-        small.insert(b"child".to_vec(), dict(vec![("", dict(vec![("length", i(0))]))]));
+        small.insert(
+            b"child".to_vec(),
+            dict(vec![("", dict(vec![("length", i(0))]))]),
+        );
     }
-    assert_eq!(parse(&v).unwrap_err(), MetainfoError::FileDirectoryClash { path: "small".into() });
+    assert_eq!(
+        parse(&v).unwrap_err(),
+        MetainfoError::FileDirectoryClash {
+            path: "small".into()
+        }
+    );
 }
 
 #[test]
@@ -341,7 +501,9 @@ fn hybrid_mismatches_are_rejected() {
     list.remove(1);
     info_mut(&mut v).insert(b"files".to_vec(), OwnedValue::List(list));
     info_mut(&mut v).insert(b"pieces".to_vec(), OwnedValue::Bytes(vec![1; 60]));
-    assert!(matches!(parse(&v).unwrap_err(), MetainfoError::HybridMismatch { detail } if detail.contains("pad files missing")));
+    assert!(
+        matches!(parse(&v).unwrap_err(), MetainfoError::HybridMismatch { detail } if detail.contains("pad files missing"))
+    );
     // Drop a file from the v1 list.
     let mut v = base.clone();
     let mut list = files_mut(&mut v);
@@ -350,7 +512,9 @@ fn hybrid_mismatches_are_rejected() {
     info_mut(&mut v).insert(b"pieces".to_vec(), OwnedValue::Bytes(vec![1; 60]));
     assert_eq!(
         parse(&v).unwrap_err(),
-        MetainfoError::HybridMismatch { detail: "1 files in `files` but 2 in `file tree`".into() }
+        MetainfoError::HybridMismatch {
+            detail: "1 files in `files` but 2 in `file tree`".into()
+        }
     );
 }
 
@@ -363,6 +527,9 @@ fn create_is_deterministic_and_round_trips() {
         assert_eq!(ta.total_size, 40005);
         let paths: Vec<String> = ta.files.iter().map(|f| f.display_path()).collect();
         assert_eq!(paths, vec!["d/big", "small"]);
-        assert_eq!(ta.created_by.as_deref(), Some(concat!("ringseed/", env!("CARGO_PKG_VERSION"))));
+        assert_eq!(
+            ta.created_by.as_deref(),
+            Some(concat!("ringseed/", env!("CARGO_PKG_VERSION")))
+        );
     }
 }
