@@ -64,7 +64,7 @@ impl Default for CreateOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -85,9 +85,9 @@ pub enum CreateError {
     InvalidPieceLength { length: u64, reason: &'static str },
     #[error("{pieces} pieces is more than the wire protocol can address; choose a larger --piece-length")]
     TooManyPieces { pieces: u64 },
-    #[error("hashing failed: {0}")]
+    #[error("hashing failed")]
     Hash(#[source] hash_fallback::StorageError),
-    #[error("the torrent we made does not validate (a ringseed bug): {0}")]
+    #[error("the torrent we made does not validate (a ringseed bug)")]
     SelfCheck(#[source] MetainfoError),
 }
 

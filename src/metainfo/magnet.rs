@@ -97,7 +97,7 @@ impl Magnet {
                     } else if let Some(h) = lower.strip_prefix("urn:btmh:") {
                         let hash = h
                             .strip_prefix(V2_MULTIHASH_PREFIX)
-                            .and_then(|h| parse_hex::<32>(h))
+                            .and_then(parse_hex::<32>)
                             .map(InfoHashV2)
                             .ok_or_else(|| MagnetError::BadInfoHash {
                                 value: value.clone(),

@@ -438,7 +438,7 @@ fn parse_web_seeds(root: &Value<'_>) -> Result<Vec<String>, MetainfoError> {
     Ok(match root.get(b"url-list") {
         None => Vec::new(),
         Some(v) => match &v.value {
-            Value::Bytes(b) if b.is_empty() => Vec::new(),
+            Value::Bytes([]) => Vec::new(),
             Value::Bytes(b) => vec![text(b)],
             Value::List(items) => items
                 .iter()

@@ -106,9 +106,14 @@ pub struct Torrent {
     pub info_hash_v1: Option<InfoHashV1>,
     pub info_hash_v2: Option<InfoHashV2>,
     pub version: MetaVersion,
-    /// `info.name`, validated like a path component.
+    /// `info.name`, validated like a path component. For a v2-only torrent
+    /// whose `file tree` holds a single top-level file this is that file's
+    /// name (BEP 52 cannot tell it from a one-file directory; libtorrent
+    /// does the same).
     pub name: String,
-    /// Bytes per piece: a power of two >= 16 KiB.
+    /// Bytes per piece. v2/hybrid: a power of two >= 16 KiB. v1: any value
+    /// in 1..=`MAX_PIECE_LENGTH` (libtorrent is equally tolerant of other
+    /// clients' torrents); `create` always makes powers of two.
     pub piece_length: u64,
     /// Number of pieces in the piece space.
     pub num_pieces: u32,

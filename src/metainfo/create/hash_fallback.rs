@@ -25,7 +25,7 @@ pub struct FileHashes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
