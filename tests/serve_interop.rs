@@ -1,0 +1,222 @@
+//! Interop: real libtorrent 2.1.1 leechers (Python bindings) download from
+//! the `ringseed serve` binary on loopback, told about it with
+//! `connect_peer` (no tracker). Files must match byte for byte.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringseed");
+
+/// libtorrent's Python bindings, or a loud skip (a failure under CI=true).
+fn libtorrent_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import libtorrent, sys; sys.exit(0 if libtorrent.__version__.startswith('2.1') else 1)"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("libtorrent 2.1.x Python bindings are required under CI=true (pip install libtorrent==2.1.1)");
+        }
+        eprintln!("\n**** SKIP: libtorrent Python bindings missing; run `python3 -m pip install libtorrent==2.1.1` ****\n");
+    }
+    ok
+}
+
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A `ringseed serve` child process, killed (by its PID) on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--metrics", "off"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringseed serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ringseed serve printed its listen address");
+        Server { child, addr }
+    }
+
+    /// SIGTERM, and how long the process took to exit.
+    fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        // SAFETY-free: `kill` on the PID of our own child.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (start.elapsed(), status);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!("ringseed serve did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn create(path: &Path, out: &Path, kind: &str) {
+    let st = Command::new(BIN)
+        .args(["create", kind, "--piece-length", "32768", "--no-date", "-o"])
+        .arg(out)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ringseed create {kind} {}", path.display());
+}
+
+fn lt_download(addr: &str, save: &Path, torrents: &[PathBuf], extra: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).args(["--peer", addr, "--timeout", "60", "--save"]).arg(save).args(extra);
+    for t in torrents {
+        cmd.arg("--torrent").arg(t);
+    }
+    let out = cmd.output().expect("run lt_download.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("lt_download.py output {text:?} ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    v
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    if a.is_file() {
+        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs from {}", b.display(), a.display());
+        return;
+    }
+    for e in std::fs::read_dir(a).unwrap() {
+        let e = e.unwrap();
+        assert_same_tree(&e.path(), &b.join(e.file_name()));
+    }
+}
+
+/// Single- and multi-file content, with odd sizes.
+fn make_content(dir: &Path) -> (PathBuf, PathBuf) {
+    let single = dir.join("single.bin");
+    std::fs::write(&single, data(1, 3 * 32768 * 7 + 12345)).unwrap();
+    let multi = dir.join("multi");
+    std::fs::create_dir_all(multi.join("nested/deeper")).unwrap();
+    std::fs::write(multi.join("a.bin"), data(2, 400_001)).unwrap();
+    std::fs::write(multi.join("b.txt"), b"hello\n").unwrap();
+    std::fs::write(multi.join("empty"), b"").unwrap();
+    std::fs::write(multi.join("nested/c.bin"), data(3, 32768)).unwrap();
+    std::fs::write(multi.join("nested/deeper/d.bin"), data(4, 1_000_000)).unwrap();
+    (single, multi)
+}
+
+#[test]
+fn libtorrent_downloads_v1_v2_hybrid_single_and_multi_file() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    let (single, multi) = make_content(&content);
+    let mut args: Vec<String> = Vec::new();
+    let mut torrents = Vec::new();
+    for kind in ["--v1", "--v2", "--hybrid"] {
+        for (name, path) in [("single", &single), ("multi", &multi)] {
+            let t = dir.path().join(format!("{name}{kind}.torrent"));
+            create(path, &t, kind);
+            args.extend(["--torrent".into(), t.display().to_string(), "--data".into(), path.display().to_string()]);
+            torrents.push(t);
+        }
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&argv);
+    // One libtorrent session per torrent kind, so each save dir holds one copy.
+    for (i, pair) in torrents.chunks(2).enumerate() {
+        let save = dir.path().join(format!("dl{i}"));
+        std::fs::create_dir_all(&save).unwrap();
+        let result = lt_download(&server.addr, &save, pair, &[]);
+        for r in result.as_array().unwrap() {
+            assert_eq!(r["completed"], true, "libtorrent did not complete: {r}");
+        }
+        assert_same_tree(&single, &save.join("single.bin"));
+        assert_same_tree(&multi, &save.join("multi"));
+    }
+    let (took, status) = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+}
+
+#[test]
+fn four_libtorrent_leechers_at_once_from_serve_dir() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    let (single, multi) = make_content(&content);
+    let server = Server::start(&[content.to_str().unwrap()]);
+    let torrents = vec![
+        content.join(".ringseed/single.bin.torrent"),
+        content.join(".ringseed/multi.torrent"),
+    ];
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = server.addr.clone();
+            let save = dir.path().join(format!("leecher{i}"));
+            std::fs::create_dir_all(&save).unwrap();
+            let torrents = torrents.clone();
+            std::thread::spawn(move || (save.clone(), lt_download(&addr, &save, &torrents, &[])))
+        })
+        .collect();
+    for h in handles {
+        let (save, result) = h.join().unwrap();
+        for r in result.as_array().unwrap() {
+            assert_eq!(r["completed"], true, "libtorrent leecher did not complete: {r}");
+        }
+        assert_same_tree(&single, &save.join("single.bin"));
+        assert_same_tree(&multi, &save.join("multi"));
+    }
+    drop(server);
+    // A restart reuses the torrents and the resume record (no re-hashing).
+    let server = Server::start(&[content.to_str().unwrap()]);
+    let save = dir.path().join("after-restart");
+    std::fs::create_dir_all(&save).unwrap();
+    let result = lt_download(&server.addr, &save, &torrents, &[]);
+    for r in result.as_array().unwrap() {
+        assert_eq!(r["completed"], true, "after restart: {r}");
+    }
+}
