@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringseed::engine::{Catalog, CloseKind, Engine, EngineConfig, ServedTorrent, ShardConfig, ShardStats};
+use ringseed::engine::{
+    Catalog, CloseKind, Engine, EngineConfig, ServedTorrent, ShardConfig, ShardStats,
+};
 use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::{MetaVersion, Torrent};
 use ringseed::storage::Content;
@@ -18,7 +20,9 @@ use support::leecher;
 
 /// Deterministic pseudo-random bytes.
 fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -85,13 +89,22 @@ fn start(torrents: Vec<ServedTorrent>, shards: usize, peer: PeerConfig) -> Engin
 }
 
 fn info_hash(t: &Torrent) -> [u8; 20] {
-    t.info_hash_v1.map(|h| h.0).unwrap_or_else(|| t.info_hash_v2.unwrap().truncated())
+    t.info_hash_v1
+        .map(|h| h.0)
+        .unwrap_or_else(|| t.info_hash_v2.unwrap().truncated())
 }
 
 fn fetch(addr: SocketAddr, fix: &Fixture, pipeline: usize) -> Vec<u8> {
     let t = &fix.torrent;
-    leecher::download(addr, info_hash(t), t.num_pieces, t.piece_length as u32, t.piece_space_len, pipeline)
-        .unwrap_or_else(|e| panic!("download of {} failed: {e}", t.name))
+    leecher::download(
+        addr,
+        info_hash(t),
+        t.num_pieces,
+        t.piece_length as u32,
+        t.piece_space_len,
+        pipeline,
+    )
+    .unwrap_or_else(|e| panic!("download of {} failed: {e}", t.name))
 }
 
 fn total(stats: &[Arc<ShardStats>], f: impl Fn(&ShardStats) -> u64) -> u64 {
@@ -133,7 +146,11 @@ fn two_torrents(dir: &Path) -> (Fixture, Fixture, std::path::PathBuf, std::path:
 fn two_hundred_leechers_download_two_torrents_from_two_shards() {
     let dir = tempfile::tempdir().unwrap();
     let (f1, f2, multi, single) = two_torrents(dir.path());
-    let engine = start(vec![served(&f1, &multi), served(&f2, &single)], 2, PeerConfig::default());
+    let engine = start(
+        vec![served(&f1, &multi), served(&f2, &single)],
+        2,
+        PeerConfig::default(),
+    );
     let addr = engine.local_addr();
     let fixtures = Arc::new((f1, f2));
     let handles: Vec<_> = (0..200)
@@ -142,7 +159,10 @@ fn two_hundred_leechers_download_two_torrents_from_two_shards() {
             std::thread::spawn(move || {
                 let fix = if i % 2 == 0 { &fx.0 } else { &fx.1 };
                 let got = fetch(addr, fix, 8 + i % 24);
-                assert!(got == fix.piece_space, "leecher {i}: data differs from the torrent's content");
+                assert!(
+                    got == fix.piece_space,
+                    "leecher {i}: data differs from the torrent's content"
+                );
             })
         })
         .collect();
@@ -152,10 +172,17 @@ fn two_hundred_leechers_download_two_torrents_from_two_shards() {
     let stats = engine.stats().to_vec();
     assert_eq!(total(&stats, |s| ShardStats::get(&s.accepted)), 200);
     for (i, s) in stats.iter().enumerate() {
-        assert!(ShardStats::get(&s.accepted) > 0, "shard {i} accepted no connection");
+        assert!(
+            ShardStats::get(&s.accepted) > 0,
+            "shard {i} accepted no connection"
+        );
     }
-    let expected_payload = 100 * (fixtures.0.piece_space.len() + fixtures.1.piece_space.len()) as u64;
-    assert_eq!(total(&stats, |s| ShardStats::get(&s.payload_bytes)), expected_payload);
+    let expected_payload =
+        100 * (fixtures.0.piece_space.len() + fixtures.1.piece_space.len()) as u64;
+    assert_eq!(
+        total(&stats, |s| ShardStats::get(&s.payload_bytes)),
+        expected_payload
+    );
     engine.shutdown();
     engine.join().expect("clean shutdown");
 }
@@ -163,7 +190,8 @@ fn two_hundred_leechers_download_two_torrents_from_two_shards() {
 /// Read everything until the server closes; panics if it does not close
 /// within `timeout`.
 fn expect_closed(mut s: TcpStream, timeout: Duration, what: &str) {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 65536];
     while Instant::now() < deadline {
@@ -203,7 +231,8 @@ fn hostile_peers_are_closed_while_an_honest_leecher_completes() {
 
     // Unknown info-hash.
     let mut s = connect();
-    s.write_all(&leecher::handshake_bytes([0xee; 20], true, true)).unwrap();
+    s.write_all(&leecher::handshake_bytes([0xee; 20], true, true))
+        .unwrap();
     expect_closed(s, t, "unknown info-hash");
     // Garbage instead of a handshake.
     let mut s = connect();
@@ -211,12 +240,14 @@ fn hostile_peers_are_closed_while_an_honest_leecher_completes() {
     expect_closed(s, t, "garbage");
     // Handshake then a length prefix of 2^32-1.
     let mut s = connect();
-    s.write_all(&leecher::handshake_bytes(hash, true, true)).unwrap();
+    s.write_all(&leecher::handshake_bytes(hash, true, true))
+        .unwrap();
     s.write_all(&[0xff, 0xff, 0xff, 0xff, 7]).unwrap();
     expect_closed(s, t, "huge length prefix");
     // A request for 1 MiB.
     let mut s = connect();
-    s.write_all(&leecher::handshake_bytes(hash, true, true)).unwrap();
+    s.write_all(&leecher::handshake_bytes(hash, true, true))
+        .unwrap();
     let mut req = vec![0, 0, 0, 13, 6];
     req.extend_from_slice(&0u32.to_be_bytes());
     req.extend_from_slice(&0u32.to_be_bytes());
@@ -226,7 +257,8 @@ fn hostile_peers_are_closed_while_an_honest_leecher_completes() {
     expect_closed(s, t, "1 MiB request");
     // A bitfield of the wrong length.
     let mut s = connect();
-    s.write_all(&leecher::handshake_bytes(hash, false, false)).unwrap();
+    s.write_all(&leecher::handshake_bytes(hash, false, false))
+        .unwrap();
     s.write_all(&[0, 0, 0, 3, 5, 0xff, 0xff]).unwrap();
     expect_closed(s, t, "bitfield of the wrong length");
     // Connect and say nothing: the handshake timeout closes it.
@@ -240,11 +272,22 @@ fn hostile_peers_are_closed_while_an_honest_leecher_completes() {
     }
     expect_closed(s, t, "slowloris");
 
-    honest.join().expect("the honest leecher completes beside hostile peers");
+    honest
+        .join()
+        .expect("the honest leecher completes beside hostile peers");
     let stats = engine.stats().to_vec();
-    let counts: Vec<(&str, u64)> = CloseKind::ALL.iter().map(|k| (k.as_str(), closed(&stats, *k))).collect();
-    assert!(closed(&stats, CloseKind::ProtocolError) >= 5, "protocol errors counted: {counts:?}");
-    assert!(closed(&stats, CloseKind::Timeout) >= 2, "timeouts counted: {counts:?}");
+    let counts: Vec<(&str, u64)> = CloseKind::ALL
+        .iter()
+        .map(|k| (k.as_str(), closed(&stats, *k)))
+        .collect();
+    assert!(
+        closed(&stats, CloseKind::ProtocolError) >= 5,
+        "protocol errors counted: {counts:?}"
+    );
+    assert!(
+        closed(&stats, CloseKind::Timeout) >= 2,
+        "timeouts counted: {counts:?}"
+    );
     engine.shutdown();
     engine.join().unwrap();
 }
@@ -268,7 +311,10 @@ fn a_cold_page_cache_never_stalls_other_peers() {
         for _ in 0..3 {
             let fix = fix.clone();
             handles.push(std::thread::spawn(move || {
-                assert!(fetch(addr, &fix, 32) == fix.piece_space, "round {round}: data differs");
+                assert!(
+                    fetch(addr, &fix, 32) == fix.piece_space,
+                    "round {round}: data differs"
+                );
             }));
         }
         std::thread::sleep(Duration::from_millis(30));
@@ -295,18 +341,33 @@ fn shutdown_closes_connected_peers_quickly() {
     let mut peers = Vec::new();
     for _ in 0..20 {
         let mut s = leecher::connect(addr, Duration::from_secs(2)).unwrap();
-        s.write_all(&leecher::handshake_bytes(hash, true, true)).unwrap();
+        s.write_all(&leecher::handshake_bytes(hash, true, true))
+            .unwrap();
         peers.push(s);
     }
     let stats = engine.stats().to_vec();
-    assert!(wait_until(Duration::from_secs(3), || total(&stats, |s| s.connections.load(std::sync::atomic::Ordering::Relaxed) as u64) == 20));
+    assert!(wait_until(Duration::from_secs(3), || total(&stats, |s| s
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        as u64)
+        == 20));
     let started = Instant::now();
     engine.shutdown();
     engine.join().expect("clean shutdown");
-    assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     for s in peers {
         expect_closed(s, Duration::from_secs(1), "peer at shutdown");
     }
     assert_eq!(closed(&stats, CloseKind::Shutdown), 20);
-    assert_eq!(total(&stats, |s| s.connections.load(std::sync::atomic::Ordering::Relaxed) as u64), 0);
+    assert_eq!(
+        total(
+            &stats,
+            |s| s.connections.load(std::sync::atomic::Ordering::Relaxed) as u64
+        ),
+        0
+    );
 }

@@ -47,7 +47,14 @@ impl Server {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--metrics", "off"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+                "--metrics",
+                "off",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -57,7 +64,11 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("listening on ") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
             }
@@ -72,7 +83,9 @@ impl Server {
     fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
         let start = Instant::now();
         // SAFETY-free: `kill` on the PID of our own child.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (start.elapsed(), status);
@@ -106,20 +119,32 @@ fn create(path: &Path, out: &Path, kind: &str) {
 fn lt_download(addr: &str, save: &Path, torrents: &[PathBuf], extra: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).args(["--peer", addr, "--timeout", "60", "--save"]).arg(save).args(extra);
+    cmd.arg(script)
+        .args(["--peer", addr, "--timeout", "60", "--save"])
+        .arg(save)
+        .args(extra);
     for t in torrents {
         cmd.arg("--torrent").arg(t);
     }
     let out = cmd.output().expect("run lt_download.py");
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("lt_download.py output {text:?} ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "lt_download.py output {text:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     v
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
     if a.is_file() {
-        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs from {}", b.display(), a.display());
+        assert!(
+            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+            "{} differs from {}",
+            b.display(),
+            a.display()
+        );
         return;
     }
     for e in std::fs::read_dir(a).unwrap() {
@@ -157,7 +182,12 @@ fn libtorrent_downloads_v1_v2_hybrid_single_and_multi_file() {
         for (name, path) in [("single", &single), ("multi", &multi)] {
             let t = dir.path().join(format!("{name}{kind}.torrent"));
             create(path, &t, kind);
-            args.extend(["--torrent".into(), t.display().to_string(), "--data".into(), path.display().to_string()]);
+            args.extend([
+                "--torrent".into(),
+                t.display().to_string(),
+                "--data".into(),
+                path.display().to_string(),
+            ]);
             torrents.push(t);
         }
     }
@@ -205,7 +235,10 @@ fn four_libtorrent_leechers_at_once_from_serve_dir() {
     for h in handles {
         let (save, result) = h.join().unwrap();
         for r in result.as_array().unwrap() {
-            assert_eq!(r["completed"], true, "libtorrent leecher did not complete: {r}");
+            assert_eq!(
+                r["completed"], true,
+                "libtorrent leecher did not complete: {r}"
+            );
         }
         assert_same_tree(&single, &save.join("single.bin"));
         assert_same_tree(&multi, &save.join("multi"));

@@ -80,7 +80,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for info in &infos {
         println!("{info}");
     }
-    println!("listening on {} with {} shard(s)", engine.local_addr(), cfg.shards);
+    println!(
+        "listening on {} with {} shard(s)",
+        engine.local_addr(),
+        cfg.shards
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
 

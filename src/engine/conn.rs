@@ -52,7 +52,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd, generation: u32, remote: SocketAddr, peer: PeerState, now: Instant) -> Self {
+    pub fn new(
+        fd: OwnedFd,
+        generation: u32,
+        remote: SocketAddr,
+        peer: PeerState,
+        now: Instant,
+    ) -> Self {
         Self {
             fd,
             generation,
@@ -79,6 +85,9 @@ impl Conn {
 
     /// Nothing of this connection is in the kernel's hands any more.
     pub fn quiescent(&self) -> bool {
-        !self.recv_armed && self.send_slot.is_none() && self.zc_pending == 0 && self.reads_inflight == 0
+        !self.recv_armed
+            && self.send_slot.is_none()
+            && self.zc_pending == 0
+            && self.reads_inflight == 0
     }
 }

@@ -97,7 +97,11 @@ pub struct Engine {
 
 fn bind_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), Some(socket2::Protocol::TCP))?;
+    let sock = socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM.cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -124,7 +128,10 @@ impl Engine {
         let shards = cfg.shards.max(1);
         // The first bind resolves port 0; the others join the same port.
         let mut listeners = Vec::with_capacity(shards);
-        let first = bind_listener(cfg.listen).map_err(|source| EngineError::Listen { addr: cfg.listen, source })?;
+        let first = bind_listener(cfg.listen).map_err(|source| EngineError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
         let local_addr = first
             .local_addr()
             .ok()
@@ -133,7 +140,10 @@ impl Engine {
         listeners.push(first);
         for _ in 1..shards {
             listeners.push(
-                bind_listener(local_addr).map_err(|source| EngineError::Listen { addr: local_addr, source })?,
+                bind_listener(local_addr).map_err(|source| EngineError::Listen {
+                    addr: local_addr,
+                    source,
+                })?,
             );
         }
         let cpus = uring::sys::allowed_cpus();

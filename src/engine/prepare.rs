@@ -41,8 +41,21 @@ pub fn prepare_all(cfg: &ServeConfig, threads: usize) -> anyhow::Result<Vec<Prep
         }
     }
     for t in &cfg.torrents {
-        let p = prepare_pair(&t.torrent, &t.data, state_dir.as_deref(), cfg, threads, out.len() as u32)
-            .with_context(|| format!("preparing {} with data {}", t.torrent.display(), t.data.display()))?;
+        let p = prepare_pair(
+            &t.torrent,
+            &t.data,
+            state_dir.as_deref(),
+            cfg,
+            threads,
+            out.len() as u32,
+        )
+        .with_context(|| {
+            format!(
+                "preparing {} with data {}",
+                t.torrent.display(),
+                t.data.display()
+            )
+        })?;
         out.push(p);
     }
     // Two entries with the same info-hash would be ambiguous for peers.
@@ -69,7 +82,9 @@ pub fn prepare_all(cfg: &ServeConfig, threads: usize) -> anyhow::Result<Vec<Prep
 /// Files and top-level directories of DIR, sorted, hidden entries skipped.
 fn dir_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut entries = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))? {
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read directory {}", dir.display()))?
+    {
         let e = e?;
         let name = e.file_name();
         if name.to_string_lossy().starts_with('.') {
@@ -104,17 +119,27 @@ fn prepare_dir_entry(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let torrent_path = state.join(format!("{name}.torrent"));
-    std::fs::create_dir_all(state).with_context(|| format!("cannot create state directory {}", state.display()))?;
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
     // Reuse the torrent made last time if the data is provably unchanged.
     if let Ok(bytes) = std::fs::read(&torrent_path) {
         if let Ok(torrent) = Torrent::from_bytes(&bytes) {
             if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
-                let root = if torrent.multi_file { path.to_path_buf() } else { path.to_path_buf() };
+                let root = if torrent.multi_file {
+                    path.to_path_buf()
+                } else {
+                    path.to_path_buf()
+                };
                 if let Ok(have) = rec.check(&torrent, &root) {
                     let content = Content::open(&torrent, path)?;
                     let bad = torrent.num_pieces - have.count_ones();
                     let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
-                    return Ok(Prepared { served, torrent_path, bad_pieces: bad, source: "resume record" });
+                    return Ok(Prepared {
+                        served,
+                        torrent_path,
+                        bad_pieces: bad,
+                        source: "resume record",
+                    });
                 }
             }
         }
@@ -128,7 +153,8 @@ fn prepare_dir_entry(
     let _ = cfg;
     let total = dir_size(path);
     let progress = progress_for(&format!("hashing {name}"), total);
-    let created = create(path, &opts, &|n| progress.add(n)).with_context(|| format!("creating a torrent for {}", path.display()))?;
+    let created = create(path, &opts, &|n| progress.add(n))
+        .with_context(|| format!("creating a torrent for {}", path.display()))?;
     progress.finish();
     write_atomically(&torrent_path, &created.bytes)?;
     let torrent = created.torrent;
@@ -142,11 +168,18 @@ fn prepare_dir_entry(
         let _ = rec.save(&torrent, state);
     }
     let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
-    Ok(Prepared { served, torrent_path, bad_pieces: 0, source: "created" })
+    Ok(Prepared {
+        served,
+        torrent_path,
+        bad_pieces: 0,
+        source: "created",
+    })
 }
 
 fn dir_size(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
     if meta.is_file() {
         return meta.len();
     }
@@ -167,8 +200,10 @@ fn prepare_pair(
     threads: usize,
     id: u32,
 ) -> anyhow::Result<Prepared> {
-    let bytes = std::fs::read(torrent_file).with_context(|| format!("cannot read {}", torrent_file.display()))?;
-    let torrent = Torrent::from_bytes(&bytes).with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
+    let bytes = std::fs::read(torrent_file)
+        .with_context(|| format!("cannot read {}", torrent_file.display()))?;
+    let torrent = Torrent::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
     let content = Content::open(&torrent, data)?;
     if let Some(state) = state {
         if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
@@ -192,7 +227,10 @@ fn prepare_pair(
         tracing::warn!(torrent = %torrent.name, "--skip-verify: serving pieces without checking them");
         (have, 0, "trusted (--skip-verify)")
     } else {
-        let progress = progress_for(&format!("verifying {}", torrent.name), torrent.piece_space_len);
+        let progress = progress_for(
+            &format!("verifying {}", torrent.name),
+            torrent.piece_space_len,
+        );
         let report = verify::verify_content(&torrent, &content, threads, &|n| progress.add(n))?;
         progress.finish();
         for bad in report.bad_pieces.iter().take(10) {
@@ -217,5 +255,10 @@ fn prepare_pair(
         (report.verified, bad, "verified")
     };
     let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
-    Ok(Prepared { served, torrent_path: torrent_file.to_path_buf(), bad_pieces: bad, source })
+    Ok(Prepared {
+        served,
+        torrent_path: torrent_file.to_path_buf(),
+        bad_pieces: bad,
+        source,
+    })
 }

@@ -92,7 +92,10 @@ pub struct PeerState {
     rx: Vec<u8>,
     tx: Vec<u8>,
     tx_pos: usize,
-    queue: VecDeque<BlockRequest>,
+    /// Queued requests with the time the bytes carrying them arrived.
+    queue: VecDeque<(BlockRequest, Instant)>,
+    /// `now` of the current `handle_bytes` call.
+    input_at: Instant,
     created: Instant,
     handshake_at: Option<Instant>,
     last_recv: Instant,
@@ -121,6 +124,7 @@ impl PeerState {
             tx: Vec::new(),
             tx_pos: 0,
             queue: VecDeque::new(),
+            input_at: now,
             created: now,
             handshake_at: None,
             last_recv: now,
@@ -142,6 +146,7 @@ impl PeerState {
             return Ok(());
         }
         self.last_recv = now;
+        self.input_at = now;
         self.counters.protocol_bytes_received += bytes.len() as u64;
         let mut view = match self.torrent {
             Some(id) => Some(
@@ -333,7 +338,7 @@ impl PeerState {
             Message::Request(r) => self.on_request(r, view)?,
             Message::Cancel(r) => {
                 self.counters.cancels += 1;
-                if let Some(pos) = self.queue.iter().position(|q| *q == r) {
+                if let Some(pos) = self.queue.iter().position(|q| q.0 == r) {
                     self.queue.remove(pos);
                     self.counters.cancels_matched += 1;
                     // BEP 6: every request gets exactly one answer, even when cancelled.
@@ -397,7 +402,7 @@ impl PeerState {
                 view,
             );
         }
-        self.queue.push_back(r);
+        self.queue.push_back((r, self.input_at));
         Ok(())
     }
 
@@ -447,7 +452,7 @@ impl PeerState {
         }
         if choked {
             Message::Choke.encode(&mut self.tx);
-            while let Some(r) = self.queue.pop_front() {
+            while let Some((r, _)) = self.queue.pop_front() {
                 self.counters.count_reject(RejectReason::ChokeFlushed);
                 if self.peer_flags.fast {
                     Message::Reject(r).encode(&mut self.tx);
@@ -516,6 +521,13 @@ impl PeerState {
 
     /// The next request to serve, oldest first.
     pub fn pop_block(&mut self) -> Option<BlockRequest> {
+        self.pop_block_timed().map(|(r, _)| r)
+    }
+
+    /// Like [`PeerState::pop_block`], with the time the request arrived
+    /// (the `now` of the `handle_bytes` call that decoded it), for the
+    /// request-to-send latency histogram.
+    pub fn pop_block_timed(&mut self) -> Option<(BlockRequest, Instant)> {
         let r = self.queue.pop_front();
         if r.is_some() {
             self.sent_since_tick = true;

@@ -36,7 +36,8 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
         Ok(Self { ptr, len })
     }
 }
@@ -65,7 +66,12 @@ pub struct ProvidedBufRing {
 impl ProvidedBufRing {
     /// Allocate `entries` (a power of two, at most 32768) buffers of
     /// `buf_size` bytes each and register them as buffer group `bgid`.
-    pub fn new(submitter: &Submitter<'_>, bgid: u16, entries: u16, buf_size: u32) -> io::Result<Self> {
+    pub fn new(
+        submitter: &Submitter<'_>,
+        bgid: u16,
+        entries: u16,
+        buf_size: u32,
+    ) -> io::Result<Self> {
         if !entries.is_power_of_two() || entries > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -97,7 +103,9 @@ impl ProvidedBufRing {
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("registering the receive buffer ring failed ({e}): ringseed needs Linux 6.0+"),
+                format!(
+                    "registering the receive buffer ring failed ({e}): ringseed needs Linux 6.0+"
+                ),
             )
         })?;
         this.registered = true;
@@ -193,9 +201,24 @@ impl Drop for ProvidedBufRing {
             // The owner did not unregister: the io_uring instance may still
             // reference this memory, so leak it rather than risk the kernel
             // writing into freed pages. (Shards always unregister first.)
-            tracing::warn!(bgid = self.bgid, "buffer ring dropped while registered; leaking it");
-            let ring = std::mem::replace(&mut self.ring, Mapping { ptr: NonNull::dangling(), len: 0 });
-            let bufs = std::mem::replace(&mut self.bufs, Mapping { ptr: NonNull::dangling(), len: 0 });
+            tracing::warn!(
+                bgid = self.bgid,
+                "buffer ring dropped while registered; leaking it"
+            );
+            let ring = std::mem::replace(
+                &mut self.ring,
+                Mapping {
+                    ptr: NonNull::dangling(),
+                    len: 0,
+                },
+            );
+            let bufs = std::mem::replace(
+                &mut self.bufs,
+                Mapping {
+                    ptr: NonNull::dangling(),
+                    len: 0,
+                },
+            );
             std::mem::forget(ring);
             std::mem::forget(bufs);
         }

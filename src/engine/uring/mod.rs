@@ -11,13 +11,14 @@
 //!   building code is in one place.
 
 pub mod bufring;
-pub mod ring;
 pub mod readpool;
+pub mod ring;
 pub mod send;
 pub mod sys;
 pub mod user_data;
 
 pub use bufring::ProvidedBufRing;
+pub use readpool::{ReadPool, READ_BUF_SIZE};
 pub use ring::{probe_kernel, Ring, RingConfig};
-pub use send::{SendSlot, MAX_BLOCKS_PER_SEND};
+pub use send::{SendSlot, SendTable, SentBlock, MAX_BLOCKS_PER_SEND};
 pub use user_data::{OpKind, UserData};

@@ -47,9 +47,34 @@ impl ReadPool {
     }
 
     /// Start of buffer `idx` (stable for the pool's lifetime).
-    pub fn ptr(&self, idx: u32) -> *const u8 {
+    pub(super) fn ptr(&self, idx: u32) -> *const u8 {
         let idx = (idx.min(self.count.saturating_sub(1))) as usize;
         self.mem[idx * READ_BUF_SIZE..].as_ptr()
+    }
+
+    /// Submit a READ of `len` bytes at `file_offset` of `fd` into buffer
+    /// `idx` at `dest_offset`. Returns false if the range does not fit.
+    ///
+    /// The caller keeps `idx` reserved until the CQE arrives, and the shard
+    /// reaps every READ before dropping the pool (see `Shard::finish`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_read(
+        &mut self,
+        ring: &mut super::Ring,
+        idx: u32,
+        dest_offset: usize,
+        fd: types::Fd,
+        file_offset: u64,
+        len: u32,
+        user_data: u64,
+    ) -> std::io::Result<bool> {
+        let Some(entry) = self.read_sqe(idx, dest_offset, fd, file_offset, len, user_data) else {
+            return Ok(false);
+        };
+        // SAFETY: the destination lies inside this pool's allocation, which
+        // never moves; buffer `idx` stays reserved until the CQE is reaped.
+        unsafe { ring.push(&entry) }?;
+        Ok(true)
     }
 
     /// An SQE reading `len` bytes at `file_offset` of `fd` into buffer `idx`
@@ -58,7 +83,7 @@ impl ReadPool {
     /// Returns `None` if the range does not fit the buffer. The caller must
     /// not release `idx` before the CQE arrives, and must keep the pool
     /// alive until then (the shard drains its ring before dropping it).
-    pub fn read_sqe(
+    fn read_sqe(
         &mut self,
         idx: u32,
         dest_offset: usize,

@@ -186,7 +186,12 @@ impl Ring {
     }
 
     /// Multishot receive into buffers of group `bgid`.
-    pub fn push_recv_multi(&mut self, fd: std::os::fd::RawFd, bgid: u16, user_data: u64) -> io::Result<()> {
+    pub fn push_recv_multi(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        bgid: u16,
+        user_data: u64,
+    ) -> io::Result<()> {
         let e = opcode::RecvMulti::new(io_uring::types::Fd(fd), bgid)
             .build()
             .user_data(user_data);
@@ -196,7 +201,9 @@ impl Ring {
 
     /// Cancel the operation(s) tagged `target`.
     pub fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
-        let e = opcode::AsyncCancel::new(target).build().user_data(user_data);
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
         // SAFETY: no pointers in this SQE.
         unsafe { self.push(&e) }
     }

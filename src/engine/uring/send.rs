@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 
+use super::readpool::{ReadPool, READ_BUF_SIZE};
+use super::Ring;
+
 /// Blocks batched into one send (measured: ~16 x 16 KiB per SENDMSG gives the
 /// best throughput on loopback and keeps latency low).
 pub const MAX_BLOCKS_PER_SEND: usize = 16;
@@ -39,8 +42,8 @@ pub struct SendSlot {
     control: Vec<u8>,
     /// Blocks in this batch.
     pub blocks: Vec<SentBlock>,
-    /// Keeps the memory the iovecs point at (the torrent's mmaps) alive.
-    keep: Option<Arc<dyn Any + Send + Sync>>,
+    /// Keeps the memory the iovecs point at (the torrents' mmaps) alive.
+    keep: Vec<Arc<dyn Any + Send + Sync>>,
     total: usize,
     sent: usize,
     /// Connection slot index and generation that owns this send.
@@ -73,7 +76,7 @@ impl SendSlot {
             headers: Vec::with_capacity(MAX_BLOCKS_PER_SEND),
             control: Vec::new(),
             blocks: Vec::with_capacity(MAX_BLOCKS_PER_SEND),
-            keep: None,
+            keep: Vec::new(),
             total: 0,
             sent: 0,
             owner: (0, 0),
@@ -89,7 +92,7 @@ impl SendSlot {
         self.headers.clear();
         self.control.clear();
         self.blocks.clear();
-        self.keep = None;
+        self.keep.clear();
         self.total = 0;
         self.sent = 0;
         self.owner = owner;
@@ -123,18 +126,13 @@ impl SendSlot {
         self.headers.len()
     }
 
-    /// Keep `owner` alive until this slot is reset (the mmaps the iovecs
-    /// point into).
-    pub fn keep_alive(&mut self, owner: Arc<dyn Any + Send + Sync>) {
-        if self.keep.is_none() {
-            self.keep = Some(owner);
-        }
-    }
-
     /// Start a block: its 13-byte header. Follow with `push_data` /
     /// `push_zeros` for exactly `block.len` bytes.
     pub fn push_block(&mut self, header: [u8; 13], block: SentBlock) {
-        assert!(self.headers.len() < MAX_BLOCKS_PER_SEND, "caller checks has_room");
+        assert!(
+            self.headers.len() < MAX_BLOCKS_PER_SEND,
+            "caller checks has_room"
+        );
         self.headers.push(header);
         // The headers Vec never reallocates (capacity reserved in `new`), so
         // this address stays valid.
@@ -147,15 +145,32 @@ impl SendSlot {
         self.blocks.push(block);
     }
 
-    /// Append a data segment.
-    ///
-    /// # Safety
-    ///
-    /// `ptr..ptr+len` must stay readable until this slot is reset: it must
-    /// point into memory kept alive by [`SendSlot::keep_alive`] (an mmap of a
-    /// torrent file) or by a read-pool buffer that the caller will not reuse
-    /// before the slot completes.
-    pub unsafe fn push_data(&mut self, ptr: *const u8, len: usize) {
+    /// Append bytes owned by `owner` (e.g. a slice of a torrent's mmap):
+    /// the slot keeps a clone of `owner` until it is reset, so the memory
+    /// outlives the send.
+    pub fn push_owned<T: Any + Send + Sync>(
+        &mut self,
+        owner: &Arc<T>,
+        get: impl FnOnce(&T) -> &[u8],
+    ) {
+        let bytes = get(owner);
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        let as_any: Arc<dyn Any + Send + Sync> = owner.clone();
+        if !self.keep.iter().any(|k| Arc::ptr_eq(k, &as_any)) {
+            self.keep.push(as_any);
+        }
+        self.push_raw(ptr, len);
+    }
+
+    /// Append `len` bytes of read-pool buffer `idx`. The pool buffer must
+    /// stay reserved for this slot until it is reset (the shard releases it
+    /// when the slot completes).
+    pub fn push_read_buf(&mut self, pool: &ReadPool, idx: u32, len: usize) {
+        let len = len.min(READ_BUF_SIZE);
+        self.push_raw(pool.ptr(idx), len);
+    }
+
+    fn push_raw(&mut self, ptr: *const u8, len: usize) {
         self.iov.push(libc::iovec {
             iov_base: ptr as *mut _,
             iov_len: len,
@@ -185,7 +200,7 @@ impl SendSlot {
     }
 
     /// Build the SQE for the (remaining part of the) batch.
-    pub fn sqe(&mut self, fd: types::Fd, zero_copy: bool, user_data: u64) -> squeue::Entry {
+    fn sqe(&mut self, fd: types::Fd, zero_copy: bool, user_data: u64) -> squeue::Entry {
         self.msghdr.msg_iov = self.iov.as_mut_ptr();
         self.msghdr.msg_iovlen = self.iov.len() as _;
         let msg = &self.msghdr as *const libc::msghdr;
@@ -229,6 +244,100 @@ impl SendSlot {
     }
 }
 
+/// The shard's send slots, keyed by slot id (the `user_data` index of their
+/// operations). A slot is owned by the table from [`SendTable::submit`]
+/// until [`SendTable::release`], which the shard calls only after the
+/// slot's last CQE (for SEND_ZC: the last notification).
+#[derive(Default)]
+pub struct SendTable {
+    slots: Vec<Option<Box<SendSlot>>>,
+    spare: Vec<Box<SendSlot>>,
+    free_ids: Vec<u32>,
+}
+
+impl SendTable {
+    /// A cleared slot and the id it will have once submitted.
+    pub fn take(&mut self, owner: (u32, u32)) -> (u32, Box<SendSlot>) {
+        let mut slot = self.spare.pop().unwrap_or_default();
+        slot.reset(owner);
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        (id, slot)
+    }
+
+    /// Give back a slot that was taken but not submitted.
+    pub fn put_back(&mut self, id: u32, mut slot: Box<SendSlot>) {
+        slot.reset((0, 0));
+        self.spare.push(slot);
+        self.free_ids.push(id);
+    }
+
+    /// Submit `slot` as SENDMSG (or SENDMSG_ZC) on `fd`.
+    pub fn submit(
+        &mut self,
+        ring: &mut Ring,
+        id: u32,
+        slot: Box<SendSlot>,
+        fd: types::Fd,
+        zero_copy: bool,
+        user_data: u64,
+    ) -> std::io::Result<()> {
+        let cell = &mut self.slots[id as usize];
+        *cell = Some(slot);
+        self.resubmit(ring, id, fd, zero_copy, user_data)
+    }
+
+    /// Submit the rest of slot `id` after a partial send.
+    pub fn resubmit(
+        &mut self,
+        ring: &mut Ring,
+        id: u32,
+        fd: types::Fd,
+        zero_copy: bool,
+        user_data: u64,
+    ) -> std::io::Result<()> {
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(|s| s.as_mut()) else {
+            return Err(std::io::Error::other("resubmit of an unknown send slot"));
+        };
+        let entry = slot.sqe(fd, zero_copy, user_data);
+        // SAFETY: the slot is boxed in this table and stays there, unmoved
+        // and unmodified, until `release`, which the shard calls only after
+        // the operation's last CQE. Its iovecs point into its own buffers or
+        // into memory it keeps alive (`push_owned`) or reserved read-pool
+        // buffers.
+        unsafe { ring.push(&entry) }
+    }
+
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut SendSlot> {
+        self.slots
+            .get_mut(id as usize)
+            .and_then(|s| s.as_deref_mut())
+    }
+
+    /// Take slot `id` out after its last CQE. The caller releases the
+    /// read-pool buffers listed in its blocks, then calls [`SendTable::recycle`].
+    pub fn release(&mut self, id: u32) -> Option<Box<SendSlot>> {
+        let slot = self.slots.get_mut(id as usize)?.take()?;
+        self.free_ids.push(id);
+        Some(slot)
+    }
+
+    pub fn recycle(&mut self, mut slot: Box<SendSlot>) {
+        slot.reset((0, 0));
+        self.spare.push(slot);
+    }
+
+    /// Slots submitted and not yet released.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,9 +359,17 @@ mod tests {
         let mut slot = SendSlot::new();
         slot.reset((1, 1));
         slot.set_control(b"ctl");
-        slot.push_block([7; 13], SentBlock { piece: 0, begin: 0, len: 60, read_buf: None });
-        // SAFETY: `data` outlives the slot's use in this test.
-        unsafe { slot.push_data(data.as_ptr(), 50) };
+        slot.push_block(
+            [7; 13],
+            SentBlock {
+                piece: 0,
+                begin: 0,
+                len: 60,
+                read_buf: None,
+            },
+        );
+        let owner = Arc::new(data.clone());
+        slot.push_owned(&owner, |d| &d[..50]);
         slot.push_zeros(10);
         let mut expected = b"ctl".to_vec();
         expected.extend_from_slice(&[7; 13]);

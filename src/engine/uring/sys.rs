@@ -1,7 +1,20 @@
 //! Thin wrappers over the few raw syscalls the engine needs.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Take ownership of a descriptor returned by a successful accept CQE.
+///
+/// Only call with the result of an accept completion (a new descriptor
+/// nothing else owns); negative values are rejected.
+pub fn fd_from_accept(res: i32) -> Option<OwnedFd> {
+    if res < 0 {
+        return None;
+    }
+    // SAFETY: a non-negative accept result is a fresh descriptor that the
+    // kernel handed to us alone.
+    Some(unsafe { OwnedFd::from_raw_fd(res) })
+}
 
 /// Pin the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
@@ -9,7 +22,10 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE, checked here.
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu index too large",
+        ));
     }
     // SAFETY: see above, cpu is in range.
     unsafe { libc::CPU_SET(cpu, &mut set) };
@@ -26,7 +42,8 @@ pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: as in `pin_to_cpu`.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid for writes of its size.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     }

@@ -10,28 +10,28 @@
 //! `[control][header, mmap slice]...` -> the send CQE frees the slot and
 //! the next batch goes. Blocks whose pages are not resident are read with
 //! io_uring READ into the read pool first, so the shard never faults.
+//! The send path (batching, completions, cold reads) is in [`transmit`].
+
+mod transmit;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, types};
 
-use crate::storage::Segment;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
-use crate::wire::{piece_header, BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
+use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
 use super::catalog::Catalog;
-use super::conn::{Conn, ReadyBlock};
+use super::conn::Conn;
 use super::stats::{CloseKind, ShardStats};
-use super::uring::readpool::{ReadPool, READ_BUF_SIZE};
-use super::uring::send::SentBlock;
 use super::uring::user_data::next_generation;
-use super::uring::{sys, OpKind, ProvidedBufRing, Ring, RingConfig, SendSlot, UserData};
+use super::uring::{sys, OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
 /// Settings of one shard.
 #[derive(Clone, Debug)]
@@ -102,9 +102,7 @@ pub struct Shard {
     generations: Vec<u32>,
     free_conns: Vec<u32>,
     live_conns: usize,
-    send_slots: Vec<Option<Box<SendSlot>>>,
-    spare_slots: Vec<Box<SendSlot>>,
-    free_slot_ids: Vec<u32>,
+    sends: SendTable,
     dirty: Vec<u32>,
     rearm: Vec<u32>,
     per_ip: HashMap<IpAddr, u32>,
@@ -126,7 +124,12 @@ impl Shard {
         shutdown: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let ring = Ring::new(cfg.ring)?;
-        let bufs = ProvidedBufRing::new(&ring.uring.submitter(), 1, cfg.recv_buffers, cfg.recv_buffer_size)?;
+        let bufs = ProvidedBufRing::new(
+            &ring.uring.submitter(),
+            1,
+            cfg.recv_buffers,
+            cfg.recv_buffer_size,
+        )?;
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
@@ -141,9 +144,7 @@ impl Shard {
             generations: Vec::new(),
             free_conns: Vec::new(),
             live_conns: 0,
-            send_slots: Vec::new(),
-            spare_slots: Vec::new(),
-            free_slot_ids: Vec::new(),
+            sends: SendTable::default(),
             dirty: Vec::new(),
             rearm: Vec::new(),
             per_ip: HashMap::new(),
@@ -166,7 +167,9 @@ impl Shard {
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.uring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ETIME)
+                        || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // CQ overflow backlog: reap below, then submit again.
                 }
@@ -205,12 +208,32 @@ impl Shard {
     }
 
     fn finish(&mut self) {
-        // Whatever is still in flight after the drain timeout: cancel it all
-        // and give the kernel a moment, then unregister and drop.
-        let _ = self.ring.uring.submit();
-        self.bufs.unregister(&self.ring.uring.submitter());
+        // Stop everything still open, then reap until the kernel holds no
+        // more of our memory (reads write into the read pool; sends read
+        // send slots), bounded in time.
         for c in self.conns.iter_mut().flatten() {
             let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while (self.cold.iter().any(Option::is_some) || self.sends.in_flight() > 0)
+            && Instant::now() < deadline
+        {
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.uring.submitter().submit_with_args(1, &args);
+            if self.reap().is_err() {
+                break;
+            }
+        }
+        self.bufs.unregister(&self.ring.uring.submitter());
+        if self.cold.iter().any(Option::is_some) {
+            // A disk read is still in flight: never free memory the kernel
+            // may write into.
+            tracing::warn!(
+                shard = self.cfg.index,
+                "disk reads still in flight at exit; leaking the read pool"
+            );
+            std::mem::forget(std::mem::replace(&mut self.reads, ReadPool::new(0)));
         }
     }
 
@@ -277,8 +300,9 @@ impl Shard {
             }
             return Ok(());
         }
-        // SAFETY-free: the kernel handed us a fresh fd we now own.
-        let fd = owned_fd(res);
+        let Some(fd) = sys::fd_from_accept(res) else {
+            return Ok(());
+        };
         if self.shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -429,7 +453,8 @@ impl Shard {
         let interested = conn.peer.is_interested();
         if conn.in_choker && interested != conn.interested {
             conn.interested = interested;
-            self.choker.peer_interested(now, PeerId(idx), interested, &mut decisions);
+            self.choker
+                .peer_interested(now, PeerId(idx), interested, &mut decisions);
         }
         self.mark_dirty(idx);
         self.apply_decisions(now, &decisions);
@@ -464,278 +489,6 @@ impl Shard {
                 self.dirty.push(idx);
             }
         }
-    }
-
-    // ---- send ---------------------------------------------------------
-
-    fn flush_dirty(&mut self) -> io::Result<()> {
-        let list = std::mem::take(&mut self.dirty);
-        for &idx in &list {
-            if let Some(c) = self.conns[idx as usize].as_mut() {
-                c.dirty = false;
-            }
-            self.flush(idx)?;
-        }
-        let mut list = list;
-        list.clear();
-        if self.dirty.is_empty() {
-            self.dirty = list;
-        }
-        Ok(())
-    }
-
-    fn alloc_slot(&mut self) -> (u32, Box<SendSlot>) {
-        let slot = self.spare_slots.pop().unwrap_or_default();
-        let id = match self.free_slot_ids.pop() {
-            Some(id) => id,
-            None => {
-                self.send_slots.push(None);
-                (self.send_slots.len() - 1) as u32
-            }
-        };
-        (id, slot)
-    }
-
-    /// Build and submit the next batch for connection `idx`, if it has
-    /// anything to send and no send in flight.
-    fn flush(&mut self, idx: u32) -> io::Result<()> {
-        let zc = self.cfg.send_zc;
-        let (slot_id, mut slot) = {
-            let Some(c) = self.conns[idx as usize].as_ref() else {
-                return Ok(());
-            };
-            if c.closing.is_some() || c.send_slot.is_some() {
-                return Ok(());
-            }
-            self.alloc_slot()
-        };
-        let conn = self.conns[idx as usize].as_mut().expect("checked above");
-        slot.reset((idx, conn.generation));
-        let ctl = conn.peer.poll_transmit();
-        let ctl_len = ctl.len();
-        slot.set_control(ctl);
-        conn.peer.advance_transmit(ctl_len);
-
-        if let Some(t) = conn.torrent.clone() {
-            slot.keep_alive(t.clone());
-            // Blocks already read from disk go first.
-            while slot.has_room(1) {
-                let Some(rb) = conn.ready.pop_front() else { break };
-                slot.push_block(
-                    piece_header(rb.req.piece, rb.req.begin, rb.req.len),
-                    SentBlock { piece: rb.req.piece, begin: rb.req.begin, len: rb.req.len, read_buf: Some(rb.buf) },
-                );
-                // SAFETY: read-pool buffer `rb.buf` is owned by this slot
-                // until its completion releases it.
-                unsafe { slot.push_data(self.reads.ptr(rb.buf), rb.req.len as usize) };
-            }
-            // Then queued requests, served from the mmap when resident.
-            loop {
-                if !slot.has_room(4) {
-                    break;
-                }
-                let req = match conn.parked.take() {
-                    Some(r) => r,
-                    None => match conn.peer.pop_block() {
-                        Some(r) => r,
-                        None => break,
-                    },
-                };
-                let resident = t
-                    .layout
-                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-                    .all(|seg| match seg {
-                        Segment::Zero { .. } => true,
-                        Segment::File { file_index, file_offset, len } => t
-                            .content
-                            .file_bytes(file_index, file_offset, len)
-                            .is_some_and(sys::is_resident),
-                    });
-                if !resident {
-                    if conn.reads_inflight > 0 {
-                        // One cold block per connection at a time.
-                        conn.parked = Some(req);
-                        break;
-                    }
-                    match start_cold_read(&mut self.ring, &mut self.reads, &mut self.cold, &t, idx, conn, req)? {
-                        true => ShardStats::add(&self.stats.cold_reads, 1),
-                        false => {
-                            conn.parked = Some(req);
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                let mut segs = 0;
-                for _ in t.layout.segments(req.piece, u64::from(req.begin), u64::from(req.len)) {
-                    segs += 1;
-                }
-                if !slot.has_room(segs) {
-                    conn.parked = Some(req);
-                    break;
-                }
-                slot.push_block(
-                    piece_header(req.piece, req.begin, req.len),
-                    SentBlock { piece: req.piece, begin: req.begin, len: req.len, read_buf: None },
-                );
-                for seg in t.layout.segments(req.piece, u64::from(req.begin), u64::from(req.len)) {
-                    match seg {
-                        Segment::Zero { len } => slot.push_zeros(len as usize),
-                        Segment::File { file_index, file_offset, len } => {
-                            let bytes = t.content.file_bytes(file_index, file_offset, len).unwrap_or(&[]);
-                            // SAFETY: `bytes` is inside an mmap owned by `t`,
-                            // which the slot keeps alive (`keep_alive`).
-                            unsafe { slot.push_data(bytes.as_ptr(), bytes.len()) };
-                        }
-                    }
-                }
-            }
-        }
-
-        if slot.is_empty() {
-            self.spare_slots.push(slot);
-            self.free_slot_ids.push(slot_id);
-            return Ok(());
-        }
-        conn.send_slot = Some(slot_id);
-        let ud = UserData::new(OpKind::Send, 0, slot_id).encode();
-        let entry = slot.sqe(types::Fd(conn.raw_fd()), zc, ud);
-        self.send_slots[slot_id as usize] = Some(slot);
-        ShardStats::add(&self.stats.sends, 1);
-        // SAFETY: the slot is boxed in `send_slots` and is not reset or
-        // dropped before its last CQE (see `on_send`).
-        unsafe { self.ring.push(&entry) }
-    }
-
-    fn on_send(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
-        let slot_id = ud.index;
-        let res = cqe.result();
-        let flags = cqe.flags();
-        let Some(slot) = self.send_slots.get_mut(slot_id as usize).and_then(|s| s.as_mut()) else {
-            return Ok(());
-        };
-        let (cidx, cgen) = slot.owner;
-        if cqueue::notif(flags) {
-            // SEND_ZC notification: the kernel is done with this op's pages.
-            slot.notifs = slot.notifs.saturating_sub(1);
-            let free = slot.finished && slot.notifs == 0;
-            if let Some(c) = self.conn_mut(cidx, cgen) {
-                c.zc_pending = c.zc_pending.saturating_sub(1);
-            }
-            if free {
-                self.free_slot(slot_id);
-            }
-            self.try_release(cidx);
-            return Ok(());
-        }
-        if cqueue::more(flags) {
-            // A notification will follow for this op.
-            slot.notifs += 1;
-            if let Some(c) = self.conns[cidx as usize].as_mut().filter(|c| c.generation == cgen) {
-                c.zc_pending += 1;
-            }
-        }
-        let conn_alive = self.conn_mut(cidx, cgen).is_some_and(|c| c.closing.is_none());
-        let slot = self.send_slots[slot_id as usize].as_mut().expect("present");
-        if res < 0 || !conn_alive {
-            slot.finished = true;
-            let free = slot.notifs == 0;
-            if let Some(c) = self.conn_mut(cidx, cgen) {
-                c.send_slot = None;
-            }
-            if free {
-                self.free_slot(slot_id);
-            }
-            if conn_alive {
-                self.close(cidx, CloseKind::PeerClosed);
-            } else {
-                self.try_release(cidx);
-            }
-            return Ok(());
-        }
-        if !slot.advance(res as usize) {
-            // Partial send (socket buffer full): the iovecs now describe the
-            // rest; resubmit the same slot.
-            ShardStats::add(&self.stats.partial_sends, 1);
-            let fd = self.conn_mut(cidx, cgen).map_or(-1, |c| c.raw_fd());
-            let slot = self.send_slots[slot_id as usize].as_mut().expect("present");
-            let entry = slot.sqe(types::Fd(fd), self.cfg.send_zc, ud.encode());
-            // SAFETY: as in `flush`: the slot stays boxed in `send_slots`
-            // until its last CQE.
-            return unsafe { self.ring.push(&entry) };
-        }
-        // The whole batch went.
-        slot.finished = true;
-        let free = slot.notifs == 0;
-        let payload: u64 = slot.blocks.iter().map(|b| u64::from(b.len)).sum();
-        let blocks = slot.blocks.len() as u64;
-        let protocol = slot.control_len as u64 + 13 * blocks;
-        ShardStats::add(&self.stats.payload_bytes, payload);
-        ShardStats::add(&self.stats.protocol_bytes, protocol);
-        ShardStats::add(&self.stats.blocks_served, blocks);
-        if payload > 0 {
-            self.choker.record_upload(PeerId(cidx), payload);
-        }
-        if let Some(c) = self.conn_mut(cidx, cgen) {
-            c.send_slot = None;
-        }
-        if free {
-            self.free_slot(slot_id);
-        }
-        self.mark_dirty(cidx);
-        Ok(())
-    }
-
-    fn free_slot(&mut self, slot_id: u32) {
-        if let Some(mut slot) = self.send_slots.get_mut(slot_id as usize).and_then(|s| s.take()) {
-            for b in &slot.blocks {
-                if let Some(buf) = b.read_buf {
-                    self.reads.release(buf);
-                }
-            }
-            let owner = slot.owner;
-            slot.reset(owner);
-            self.spare_slots.push(slot);
-            self.free_slot_ids.push(slot_id);
-        }
-    }
-
-    // ---- cold reads ---------------------------------------------------
-
-    fn on_read(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
-        let buf = ud.index;
-        let res = cqe.result();
-        let Some(cold) = self.cold.get_mut(buf as usize).and_then(|c| c.as_mut()) else {
-            return Ok(());
-        };
-        if res < 0 {
-            cold.failed = true;
-        }
-        cold.ops_left = cold.ops_left.saturating_sub(1);
-        if cold.ops_left > 0 {
-            return Ok(());
-        }
-        let cold = self.cold[buf as usize].take().expect("present");
-        let (cidx, cgen) = (cold.conn, cold.generation);
-        let Some(conn) = self.conn_mut(cidx, cgen) else {
-            self.reads.release(buf);
-            return Ok(());
-        };
-        conn.reads_inflight = conn.reads_inflight.saturating_sub(1);
-        if conn.closing.is_some() {
-            self.reads.release(buf);
-            self.try_release(cidx);
-            return Ok(());
-        }
-        if cold.failed {
-            self.reads.release(buf);
-            tracing::warn!(piece = cold.req.piece, "reading a block from disk failed; closing the peer");
-            self.close(cidx, CloseKind::IoError);
-            return Ok(());
-        }
-        conn.ready.push_back(ReadyBlock { req: cold.req, buf });
-        self.mark_dirty(cidx);
-        Ok(())
     }
 
     // ---- timers and teardown -------------------------------------------
@@ -783,7 +536,8 @@ impl Shard {
             c.in_choker = false;
             let mut out = std::mem::take(&mut self.decisions);
             out.clear();
-            self.choker.peer_disconnected(Instant::now(), PeerId(idx), &mut out);
+            self.choker
+                .peer_disconnected(Instant::now(), PeerId(idx), &mut out);
             self.apply_decisions(Instant::now(), &out);
             self.decisions = out;
         }
@@ -819,79 +573,12 @@ impl Shard {
     }
 }
 
-/// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
-fn start_cold_read(
-    ring: &mut Ring,
-    reads: &mut ReadPool,
-    cold: &mut [Option<ColdRead>],
-    t: &super::catalog::ServedTorrent,
-    idx: u32,
-    conn: &mut Conn,
-    req: BlockRequest,
-) -> io::Result<bool> {
-    if req.len as usize > READ_BUF_SIZE {
-        return Ok(false);
-    }
-    let Some(buf) = reads.alloc() else {
-        return Ok(false);
-    };
-    let mut ops = 0u32;
-    let mut dest = 0usize;
-    let ud = UserData::new(OpKind::Read, 0, buf).encode();
-    let mut entries = Vec::new();
-    for seg in t.layout.segments(req.piece, u64::from(req.begin), u64::from(req.len)) {
-        match seg {
-            Segment::Zero { len } => {
-                reads.zero(buf, dest, len as usize);
-                dest += len as usize;
-            }
-            Segment::File { file_index, file_offset, len } => {
-                let Some(file) = t.content.files().get(file_index).and_then(|f| f.file()) else {
-                    reads.release(buf);
-                    return Ok(false);
-                };
-                match reads.read_sqe(buf, dest, types::Fd(file.as_raw_fd()), file_offset, len as u32, ud) {
-                    Some(e) => entries.push(e),
-                    None => {
-                        reads.release(buf);
-                        return Ok(false);
-                    }
-                }
-                ops += 1;
-                dest += len as usize;
-            }
-        }
-    }
-    if ops == 0 {
-        conn.ready.push_back(ReadyBlock { req, buf });
-        return Ok(true);
-    }
-    cold[buf as usize] = Some(ColdRead {
-        conn: idx,
-        generation: conn.generation,
-        req,
-        ops_left: ops,
-        failed: false,
-    });
-    conn.reads_inflight += 1;
-    for e in &entries {
-        // SAFETY: the destination is read-pool buffer `buf`, reserved for
-        // this read until `on_read` sees its last CQE; the pool outlives the
-        // ring's use of it.
-        unsafe { ring.push(e) }?;
-    }
-    Ok(true)
-}
-
-fn owned_fd(fd: i32) -> OwnedFd {
-    // SAFETY: `fd` is a new descriptor returned by a successful accept
-    // completion; nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// Map a protocol close reason to its metrics group.
 pub fn close_kind(reason: CloseReason) -> CloseKind {
-    if matches!(reason, CloseReason::HandshakeTimeout | CloseReason::IdleTimeout) {
+    if matches!(
+        reason,
+        CloseReason::HandshakeTimeout | CloseReason::IdleTimeout
+    ) {
         CloseKind::Timeout
     } else {
         CloseKind::ProtocolError

@@ -1,0 +1,381 @@
+//! The send path of a shard: build one SENDMSG batch per connection
+//! (`[control bytes][13-byte header, mmap slice(s)] x up to 16 blocks`),
+//! handle its completion (partial sends, SEND_ZC notifications), and read
+//! blocks whose pages are not resident into the read pool first.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, types};
+
+use crate::storage::Segment;
+use crate::swarm::choker::PeerId;
+use crate::wire::{piece_header, BlockRequest};
+
+use super::super::catalog::ServedTorrent;
+use super::super::conn::{Conn, ReadyBlock};
+use super::super::stats::{CloseKind, ShardStats};
+use super::super::uring::{sys, OpKind, ReadPool, Ring, SentBlock, UserData, READ_BUF_SIZE};
+use super::{ColdRead, Shard};
+
+impl Shard {
+    // ---- send ---------------------------------------------------------
+
+    pub(super) fn flush_dirty(&mut self) -> io::Result<()> {
+        let list = std::mem::take(&mut self.dirty);
+        for &idx in &list {
+            if let Some(c) = self.conns[idx as usize].as_mut() {
+                c.dirty = false;
+            }
+            self.flush(idx)?;
+        }
+        let mut list = list;
+        list.clear();
+        if self.dirty.is_empty() {
+            self.dirty = list;
+        }
+        Ok(())
+    }
+
+    /// Build and submit the next batch for connection `idx`, if it has
+    /// anything to send and no send in flight.
+    pub(super) fn flush(&mut self, idx: u32) -> io::Result<()> {
+        let zc = self.cfg.send_zc;
+        let Some(conn) = self.conns[idx as usize].as_mut() else {
+            return Ok(());
+        };
+        if conn.closing.is_some() || conn.send_slot.is_some() {
+            return Ok(());
+        }
+        let (slot_id, mut slot) = self.sends.take((idx, conn.generation));
+        let ctl = conn.peer.poll_transmit();
+        let ctl_len = ctl.len();
+        slot.set_control(ctl);
+        conn.peer.advance_transmit(ctl_len);
+
+        if let Some(t) = conn.torrent.clone() {
+            // Blocks already read from disk go first.
+            while slot.has_room(1) {
+                let Some(rb) = conn.ready.pop_front() else {
+                    break;
+                };
+                slot.push_block(
+                    piece_header(rb.req.piece, rb.req.begin, rb.req.len),
+                    SentBlock {
+                        piece: rb.req.piece,
+                        begin: rb.req.begin,
+                        len: rb.req.len,
+                        read_buf: Some(rb.buf),
+                    },
+                );
+                // The buffer stays reserved until this slot completes.
+                slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize);
+            }
+            // Then queued requests, served from the mmap when resident.
+            loop {
+                if !slot.has_room(4) {
+                    break;
+                }
+                let req = match conn.parked.take() {
+                    Some(r) => r,
+                    None => match conn.peer.pop_block() {
+                        Some(r) => r,
+                        None => break,
+                    },
+                };
+                let resident = t
+                    .layout
+                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+                    .all(|seg| match seg {
+                        Segment::Zero { .. } => true,
+                        Segment::File {
+                            file_index,
+                            file_offset,
+                            len,
+                        } => t
+                            .content
+                            .file_bytes(file_index, file_offset, len)
+                            .is_some_and(sys::is_resident),
+                    });
+                if !resident {
+                    if conn.reads_inflight > 0 {
+                        // One cold block per connection at a time.
+                        conn.parked = Some(req);
+                        break;
+                    }
+                    match start_cold_read(
+                        &mut self.ring,
+                        &mut self.reads,
+                        &mut self.cold,
+                        &t,
+                        idx,
+                        conn,
+                        req,
+                    )? {
+                        true => ShardStats::add(&self.stats.cold_reads, 1),
+                        false => {
+                            conn.parked = Some(req);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                let mut segs = 0;
+                for _ in t
+                    .layout
+                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+                {
+                    segs += 1;
+                }
+                if !slot.has_room(segs) {
+                    conn.parked = Some(req);
+                    break;
+                }
+                slot.push_block(
+                    piece_header(req.piece, req.begin, req.len),
+                    SentBlock {
+                        piece: req.piece,
+                        begin: req.begin,
+                        len: req.len,
+                        read_buf: None,
+                    },
+                );
+                for seg in t
+                    .layout
+                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+                {
+                    match seg {
+                        Segment::Zero { len } => slot.push_zeros(len as usize),
+                        Segment::File {
+                            file_index,
+                            file_offset,
+                            len,
+                        } => {
+                            // Zero-copy: the iovec points into the mmap; the
+                            // slot keeps `t` (and so the mmap) alive.
+                            slot.push_owned(&t, |t| {
+                                t.content
+                                    .file_bytes(file_index, file_offset, len)
+                                    .unwrap_or(&[])
+                            });
+                        }
+                    }
+                }
+            }
+        }
+
+        if slot.is_empty() {
+            self.sends.put_back(slot_id, slot);
+            return Ok(());
+        }
+        conn.send_slot = Some(slot_id);
+        let fd = types::Fd(conn.raw_fd());
+        let ud = UserData::new(OpKind::Send, 0, slot_id).encode();
+        ShardStats::add(&self.stats.sends, 1);
+        self.sends.submit(&mut self.ring, slot_id, slot, fd, zc, ud)
+    }
+
+    pub(super) fn on_send(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
+        let slot_id = ud.index;
+        let res = cqe.result();
+        let flags = cqe.flags();
+        let Some(slot) = self.sends.get_mut(slot_id) else {
+            return Ok(());
+        };
+        let (cidx, cgen) = slot.owner;
+        if cqueue::notif(flags) {
+            // SEND_ZC notification: the kernel is done with this op's pages.
+            slot.notifs = slot.notifs.saturating_sub(1);
+            let free = slot.finished && slot.notifs == 0;
+            if let Some(c) = self.conn_mut(cidx, cgen) {
+                c.zc_pending = c.zc_pending.saturating_sub(1);
+            }
+            if free {
+                self.free_slot(slot_id);
+            }
+            self.try_release(cidx);
+            return Ok(());
+        }
+        if cqueue::more(flags) {
+            // A notification will follow for this op.
+            slot.notifs += 1;
+            if let Some(c) = self.conns[cidx as usize]
+                .as_mut()
+                .filter(|c| c.generation == cgen)
+            {
+                c.zc_pending += 1;
+            }
+        }
+        let conn_alive = self
+            .conn_mut(cidx, cgen)
+            .is_some_and(|c| c.closing.is_none());
+        let Some(slot) = self.sends.get_mut(slot_id) else {
+            return Ok(());
+        };
+        if res < 0 || !conn_alive {
+            slot.finished = true;
+            let free = slot.notifs == 0;
+            if let Some(c) = self.conn_mut(cidx, cgen) {
+                c.send_slot = None;
+            }
+            if free {
+                self.free_slot(slot_id);
+            }
+            if conn_alive {
+                self.close(cidx, CloseKind::PeerClosed);
+            } else {
+                self.try_release(cidx);
+            }
+            return Ok(());
+        }
+        if !slot.advance(res as usize) {
+            // Partial send (socket buffer full): the iovecs now describe the
+            // rest; resubmit the same slot.
+            ShardStats::add(&self.stats.partial_sends, 1);
+            let fd = self.conn_mut(cidx, cgen).map_or(-1, |c| c.raw_fd());
+            return self.sends.resubmit(
+                &mut self.ring,
+                slot_id,
+                types::Fd(fd),
+                self.cfg.send_zc,
+                ud.encode(),
+            );
+        }
+        // The whole batch went.
+        slot.finished = true;
+        let free = slot.notifs == 0;
+        let payload: u64 = slot.blocks.iter().map(|b| u64::from(b.len)).sum();
+        let blocks = slot.blocks.len() as u64;
+        let protocol = slot.control_len as u64 + 13 * blocks;
+        ShardStats::add(&self.stats.payload_bytes, payload);
+        ShardStats::add(&self.stats.protocol_bytes, protocol);
+        ShardStats::add(&self.stats.blocks_served, blocks);
+        if payload > 0 {
+            self.choker.record_upload(PeerId(cidx), payload);
+        }
+        if let Some(c) = self.conn_mut(cidx, cgen) {
+            c.send_slot = None;
+        }
+        if free {
+            self.free_slot(slot_id);
+        }
+        self.mark_dirty(cidx);
+        Ok(())
+    }
+
+    /// After a slot's last CQE: release its read buffers and recycle it.
+    pub(super) fn free_slot(&mut self, slot_id: u32) {
+        if let Some(slot) = self.sends.release(slot_id) {
+            for b in &slot.blocks {
+                if let Some(buf) = b.read_buf {
+                    self.reads.release(buf);
+                }
+            }
+            self.sends.recycle(slot);
+        }
+    }
+
+    // ---- cold reads ---------------------------------------------------
+
+    pub(super) fn on_read(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
+        let buf = ud.index;
+        let res = cqe.result();
+        let Some(cold) = self.cold.get_mut(buf as usize).and_then(|c| c.as_mut()) else {
+            return Ok(());
+        };
+        if res < 0 {
+            cold.failed = true;
+        }
+        cold.ops_left = cold.ops_left.saturating_sub(1);
+        if cold.ops_left > 0 {
+            return Ok(());
+        }
+        let cold = self.cold[buf as usize].take().expect("present");
+        let (cidx, cgen) = (cold.conn, cold.generation);
+        let Some(conn) = self.conn_mut(cidx, cgen) else {
+            self.reads.release(buf);
+            return Ok(());
+        };
+        conn.reads_inflight = conn.reads_inflight.saturating_sub(1);
+        if conn.closing.is_some() {
+            self.reads.release(buf);
+            self.try_release(cidx);
+            return Ok(());
+        }
+        if cold.failed {
+            self.reads.release(buf);
+            tracing::warn!(
+                piece = cold.req.piece,
+                "reading a block from disk failed; closing the peer"
+            );
+            self.close(cidx, CloseKind::IoError);
+            return Ok(());
+        }
+        conn.ready.push_back(ReadyBlock { req: cold.req, buf });
+        self.mark_dirty(cidx);
+        Ok(())
+    }
+}
+
+/// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
+pub(super) fn start_cold_read(
+    ring: &mut Ring,
+    reads: &mut ReadPool,
+    cold: &mut [Option<ColdRead>],
+    t: &ServedTorrent,
+    idx: u32,
+    conn: &mut Conn,
+    req: BlockRequest,
+) -> io::Result<bool> {
+    if req.len as usize > READ_BUF_SIZE {
+        return Ok(false);
+    }
+    let Some(buf) = reads.alloc() else {
+        return Ok(false);
+    };
+    let mut ops = 0u32;
+    let mut dest = 0usize;
+    let ud = UserData::new(OpKind::Read, 0, buf).encode();
+    let mut segs: Vec<(types::Fd, u64, u32, usize)> = Vec::new();
+    for seg in t
+        .layout
+        .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+    {
+        match seg {
+            Segment::Zero { len } => {
+                reads.zero(buf, dest, len as usize);
+                dest += len as usize;
+            }
+            Segment::File {
+                file_index,
+                file_offset,
+                len,
+            } => {
+                let Some(file) = t.content.files().get(file_index).and_then(|f| f.file()) else {
+                    reads.release(buf);
+                    return Ok(false);
+                };
+                segs.push((types::Fd(file.as_raw_fd()), file_offset, len as u32, dest));
+                ops += 1;
+                dest += len as usize;
+            }
+        }
+    }
+    if ops == 0 {
+        conn.ready.push_back(ReadyBlock { req, buf });
+        return Ok(true);
+    }
+    cold[buf as usize] = Some(ColdRead {
+        conn: idx,
+        generation: conn.generation,
+        req,
+        ops_left: ops,
+        failed: false,
+    });
+    conn.reads_inflight += 1;
+    for (fd, off, len, dest) in segs {
+        // A segment always fits: the block is at most READ_BUF_SIZE long.
+        reads.submit_read(ring, buf, dest, fd, off, len, ud)?;
+    }
+    Ok(true)
+}
