@@ -109,8 +109,12 @@ fn build(lengths: &[u64], piece_length: u64, kind: MetaVersion) -> Built {
             .map(|p| Sha1::digest(p).into())
             .collect()
     });
-    let v2_piece_layers = (kind != MetaVersion::V1)
-        .then(|| contents.iter().map(|c| naive_v2(c, piece_length).1).collect());
+    let v2_piece_layers = (kind != MetaVersion::V1).then(|| {
+        contents
+            .iter()
+            .map(|c| naive_v2(c, piece_length).1)
+            .collect()
+    });
     let torrent = Torrent {
         info_bytes: Vec::new(),
         info_hash_v1: None,
@@ -274,7 +278,10 @@ fn missing_and_short_files() {
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert_eq!(problems[0].0, "f3.bin");
     assert!(matches!(problems[0].1, FileStatus::Missing { .. }));
-    assert_eq!(problems[1], ("f6.bin", FileStatus::WrongSize { actual: 100 }));
+    assert_eq!(
+        problems[1],
+        ("f6.bin", FileStatus::WrongSize { actual: 100 })
+    );
     for (i, f) in b.torrent.files.iter().enumerate() {
         let first = (f.offset / b.torrent.piece_length) as u32;
         let last = ((f.offset + f.length).div_ceil(b.torrent.piece_length)) as u32;
@@ -286,7 +293,10 @@ fn missing_and_short_files() {
     // Strict open names the file, its size and the root.
     let err = storage::Content::open(&b.torrent, b.dir.path()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("missing file f3.bin (expected 65536 bytes) under"), "{msg}");
+    assert!(
+        msg.contains("missing file f3.bin (expected 65536 bytes) under"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -326,7 +336,10 @@ fn resume_record_round_trip_and_invalidation() {
     );
     let mut other = b.torrent.clone();
     other.piece_length *= 2;
-    assert_eq!(loaded.check(&other, &top), Err(ResumeMismatch::OtherTorrent));
+    assert_eq!(
+        loaded.check(&other, &top),
+        Err(ResumeMismatch::OtherTorrent)
+    );
     assert!(ResumeRecord::load(&b.torrent, &b.dir.path().join("none"))
         .unwrap()
         .is_none());

@@ -46,7 +46,10 @@ fn zero_and_one_byte_files() {
     let l = PieceLayout::from_files(&files, K16, total).unwrap();
     assert_eq!(l.num_pieces(), 2);
     let segs: Vec<_> = l.piece_segments(0).collect();
-    assert_eq!(segs, vec![file(1, 0, 1), file(4, 0, 1), file(5, 0, K16 - 2)]);
+    assert_eq!(
+        segs,
+        vec![file(1, 0, 1), file(4, 0, 1), file(5, 0, K16 - 2)]
+    );
     let segs: Vec<_> = l.piece_segments(1).collect();
     assert_eq!(segs, vec![file(5, K16 - 2, 2)]);
     assert_eq!(l.piece_len(1), 2);
@@ -59,7 +62,11 @@ fn zero_and_one_byte_files() {
 fn pad_files_and_v2_alignment_gaps() {
     // Hybrid/v2 style: each file starts on a piece boundary (32 KiB pieces).
     let p = 2 * K16;
-    let files = vec![entry("a", 0, 100), entry("b", p, p + 1), entry("c", 3 * p, 5)];
+    let files = vec![
+        entry("a", 0, 100),
+        entry("b", p, p + 1),
+        entry("c", 3 * p, 5),
+    ];
     let l = PieceLayout::from_files(&files, p, 3 * p + 5).unwrap();
     assert_eq!(l.num_pieces(), 4);
     let segs: Vec<_> = l.piece_segments(0).collect();
@@ -80,7 +87,12 @@ fn block_spanning_three_files() {
     let segs: Vec<_> = l.segments(0, K16 - 12, K16).collect();
     assert_eq!(
         segs,
-        vec![file(0, K16 - 12, 2), file(1, 0, 5), file(2, 0, 5), file(3, 0, K16 - 12)]
+        vec![
+            file(0, K16 - 12, 2),
+            file(1, 0, 5),
+            file(2, 0, 5),
+            file(3, 0, K16 - 12)
+        ]
     );
     assert_eq!(segs.iter().map(Segment::len).sum::<u64>(), K16);
 }
@@ -114,7 +126,10 @@ fn last_short_piece_and_block_checks() {
     ));
     assert_eq!(l.check_block(1, 0, 16 * 1024), Ok(()));
     // Ranges past the end are clamped, never panic.
-    assert_eq!(l.segments(2, 5, 100).collect::<Vec<_>>(), vec![file(0, 2 * K16 + 5, 2)]);
+    assert_eq!(
+        l.segments(2, 5, 100).collect::<Vec<_>>(),
+        vec![file(0, 2 * K16 + 5, 2)]
+    );
     assert_eq!(l.segments(9, 0, 100).count(), 0);
 }
 

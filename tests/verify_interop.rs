@@ -22,7 +22,9 @@ fn libtorrent_available() -> bool {
         .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("libtorrent (python3 -m pip install libtorrent==2.1.1) is required when CI=true");
+            panic!(
+                "libtorrent (python3 -m pip install libtorrent==2.1.1) is required when CI=true"
+            );
         }
         eprintln!("\n*** SKIP verify_interop: python3 cannot `import libtorrent` (install libtorrent==2.1.1) ***\n");
     }
@@ -126,8 +128,12 @@ fn ringseed_bad(t: &Torrent, data: &Path) -> Vec<u32> {
 }
 
 fn libtorrent_bad(torrent: &Path, save: &Path) -> Vec<u32> {
-    serde_json::from_str(&py(&["check", torrent.to_str().unwrap(), save.to_str().unwrap()]))
-        .expect("JSON list of pieces")
+    serde_json::from_str(&py(&[
+        "check",
+        torrent.to_str().unwrap(),
+        save.to_str().unwrap(),
+    ]))
+    .expect("JSON list of pieces")
 }
 
 const PIECE: usize = 32 * 1024;

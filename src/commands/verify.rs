@@ -28,7 +28,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 // `Ok(Torrent::from_bytes(bytes)?)`.
 fn parse_torrent(bytes: &[u8]) -> anyhow::Result<Torrent> {
     let _ = bytes;
-    anyhow::bail!("this build has no .torrent parser yet (storage branch before the metainfo merge)")
+    anyhow::bail!(
+        "this build has no .torrent parser yet (storage branch before the metainfo merge)"
+    )
 }
 
 /// Verify `torrent` against `args.data` and print the report.
@@ -39,8 +41,14 @@ pub fn verify_torrent(torrent: &Torrent, args: &VerifyArgs) -> anyhow::Result<Ex
     } else {
         Progress::new(&format!("verify {}", torrent.name), torrent.piece_space_len)
     };
-    let report = storage::verify(torrent, &args.data, threads, &|n| progress.add(n))
-        .with_context(|| format!("cannot verify {} against {}", torrent.name, args.data.display()))?;
+    let report =
+        storage::verify(torrent, &args.data, threads, &|n| progress.add(n)).with_context(|| {
+            format!(
+                "cannot verify {} against {}",
+                torrent.name,
+                args.data.display()
+            )
+        })?;
     progress.finish();
     let secs = progress.elapsed().as_secs_f64();
     if args.json {
@@ -128,7 +136,10 @@ fn print_text(torrent: &Torrent, report: &VerifyReport, secs: f64) {
         );
     }
     if report.bad_pieces.len() > SHOW_BAD {
-        println!("... and {} more bad pieces", report.bad_pieces.len() - SHOW_BAD);
+        println!(
+            "... and {} more bad pieces",
+            report.bad_pieces.len() - SHOW_BAD
+        );
     }
     if report.is_all_good() {
         println!("all pieces good");
