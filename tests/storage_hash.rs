@@ -7,7 +7,8 @@ use std::path::Path;
 use ringseed::metainfo::{FileEntry, MetaVersion, Torrent};
 use ringseed::storage::hash::PieceCheck;
 use ringseed::storage::resume::{ResumeMismatch, ResumeRecord};
-use ringseed::storage::{self, hash_files, FileStatus, PieceBitfield};
+use ringseed::storage::{self, hash_files, FileStatus};
+use ringseed::wire::Bitfield;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -238,7 +239,7 @@ fn verify_detects_each_flipped_byte() {
                 };
                 assert_eq!(r.bad_pieces[0].reason, expected);
                 assert!(!r.verified.get(piece));
-                assert_eq!(r.verified.count_ones(), r.num_pieces - 1);
+                assert_eq!(r.verified.count(), r.num_pieces - 1);
                 flip(&path, at);
             }
         }
@@ -317,9 +318,9 @@ fn resume_record_round_trip_and_invalidation() {
     let b = build(&[K16 + 1, 0, 7], K16, MetaVersion::V1);
     let top = b.dir.path().join("top");
     let state = b.dir.path().join("state");
-    let mut bits = PieceBitfield::new(b.torrent.num_pieces);
-    bits.set(0, true);
-    bits.set(2, true);
+    let mut bits = Bitfield::new(b.torrent.num_pieces);
+    bits.set(0);
+    bits.set(2);
     let rec = ResumeRecord::capture(&b.torrent, &top, &bits).unwrap();
     rec.save(&b.torrent, &state).unwrap();
     let loaded = ResumeRecord::load(&b.torrent, &state).unwrap().unwrap();

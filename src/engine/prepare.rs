@@ -12,7 +12,7 @@ use crate::metainfo::create::{create, write_atomically, CreateOptions};
 use crate::metainfo::{MetaVersion, Torrent};
 use crate::storage::progress::Progress;
 use crate::storage::resume::ResumeRecord;
-use crate::storage::{verify, Content, PieceBitfield};
+use crate::storage::{verify, Content};
 use crate::wire::Bitfield;
 
 use super::catalog::ServedTorrent;
@@ -103,10 +103,6 @@ fn progress_for(label: &str, bytes: u64) -> Progress {
     Progress::new(label, bytes)
 }
 
-fn to_wire_bitfield(b: &PieceBitfield) -> Bitfield {
-    Bitfield::from_wire(b.as_bytes(), b.len()).unwrap_or_else(|_| Bitfield::new(b.len()))
-}
-
 fn prepare_dir_entry(
     path: &Path,
     state: &Path,
@@ -132,8 +128,8 @@ fn prepare_dir_entry(
                 };
                 if let Ok(have) = rec.check(&torrent, &root) {
                     let content = Content::open(&torrent, path)?;
-                    let bad = torrent.num_pieces - have.count_ones();
-                    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+                    let bad = torrent.num_pieces - have.count();
+                    let served = ServedTorrent::new(id, torrent, content, have)?;
                     return Ok(Prepared {
                         served,
                         torrent_path,
@@ -160,14 +156,11 @@ fn prepare_dir_entry(
     let torrent = created.torrent;
     let content = Content::open(&torrent, path)?;
     // We just hashed every byte: every piece is verified as of now.
-    let mut have = PieceBitfield::new(torrent.num_pieces);
-    for i in 0..torrent.num_pieces {
-        have.set(i, true);
-    }
+    let have = Bitfield::full(torrent.num_pieces);
     if let Ok(rec) = ResumeRecord::capture(&torrent, content.root(), &have) {
         let _ = rec.save(&torrent, state);
     }
-    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+    let served = ServedTorrent::new(id, torrent, content, have)?;
     Ok(Prepared {
         served,
         torrent_path,
@@ -208,8 +201,8 @@ fn prepare_pair(
     if let Some(state) = state {
         if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
             if let Ok(have) = rec.check(&torrent, content.root()) {
-                let bad = torrent.num_pieces - have.count_ones();
-                let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+                let bad = torrent.num_pieces - have.count();
+                let served = ServedTorrent::new(id, torrent, content, have)?;
                 return Ok(Prepared {
                     served,
                     torrent_path: torrent_file.to_path_buf(),
@@ -220,10 +213,7 @@ fn prepare_pair(
         }
     }
     let (have, bad, source) = if cfg.skip_verify {
-        let mut have = PieceBitfield::new(torrent.num_pieces);
-        for i in 0..torrent.num_pieces {
-            have.set(i, true);
-        }
+        let have = Bitfield::full(torrent.num_pieces);
         tracing::warn!(torrent = %torrent.name, "--skip-verify: serving pieces without checking them");
         (have, 0, "trusted (--skip-verify)")
     } else {
@@ -254,7 +244,7 @@ fn prepare_pair(
         }
         (report.verified, bad, "verified")
     };
-    let served = ServedTorrent::new(id, torrent, content, to_wire_bitfield(&have))?;
+    let served = ServedTorrent::new(id, torrent, content, have)?;
     Ok(Prepared {
         served,
         torrent_path: torrent_file.to_path_buf(),

@@ -5,20 +5,18 @@
 //! same bytes. Hybrid torrents get a BEP 47 pad file after every non-empty
 //! file that is followed by another non-empty one, so v2 files start on piece
 //! boundaries in the v1 piece space. Regular files only (symlinks are
-//! followed); special files are an error. Hashing is done by the storage
-//! module's `hash_files` contract (a single-threaded fallback until that
-//! branch lands).
-
-mod hash_fallback;
+//! followed); special files are an error. Hashing is done on every core by
+//! `storage::hash::hash_files`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::bencode::{encode_bytes, encode_int, DictBuilder};
 
-use self::hash_fallback::{hash_files_fallback as hash_files, ContentHashes};
-use super::merkle::BLOCK_SIZE;
 use super::{component_problem, FileEntry, MetaVersion, MetainfoError, Torrent, MAX_PIECES};
+use crate::storage::hash::{hash_files, ContentHashes, FileHashes};
+use crate::storage::merkle::LEAF_SIZE as BLOCK_SIZE;
+use crate::storage::StorageError;
 
 /// Default piece lengths are clamped to this range.
 pub const MIN_PIECE_LENGTH: u64 = 16 * 1024;
@@ -86,7 +84,7 @@ pub enum CreateError {
     #[error("{pieces} pieces is more than the wire protocol can address; choose a larger --piece-length")]
     TooManyPieces { pieces: u64 },
     #[error("hashing failed")]
-    Hash(#[source] hash_fallback::StorageError),
+    Hash(#[source] StorageError),
     #[error("the torrent we made does not validate (a ringseed bug)")]
     SelfCheck(#[source] MetainfoError),
 }
@@ -474,7 +472,7 @@ pub fn build(
 /// as a `file tree` dictionary.
 fn build_tree(
     files: &[FileEntry],
-    hashes: &[hash_fallback::FileHashes],
+    hashes: &[FileHashes],
     start: usize,
     end: usize,
     depth: usize,

@@ -15,7 +15,6 @@ mod error;
 mod fields;
 mod files;
 pub mod magnet;
-pub mod merkle;
 mod parse;
 mod types;
 

@@ -9,8 +9,8 @@ use crate::bencode::{decode, Spanned, Value};
 
 use super::fields::{opt_bytes, opt_dict, opt_int, opt_text, utf8};
 use super::files::{check_unique, component_problem, parse_v1, parse_v2, ListedFile};
-use super::merkle::{root_from_piece_layer, BLOCK_SIZE};
 use super::{FileEntry, InfoHashV1, InfoHashV2, MetaVersion, MetainfoError, Torrent};
+use crate::storage::merkle::{piece_layer_root, LEAF_SIZE as BLOCK_SIZE};
 
 /// Largest piece length accepted (libtorrent's limit, `i32::MAX / 2`).
 pub const MAX_PIECE_LENGTH: u64 = (i32::MAX / 2) as u64;
@@ -386,7 +386,7 @@ fn check_piece_layers(
                 h
             })
             .collect();
-        if root_from_piece_layer(&layer, piece_length) != root {
+        if piece_layer_root(&layer, f.length, piece_length) != Some(root) {
             return Err(MetainfoError::PieceLayerRootMismatch { path });
         }
         out.push(layer);

@@ -18,7 +18,6 @@
 //! anything that talks to the network. Nothing in this module panics on file
 //! contents or sizes found on disk.
 
-pub mod bitfield;
 mod error;
 pub mod files;
 pub mod hash;
@@ -29,7 +28,6 @@ mod reader;
 pub mod resume;
 pub mod verify;
 
-pub use bitfield::PieceBitfield;
 pub use error::StorageError;
 pub use files::{resolve_data_root, Content, ContentFile, FileStatus};
 pub use hash::{hash_files, ContentHashes, FileHashes};

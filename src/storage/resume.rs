@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::files::file_path;
-use super::{PieceBitfield, StorageError};
+use super::StorageError;
 use crate::metainfo::Torrent;
+use crate::wire::Bitfield;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -84,7 +85,7 @@ impl ResumeRecord {
     pub fn capture(
         torrent: &Torrent,
         root: &Path,
-        verified: &PieceBitfield,
+        verified: &Bitfield,
     ) -> Result<Self, StorageError> {
         let mut files = Vec::with_capacity(torrent.files.len());
         for e in &torrent.files {
@@ -158,7 +159,7 @@ impl ResumeRecord {
 
     /// If the data under `root` is unchanged since this record was made,
     /// the verified pieces; otherwise why not.
-    pub fn check(&self, torrent: &Torrent, root: &Path) -> Result<PieceBitfield, ResumeMismatch> {
+    pub fn check(&self, torrent: &Torrent, root: &Path) -> Result<Bitfield, ResumeMismatch> {
         let same_torrent = self.format == FORMAT_VERSION
             && self.info_hash_v1 == torrent.info_hash_v1.map(|h| h.to_string())
             && self.info_hash_v2 == torrent.info_hash_v2.map(|h| h.to_string())
@@ -185,7 +186,7 @@ impl ResumeRecord {
             }
         }
         unhex(&self.verified)
-            .and_then(|b| PieceBitfield::from_bytes(b, torrent.num_pieces))
+            .and_then(|b| Bitfield::from_wire(&b, torrent.num_pieces).ok())
             .ok_or(ResumeMismatch::CorruptBitfield)
     }
 }

@@ -16,8 +16,9 @@ use super::hash::{self, check_digest, PieceCheck};
 use super::layout::PieceLayout;
 use super::merkle::{self, Hash256};
 use super::reader::{self, PieceDigest};
-use super::{Content, PieceBitfield, StorageError};
+use super::{Content, StorageError};
 use crate::metainfo::Torrent;
+use crate::wire::Bitfield;
 
 /// A piece that failed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -46,7 +47,7 @@ pub struct VerifyReport {
     pub root: PathBuf,
     pub num_pieces: u32,
     /// Pieces that passed every hash check they have.
-    pub verified: PieceBitfield,
+    pub verified: Bitfield,
     /// Failed pieces in index order.
     pub bad_pieces: Vec<BadPiece>,
     pub file_problems: Vec<FileProblem>,
@@ -58,7 +59,7 @@ impl VerifyReport {
     /// True when every piece is good and every file is present with the
     /// right size.
     pub fn is_all_good(&self) -> bool {
-        self.bad_pieces.is_empty() && self.file_problems.is_empty() && self.verified.is_complete()
+        self.bad_pieces.is_empty() && self.file_problems.is_empty() && self.verified.is_full()
     }
 }
 
@@ -142,12 +143,12 @@ fn verify_sources<F: AsFile + Sync>(
     if want_v2 {
         check_files_without_layers(torrent, &layout, &digests, &mut checks);
     }
-    let mut verified = PieceBitfield::new(layout.num_pieces());
+    let mut verified = Bitfield::new(layout.num_pieces());
     let mut bad_pieces = Vec::new();
     for (i, c) in checks.iter().enumerate() {
         let index = i as u32;
         if *c == PieceCheck::Good {
-            verified.set(index, true);
+            verified.set(index);
         } else {
             bad_pieces.push(BadPiece {
                 index,
