@@ -121,12 +121,8 @@ fn prepare_dir_entry(
     if let Ok(bytes) = std::fs::read(&torrent_path) {
         if let Ok(torrent) = Torrent::from_bytes(&bytes) {
             if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
-                let root = if torrent.multi_file {
-                    path.to_path_buf()
-                } else {
-                    path.to_path_buf()
-                };
-                if let Ok(have) = rec.check(&torrent, &root) {
+                // DIR mode: the entry itself is the content root.
+                if let Ok(have) = rec.check(&torrent, path) {
                     let content = Content::open(&torrent, path)?;
                     let bad = torrent.num_pieces - have.count();
                     let served = ServedTorrent::new(id, torrent, content, have)?;

@@ -140,24 +140,6 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_kernel_release() {
-        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
-        assert_eq!(parse_release("5.15.0"), Some((5, 15)));
-        assert_eq!(parse_release("garbage"), None);
-    }
-
-    #[test]
-    fn this_kernel_is_supported() {
-        let support = probe_kernel().expect("the test machine must support the serve path");
-        assert!(!support.release.is_empty());
-    }
-}
-
 impl Ring {
     /// Queue an SQE, flushing the submission queue to the kernel if full.
     ///
@@ -206,5 +188,23 @@ impl Ring {
             .user_data(user_data);
         // SAFETY: no pointers in this SQE.
         unsafe { self.push(&e) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_release() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0"), Some((5, 15)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn this_kernel_is_supported() {
+        let support = probe_kernel().expect("the test machine must support the serve path");
+        assert!(!support.release.is_empty());
     }
 }

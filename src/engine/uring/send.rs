@@ -248,6 +248,9 @@ impl SendSlot {
 /// operations). A slot is owned by the table from [`SendTable::submit`]
 /// until [`SendTable::release`], which the shard calls only after the
 /// slot's last CQE (for SEND_ZC: the last notification).
+// Boxed on purpose: a slot's address is in the kernel's hands while in
+// flight, so slots must not move when the table grows.
+#[allow(clippy::vec_box)]
 #[derive(Default)]
 pub struct SendTable {
     slots: Vec<Option<Box<SendSlot>>>,
