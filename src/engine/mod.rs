@@ -3,4 +3,5 @@
 //! counters. Nothing is shared between shards but read-only torrent state
 //! and a shutdown flag.
 
+pub mod stats;
 pub mod uring;
