@@ -502,7 +502,26 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16,
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((status, head.to_string(), body.to_string()))
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, head.to_string(), body))
+}
+
+/// Decodes a chunked body (Prometheus's API answers large results chunked).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
+    out
 }
 
 /// Series names in a Prometheus text exposition (`name{...} value` lines).
