@@ -23,15 +23,25 @@ fn parse(text: &str) -> (BTreeMap<String, f64>, HashMap<String, String>) {
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "two TYPE lines for {name}");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "two TYPE lines for {name}"
+            );
             continue;
         }
         if line.starts_with('#') {
             continue;
         }
-        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("malformed line {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(series.insert(key.to_string(), value).is_none(), "duplicate series {key}");
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            series.insert(key.to_string(), value).is_none(),
+            "duplicate series {key}"
+        );
     }
     (series, types)
 }
@@ -55,16 +65,30 @@ fn assert_histograms_consistent(series: &BTreeMap<String, f64>) {
             .iter()
             .filter_map(|(k, v)| {
                 let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v))
+                Some((
+                    if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().unwrap()
+                    },
+                    *v,
+                ))
             })
             .collect();
         let mut sorted = buckets.clone();
         sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
         assert!(sorted.len() >= 10, "{name}: {} buckets", sorted.len());
-        assert!(sorted.windows(2).all(|w| w[0].1 <= w[1].1), "{name}: buckets not monotone: {sorted:?}");
+        assert!(
+            sorted.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name}: buckets not monotone: {sorted:?}"
+        );
         let inf = sorted.last().unwrap();
         assert_eq!(inf.0, f64::INFINITY);
-        assert_eq!(series[&format!("{name}_count")], inf.1, "{name}: _count != +Inf bucket");
+        assert_eq!(
+            series[&format!("{name}_count")],
+            inf.1,
+            "{name}: _count != +Inf bucket"
+        );
         assert!(inf.1 > 0.0, "{name}: no samples");
         assert!(series[&format!("{name}_sum")] > 0.0);
     }
@@ -76,7 +100,11 @@ fn serves_every_metric_with_the_shards_values() {
     let server = start(&load);
     let (status, head, body) = http_get(server.local_addr(), "/metrics").unwrap();
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     let (series, types) = parse(&body);
 
     for name in names::ALL {
@@ -87,36 +115,83 @@ fn serves_every_metric_with_the_shards_values() {
         } else {
             "gauge"
         };
-        assert_eq!(types.get(*name).map(String::as_str), Some(expected), "{name}\n{body}");
+        assert_eq!(
+            types.get(*name).map(String::as_str),
+            Some(expected),
+            "{name}\n{body}"
+        );
     }
     for key in series.keys() {
-        assert!(types.contains_key(&family(key, &types)), "{key} has no TYPE line");
+        assert!(
+            types.contains_key(&family(key, &types)),
+            "{key} has no TYPE line"
+        );
     }
 
     // One FakeLoad step: shard 1 (second shard) moved 2x the first's traffic.
-    assert_eq!(series[r#"ringseed_payload_bytes_total{shard="0"}"#], (16_384 * 64) as f64);
-    assert_eq!(series[r#"ringseed_payload_bytes_total{shard="1"}"#], (16_384 * 64 * 2) as f64);
+    assert_eq!(
+        series[r#"ringseed_payload_bytes_total{shard="0"}"#],
+        (16_384 * 64) as f64
+    );
+    assert_eq!(
+        series[r#"ringseed_payload_bytes_total{shard="1"}"#],
+        (16_384 * 64 * 2) as f64
+    );
     assert_eq!(series[r#"ringseed_connections{shard="1"}"#], 21.0);
-    for reason in ["queue_full", "choked", "out_of_range", "unavailable", "other"] {
-        assert_eq!(series[&format!(r#"ringseed_requests_rejected_total{{shard="0",reason="{reason}"}}"#)], 1.0);
+    for reason in [
+        "queue_full",
+        "choked",
+        "out_of_range",
+        "unavailable",
+        "other",
+    ] {
+        assert_eq!(
+            series[&format!(r#"ringseed_requests_rejected_total{{shard="0",reason="{reason}"}}"#)],
+            1.0
+        );
     }
-    for reason in ["peer_closed", "timeout", "protocol_error", "limit", "shutdown", "io_error"] {
-        assert_eq!(series[&format!(r#"ringseed_connections_closed_total{{shard="1",reason="{reason}"}}"#)], 1.0);
+    for reason in [
+        "peer_closed",
+        "timeout",
+        "protocol_error",
+        "limit",
+        "shutdown",
+        "io_error",
+    ] {
+        assert_eq!(
+            series[&format!(r#"ringseed_connections_closed_total{{shard="1",reason="{reason}"}}"#)],
+            1.0
+        );
     }
-    assert_eq!(series[r#"ringseed_handshake_failures_total{shard="0",reason="unknown_info_hash"}"#], 1.0);
+    assert_eq!(
+        series[r#"ringseed_handshake_failures_total{shard="0",reason="unknown_info_hash"}"#],
+        1.0
+    );
     assert_eq!(series["ringseed_pieces_verified_total"], 1.0);
     assert_eq!(series["ringseed_pieces_pending"], 999_999.0);
     assert!(series["ringseed_verify_seconds_total"] > 0.0);
 
     let build = BuildInfo::current();
     assert!(!build.commit.is_empty());
-    let info = format!(r#"ringseed_build_info{{version="{}",commit="{}"}}"#, build.version, build.commit);
-    let info_alt = format!(r#"ringseed_build_info{{commit="{}",version="{}"}}"#, build.commit, build.version);
-    assert!(series.get(&info).or(series.get(&info_alt)) == Some(&1.0), "{body}");
+    let info = format!(
+        r#"ringseed_build_info{{version="{}",commit="{}"}}"#,
+        build.version, build.commit
+    );
+    let info_alt = format!(
+        r#"ringseed_build_info{{commit="{}",version="{}"}}"#,
+        build.commit, build.version
+    );
+    assert!(
+        series.get(&info).or(series.get(&info_alt)) == Some(&1.0),
+        "{body}"
+    );
 
     assert!(series["ringseed_process_resident_memory_bytes"] > 1e6);
     assert!(series["ringseed_process_open_fds"] >= 3.0);
-    assert!(series["ringseed_process_threads"] >= 2.0, "the metrics thread and this one");
+    assert!(
+        series["ringseed_process_threads"] >= 2.0,
+        "the metrics thread and this one"
+    );
     assert_histograms_consistent(&series);
     server.shutdown();
 }
@@ -144,7 +219,10 @@ fn scrapes_stay_consistent_while_shards_publish() {
         assert_histograms_consistent(&series);
         let count = series["ringseed_request_to_send_seconds_count"];
         let bytes = series[r#"ringseed_payload_bytes_total{shard="2"}"#];
-        assert!(count >= last_count && bytes >= last_bytes, "counters went backwards");
+        assert!(
+            count >= last_count && bytes >= last_bytes,
+            "counters went backwards"
+        );
         (last_count, last_bytes) = (count, bytes);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -170,12 +248,22 @@ fn answers_other_requests_with_http_errors() {
     assert_eq!(http_get(addr, "/").unwrap().0, 404);
     assert_eq!(http_get(addr, "/metrics/x").unwrap().0, 404);
     assert_eq!(http_get(addr, "/metrics?name[]=x").unwrap().0, 200);
-    assert!(raw(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405"));
-    assert!(raw(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(
+        raw(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .starts_with("HTTP/1.1 405")
+    );
+    assert!(raw(
+        addr,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 400"));
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
     assert!(raw(addr, huge.as_bytes()).starts_with("HTTP/1.1 431"));
     let head = raw(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
-    assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
     // Still serving after all that.
     assert_eq!(http_get(addr, "/metrics").unwrap().0, 200);
     server.shutdown();
@@ -189,7 +277,11 @@ fn a_silent_client_delays_a_scrape_by_at_most_the_timeout() {
     let _silent = TcpStream::connect(addr).unwrap();
     let t = Instant::now();
     assert_eq!(http_get(addr, "/metrics").unwrap().0, 200);
-    assert!(t.elapsed() < Duration::from_secs(5), "scrape took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "scrape took {:?}",
+        t.elapsed()
+    );
     server.shutdown();
 }
 
@@ -202,7 +294,10 @@ fn shutdown_stops_listening() {
     let t = Instant::now();
     server.shutdown();
     assert!(t.elapsed() < Duration::from_secs(3));
-    assert!(TcpStream::connect(addr).is_err(), "still listening after shutdown");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still listening after shutdown"
+    );
     // Drop without an explicit shutdown also stops it.
     let server = start(&load);
     let addr = server.local_addr();

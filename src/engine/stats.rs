@@ -138,13 +138,19 @@ impl ShardStats {
     /// Counts one rejected request: the total and its reason.
     pub fn reject(&self, reason: RejectReason) {
         Self::add(&self.rejected, 1);
-        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         Self::add(&self.rejected_by[i], 1);
     }
 
     /// Counts one failed handshake by its reason.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
-        let i = HandshakeFailure::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         Self::add(&self.handshake_failures[i], 1);
     }
 

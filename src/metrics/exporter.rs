@@ -44,9 +44,12 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// time is dropped, so one stuck client delays scrapes by at most this.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Reads one counter out of a shard's stats.
+type ReadStat = fn(&ShardStats) -> u64;
+
 /// Counter and gauge handles of one shard, registered once.
 struct ShardHandles {
-    counters: Vec<(Counter, fn(&ShardStats) -> u64)>,
+    counters: Vec<(Counter, ReadStat)>,
     rejected: Vec<Counter>,
     closed: Vec<Counter>,
     handshake_failures: Vec<Counter>,
@@ -120,7 +123,8 @@ impl Renderer {
             }
             h.connections
                 .set(stats.connections.load(Ordering::Relaxed) as f64);
-            h.unchoked.set(stats.unchoked.load(Ordering::Relaxed) as f64);
+            h.unchoked
+                .set(stats.unchoked.load(Ordering::Relaxed) as f64);
         }
         let v = &self.sources.verify;
         self.verified.absolute(load(&v.pieces_verified));
@@ -151,7 +155,12 @@ impl Renderer {
             "Resident set size.",
             p.resident_bytes,
         );
-        plain_gauge(&mut out, names::OPEN_FDS, "Open file descriptors.", p.open_fds);
+        plain_gauge(
+            &mut out,
+            names::OPEN_FDS,
+            "Open file descriptors.",
+            p.open_fds,
+        );
         plain_gauge(&mut out, names::THREADS, "OS threads.", p.threads);
         self.sources.histograms.snapshot().render(&mut out);
         out
@@ -160,20 +169,26 @@ impl Renderer {
 
 fn float_counter(out: &mut String, name: &str, help: &str, value: Option<f64>) {
     if let Some(v) = value {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
     }
 }
 
 fn plain_gauge(out: &mut String, name: &str, help: &str, value: Option<u64>) {
     if let Some(v) = value {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+        );
     }
 }
 
 fn register_shard(index: usize) -> ShardHandles {
     let shard = index.to_string();
     let c = |name: &'static str| counter!(name, names::SHARD => shard.clone());
-    let counters: Vec<(Counter, fn(&ShardStats) -> u64)> = vec![
+    let counters: Vec<(Counter, ReadStat)> = vec![
         (c(names::PAYLOAD_BYTES), |s| load(&s.payload_bytes)),
         (c(names::PROTOCOL_BYTES), |s| load(&s.protocol_bytes)),
         (c(names::BLOCKS_SERVED), |s| load(&s.blocks_served)),
@@ -184,11 +199,11 @@ fn register_shard(index: usize) -> ShardHandles {
         (c(names::COLD_READS), |s| load(&s.cold_reads)),
         (c(names::CONNECTIONS_ACCEPTED), |s| load(&s.accepted)),
         (c(names::ACCEPT_ERRORS), |s| load(&s.accept_errors)),
-        (c(names::OPTIMISTIC_UNCHOKES), |s| load(&s.optimistic_unchokes)),
+        (c(names::OPTIMISTIC_UNCHOKES), |s| {
+            load(&s.optimistic_unchokes)
+        }),
     ];
-    let reason = |name: &'static str, r: &'static str| {
-        counter!(name, names::SHARD => shard.clone(), names::REASON => r)
-    };
+    let reason = |name: &'static str, r: &'static str| counter!(name, names::SHARD => shard.clone(), names::REASON => r);
     let mut rejected: Vec<Counter> = RejectReason::ALL
         .iter()
         .map(|r| reason(names::REQUESTS_REJECTED, r.as_str()))
@@ -220,7 +235,10 @@ fn describe_all() {
     describe_counter!(REQUESTS_CANCELLED, "Block requests cancelled by the peer.");
     describe_counter!(SENDS, "Send operations completed.");
     describe_counter!(PARTIAL_SENDS, "Sends the kernel completed only in part.");
-    describe_counter!(COLD_READS, "Blocks not in the page cache, read asynchronously first.");
+    describe_counter!(
+        COLD_READS,
+        "Blocks not in the page cache, read asynchronously first."
+    );
     describe_gauge!(CONNECTIONS, "Open peer connections.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted.");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by reason.");
@@ -230,7 +248,10 @@ fn describe_all() {
     describe_counter!(OPTIMISTIC_UNCHOKES, "Optimistic unchokes performed.");
     describe_counter!(PIECES_VERIFIED, "Pieces that passed their hash check.");
     describe_counter!(PIECES_FAILED, "Pieces that failed their hash check.");
-    describe_gauge!(PIECES_PENDING, "Pieces queued for verification, not checked yet.");
+    describe_gauge!(
+        PIECES_PENDING,
+        "Pieces queued for verification, not checked yet."
+    );
     describe_counter!(VERIFY_BYTES, "Bytes hashed by verification.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which build this is.");
 }
@@ -384,7 +405,12 @@ fn handle(mut stream: TcpStream, renderer: &Renderer) -> io::Result<()> {
         return Ok(()); // closed without a request (our own wake-up, a probe)
     };
     let (status, content_type, body, head_only) = if head.is_empty() {
-        ("431 Request Header Fields Too Large", "text/plain", String::new(), false)
+        (
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            String::new(),
+            false,
+        )
     } else {
         match route(&head) {
             Route::Metrics { head_only } => (
@@ -393,8 +419,15 @@ fn handle(mut stream: TcpStream, renderer: &Renderer) -> io::Result<()> {
                 renderer.render(),
                 head_only,
             ),
-            Route::NotFound => ("404 Not Found", "text/plain", "not found; try /metrics\n".into(), false),
-            Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain", String::new(), false),
+            Route::NotFound => (
+                "404 Not Found",
+                "text/plain",
+                "not found; try /metrics\n".into(),
+                false,
+            ),
+            Route::MethodNotAllowed => {
+                ("405 Method Not Allowed", "text/plain", String::new(), false)
+            }
             Route::BadRequest => ("400 Bad Request", "text/plain", String::new(), false),
         }
     };
@@ -420,9 +453,18 @@ mod tests {
     #[test]
     fn routes() {
         let r = |s: &str| route(s.as_bytes());
-        assert_eq!(r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics { head_only: false });
-        assert_eq!(r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics { head_only: false });
-        assert_eq!(r("HEAD /metrics HTTP/1.1\r\n\r\n"), Route::Metrics { head_only: true });
+        assert_eq!(
+            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Route::Metrics { head_only: true }
+        );
         assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);

@@ -41,8 +41,7 @@ pub const LATENCY_BUCKETS_US: &[u64] = &[
 
 /// Bucket upper bounds for send sizes, in bytes: 64 B .. 4 MiB, then +Inf.
 pub const SIZE_BUCKETS_BYTES: &[u64] = &[
-    64, 256, 1_024, 4_096, 16_384, 32_768, 65_536, 131_072, 262_144, 524_288, 1_048_576,
-    4_194_304,
+    64, 256, 1_024, 4_096, 16_384, 32_768, 65_536, 131_072, 262_144, 524_288, 1_048_576, 4_194_304,
 ];
 
 const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -398,7 +397,10 @@ mod tests {
         assert_eq!(&r.cumulative[..5], &[2, 4, 4, 4, 6]);
         assert_eq!(r.cumulative[LATENCY_BUCKETS_US.len() - 1], 6, "le=30s");
         assert_eq!(r.count(), 8);
-        assert_eq!(r.sum, 10 + 50 + 51 + 100 + 999 + 1_000 + 31_000_000 + 7_200_000_000);
+        assert_eq!(
+            r.sum,
+            10 + 50 + 51 + 100 + 999 + 1_000 + 31_000_000 + 7_200_000_000
+        );
         assert!(r.cumulative.windows(2).all(|w| w[0] <= w[1]));
         // Published samples left the shard.
         assert_eq!(a.local().request_to_send.count(), 0);
@@ -411,14 +413,20 @@ mod tests {
         h.record_send_size(16_397);
         {
             let _held = shared.slots[0].lock().unwrap();
-            assert!(!h.publish(), "publish must give up while the exporter holds the lock");
+            assert!(
+                !h.publish(),
+                "publish must give up while the exporter holds the lock"
+            );
         }
         assert_eq!(h.local().send_size.count(), 1);
         let t0 = Instant::now();
         assert!(h.publish_if_due(t0));
         assert_eq!(shared.snapshot().send_size.count(), 1);
         h.record_send_size(100);
-        assert!(!h.publish_if_due(t0 + Duration::from_millis(500)), "not due yet");
+        assert!(
+            !h.publish_if_due(t0 + Duration::from_millis(500)),
+            "not due yet"
+        );
         assert!(h.publish_if_due(t0 + PUBLISH_INTERVAL));
         let s = shared.snapshot().send_size;
         assert_eq!(s.cumulative[1], 1, "100 B is in le=256");
@@ -434,7 +442,9 @@ mod tests {
         let mut x: u64 = 1;
         for _ in 0..10_000 {
             // A spread of values over the whole range, deterministic.
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             h.record_request_to_send(Duration::from_micros((x >> 40) % 40_000_000));
             h.record_handshake_to_unchoke(Duration::from_micros((x >> 24) % 60_000_000));
             h.record_send_size((x >> 20) % 8_000_000);
@@ -455,8 +465,14 @@ mod tests {
                 .iter()
                 .map(|(le, _)| le.parse().unwrap())
                 .collect();
-            assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{name}: bounds ascend");
-            assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{name}: monotone");
+            assert!(
+                bounds.windows(2).all(|w| w[0] < w[1]),
+                "{name}: bounds ascend"
+            );
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{name}: monotone"
+            );
             let (last_le, inf) = buckets.last().unwrap();
             assert_eq!(last_le, "+Inf");
             let count: u64 = out

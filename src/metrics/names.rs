@@ -165,14 +165,23 @@ mod tests {
             assert!(name.starts_with("ringseed_"), "{name}");
             assert!(valid_name(name), "{name}");
             let counter = COUNTERS.contains(name);
-            assert_eq!(name.ends_with("_total"), counter, "{name}: `_total` iff counter");
-            assert!(!name.ends_with("_bucket") && !name.ends_with("_count") && !name.ends_with("_sum"));
+            assert_eq!(
+                name.ends_with("_total"),
+                counter,
+                "{name}: `_total` iff counter"
+            );
+            assert!(
+                !name.ends_with("_bucket") && !name.ends_with("_count") && !name.ends_with("_sum")
+            );
         }
         for name in COUNTERS.iter().chain(HISTOGRAMS) {
             assert!(ALL.contains(name), "{name} missing from ALL");
         }
         for name in HISTOGRAMS {
-            assert!(name.ends_with("_seconds") || name.ends_with("_bytes"), "{name}: unit suffix");
+            assert!(
+                name.ends_with("_seconds") || name.ends_with("_bytes"),
+                "{name}: unit suffix"
+            );
         }
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringseed::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
-use ringseed::metrics::{BuildInfo, MetricsSources, ShardHistograms, SharedHistograms, VerifyStats};
+use ringseed::metrics::{
+    BuildInfo, MetricsSources, ShardHistograms, SharedHistograms, VerifyStats,
+};
 use serde_json::{json, Value};
 
 pub fn dashboard_path() -> PathBuf {
@@ -92,16 +94,24 @@ fn rate(metric: &str) -> String {
 }
 
 fn quantiles(metric: &str) -> Vec<Value> {
-    [("A", "0.5", "p50"), ("B", "0.9", "p90"), ("C", "0.99", "p99"), ("D", "0.999", "p99.9")]
-        .iter()
-        .map(|(r, q, legend)| {
-            target(
-                r,
-                format!("histogram_quantile({q}, sum by (le) ({}))", rate(&format!("{metric}_bucket"))),
-                legend,
-            )
-        })
-        .collect()
+    [
+        ("A", "0.5", "p50"),
+        ("B", "0.9", "p90"),
+        ("C", "0.99", "p99"),
+        ("D", "0.999", "p99.9"),
+    ]
+    .iter()
+    .map(|(r, q, legend)| {
+        target(
+            r,
+            format!(
+                "histogram_quantile({q}, sum by (le) ({}))",
+                rate(&format!("{metric}_bucket"))
+            ),
+            legend,
+        )
+    })
+    .collect()
 }
 
 fn by_reason(title: &str, description: &str, metric: &str) -> Value {
@@ -109,13 +119,22 @@ fn by_reason(title: &str, description: &str, metric: &str) -> Value {
         title,
         description,
         "ops",
-        vec![target("A", format!("sum by (reason) ({})", rate(metric)), "{{reason}}")],
+        vec![target(
+            "A",
+            format!("sum by (reason) ({})", rate(metric)),
+            "{{reason}}",
+        )],
     )
 }
 
 /// The dashboard as committed in `dashboards/ringseed.json`.
 pub fn generate_dashboard() -> Value {
-    let mut l = Layout { next_id: 1, x: 0, y: 0, panels: Vec::new() };
+    let mut l = Layout {
+        next_id: 1,
+        x: 0,
+        y: 0,
+        panels: Vec::new(),
+    };
 
     l.row("Throughput");
     l.panel(12, timeseries(
@@ -134,16 +153,37 @@ pub fn generate_dashboard() -> Value {
         "Bps",
         vec![target("A", format!("sum by (instance, shard) ({})", rate("ringseed_payload_bytes_total")), "{{instance}} shard {{shard}}")],
     ));
-    l.panel(12, timeseries(
-        "Blocks and requests",
-        "Block requests received, blocks served and requests cancelled per second.",
-        "ops",
-        vec![
-            target("A", format!("sum by (instance) ({})", rate("ringseed_requests_total")), "{{instance}} requests"),
-            target("B", format!("sum by (instance) ({})", rate("ringseed_blocks_served_total")), "{{instance}} served"),
-            target("C", format!("sum by (instance) ({})", rate("ringseed_requests_cancelled_total")), "{{instance}} cancelled"),
-        ],
-    ));
+    l.panel(
+        12,
+        timeseries(
+            "Blocks and requests",
+            "Block requests received, blocks served and requests cancelled per second.",
+            "ops",
+            vec![
+                target(
+                    "A",
+                    format!("sum by (instance) ({})", rate("ringseed_requests_total")),
+                    "{{instance}} requests",
+                ),
+                target(
+                    "B",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_blocks_served_total")
+                    ),
+                    "{{instance}} served",
+                ),
+                target(
+                    "C",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_requests_cancelled_total")
+                    ),
+                    "{{instance}} cancelled",
+                ),
+            ],
+        ),
+    );
     l.panel(12, timeseries(
         "Sends and page-cache misses",
         "Send operations, sends the kernel took only in part, and blocks that were not in the page cache and had to be read first.",
@@ -162,27 +202,61 @@ pub fn generate_dashboard() -> Value {
         "short",
         vec![target("A", format!("ringseed_connections{I}"), "{{instance}} shard {{shard}}")],
     ));
-    l.panel(12, timeseries(
-        "Accepted connections",
-        "New connections and accept(2) errors per second.",
-        "ops",
-        vec![
-            target("A", format!("sum by (instance) ({})", rate("ringseed_connections_accepted_total")), "{{instance}} accepted"),
-            target("B", format!("sum by (instance) ({})", rate("ringseed_accept_errors_total")), "{{instance}} accept errors"),
-        ],
-    ));
-    l.panel(12, timeseries(
-        "Unchoked peers",
-        "Peers holding an upload slot, by shard.",
-        "short",
-        vec![target("A", format!("ringseed_unchoked_peers{I}"), "{{instance}} shard {{shard}}")],
-    ));
-    l.panel(12, timeseries(
-        "Optimistic unchokes",
-        "Optimistic unchokes per second (a newcomer gets a slot).",
-        "ops",
-        vec![target("A", format!("sum by (instance) ({})", rate("ringseed_optimistic_unchokes_total")), "{{instance}}")],
-    ));
+    l.panel(
+        12,
+        timeseries(
+            "Accepted connections",
+            "New connections and accept(2) errors per second.",
+            "ops",
+            vec![
+                target(
+                    "A",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_connections_accepted_total")
+                    ),
+                    "{{instance}} accepted",
+                ),
+                target(
+                    "B",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_accept_errors_total")
+                    ),
+                    "{{instance}} accept errors",
+                ),
+            ],
+        ),
+    );
+    l.panel(
+        12,
+        timeseries(
+            "Unchoked peers",
+            "Peers holding an upload slot, by shard.",
+            "short",
+            vec![target(
+                "A",
+                format!("ringseed_unchoked_peers{I}"),
+                "{{instance}} shard {{shard}}",
+            )],
+        ),
+    );
+    l.panel(
+        12,
+        timeseries(
+            "Optimistic unchokes",
+            "Optimistic unchokes per second (a newcomer gets a slot).",
+            "ops",
+            vec![target(
+                "A",
+                format!(
+                    "sum by (instance) ({})",
+                    rate("ringseed_optimistic_unchokes_total")
+                ),
+                "{{instance}}",
+            )],
+        ),
+    );
 
     l.row("Latency");
     l.panel(12, timeseries(
@@ -220,46 +294,93 @@ pub fn generate_dashboard() -> Value {
     let mut sizes = quantiles("ringseed_send_size_bytes");
     sizes.push(target(
         "E",
-        format!("sum({}) / sum({})", rate("ringseed_send_size_bytes_sum"), rate("ringseed_send_size_bytes_count")),
+        format!(
+            "sum({}) / sum({})",
+            rate("ringseed_send_size_bytes_sum"),
+            rate("ringseed_send_size_bytes_count")
+        ),
         "mean",
     ));
-    l.panel(12, timeseries(
-        "Send size",
-        "Bytes per completed send: small sends mean batching is not working.",
-        "bytes",
-        sizes,
-    ));
+    l.panel(
+        12,
+        timeseries(
+            "Send size",
+            "Bytes per completed send: small sends mean batching is not working.",
+            "bytes",
+            sizes,
+        ),
+    );
 
     l.row("Rejects and disconnects");
-    l.panel(8, by_reason("Rejected requests by reason", "Block requests rejected per second.", "ringseed_requests_rejected_total"));
-    l.panel(8, by_reason("Disconnects by reason", "Connections closed per second.", "ringseed_connections_closed_total"));
-    l.panel(8, by_reason("Handshake failures by reason", "Failed handshakes per second.", "ringseed_handshake_failures_total"));
+    l.panel(
+        8,
+        by_reason(
+            "Rejected requests by reason",
+            "Block requests rejected per second.",
+            "ringseed_requests_rejected_total",
+        ),
+    );
+    l.panel(
+        8,
+        by_reason(
+            "Disconnects by reason",
+            "Connections closed per second.",
+            "ringseed_connections_closed_total",
+        ),
+    );
+    l.panel(
+        8,
+        by_reason(
+            "Handshake failures by reason",
+            "Failed handshakes per second.",
+            "ringseed_handshake_failures_total",
+        ),
+    );
 
     l.row("Data");
     let done = format!(
         "sum by (instance) (ringseed_pieces_verified_total{I}) + sum by (instance) (ringseed_pieces_failed_total{I})"
     );
-    l.panel(8, timeseries(
-        "Verification progress",
-        "Share of the scheduled pieces that have been checked, and pieces still waiting.",
-        "percentunit",
-        vec![
-            target("A", format!("({done}) / ({done} + sum by (instance) (ringseed_pieces_pending{I}))"), "{{instance}} checked"),
-        ],
-    ));
-    l.panel(8, timeseries(
-        "Verification throughput",
-        "Bytes hashed per second, and per hashing thread (bytes / thread-seconds).",
-        "Bps",
-        vec![
-            target("A", format!("sum by (instance) ({})", rate("ringseed_verify_bytes_total")), "{{instance}} total"),
-            target(
-                "B",
-                format!("sum by (instance) ({}) / sum by (instance) ({})", rate("ringseed_verify_bytes_total"), rate("ringseed_verify_seconds_total")),
-                "{{instance}} per thread",
-            ),
-        ],
-    ));
+    l.panel(
+        8,
+        timeseries(
+            "Verification progress",
+            "Share of the scheduled pieces that have been checked, and pieces still waiting.",
+            "percentunit",
+            vec![target(
+                "A",
+                format!("({done}) / ({done} + sum by (instance) (ringseed_pieces_pending{I}))"),
+                "{{instance}} checked",
+            )],
+        ),
+    );
+    l.panel(
+        8,
+        timeseries(
+            "Verification throughput",
+            "Bytes hashed per second, and per hashing thread (bytes / thread-seconds).",
+            "Bps",
+            vec![
+                target(
+                    "A",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_verify_bytes_total")
+                    ),
+                    "{{instance}} total",
+                ),
+                target(
+                    "B",
+                    format!(
+                        "sum by (instance) ({}) / sum by (instance) ({})",
+                        rate("ringseed_verify_bytes_total"),
+                        rate("ringseed_verify_seconds_total")
+                    ),
+                    "{{instance}} per thread",
+                ),
+            ],
+        ),
+    );
     l.panel(8, timeseries(
         "Pieces failed verification",
         "Pieces whose hash did not match: they are never served. Nonzero means damaged or changed data.",
@@ -271,38 +392,66 @@ pub fn generate_dashboard() -> Value {
     ));
 
     l.row("Process");
-    l.panel(8, timeseries(
-        "Resident memory",
-        "Resident set size.",
-        "bytes",
-        vec![target("A", format!("ringseed_process_resident_memory_bytes{I}"), "{{instance}}")],
-    ));
-    l.panel(8, timeseries(
-        "Open fds and threads",
-        "Open file descriptors (connections, torrent files, rings) and OS threads.",
-        "short",
-        vec![
-            target("A", format!("ringseed_process_open_fds{I}"), "{{instance}} fds"),
-            target("B", format!("ringseed_process_threads{I}"), "{{instance}} threads"),
-        ],
-    ));
-    l.panel(8, timeseries(
-        "CPU",
-        "CPU cores in use, and CPU seconds per GiB of payload served.",
-        "short",
-        vec![
-            target("A", format!("sum by (instance) ({})", rate("ringseed_process_cpu_seconds_total")), "{{instance}} cores"),
-            target(
-                "B",
-                format!(
-                    "sum by (instance) ({}) / (sum by (instance) ({}) / 1073741824)",
-                    rate("ringseed_process_cpu_seconds_total"),
-                    rate("ringseed_payload_bytes_total")
+    l.panel(
+        8,
+        timeseries(
+            "Resident memory",
+            "Resident set size.",
+            "bytes",
+            vec![target(
+                "A",
+                format!("ringseed_process_resident_memory_bytes{I}"),
+                "{{instance}}",
+            )],
+        ),
+    );
+    l.panel(
+        8,
+        timeseries(
+            "Open fds and threads",
+            "Open file descriptors (connections, torrent files, rings) and OS threads.",
+            "short",
+            vec![
+                target(
+                    "A",
+                    format!("ringseed_process_open_fds{I}"),
+                    "{{instance}} fds",
                 ),
-                "{{instance}} CPU s per GiB",
-            ),
-        ],
-    ));
+                target(
+                    "B",
+                    format!("ringseed_process_threads{I}"),
+                    "{{instance}} threads",
+                ),
+            ],
+        ),
+    );
+    l.panel(
+        8,
+        timeseries(
+            "CPU",
+            "CPU cores in use, and CPU seconds per GiB of payload served.",
+            "short",
+            vec![
+                target(
+                    "A",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_process_cpu_seconds_total")
+                    ),
+                    "{{instance}} cores",
+                ),
+                target(
+                    "B",
+                    format!(
+                        "sum by (instance) ({}) / (sum by (instance) ({}) / 1073741824)",
+                        rate("ringseed_process_cpu_seconds_total"),
+                        rate("ringseed_payload_bytes_total")
+                    ),
+                    "{{instance}} CPU s per GiB",
+                ),
+            ],
+        ),
+    );
     l.panel(24, json!({
         "type": "table",
         "title": "Builds",
@@ -424,15 +573,23 @@ pub struct FakeLoad {
 impl FakeLoad {
     pub fn new(shards: usize) -> Self {
         let histograms = SharedHistograms::new(shards);
-        let recorders = (0..shards).map(|i| histograms.for_shard(i).unwrap()).collect();
+        let recorders = (0..shards)
+            .map(|i| histograms.for_shard(i).unwrap())
+            .collect();
         let sources = MetricsSources {
-            shards: (0..shards).map(|_| Arc::new(ShardStats::default())).collect(),
+            shards: (0..shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
             histograms,
             verify: Arc::new(VerifyStats::default()),
             build: BuildInfo::current(),
         };
         sources.verify.queue(1_000_000);
-        let mut load = FakeLoad { sources, recorders, step: 0 };
+        let mut load = FakeLoad {
+            sources,
+            recorders,
+            step: 0,
+        };
         load.step();
         load
     }
@@ -466,7 +623,8 @@ impl FakeLoad {
             for f in HandshakeFailure::ALL {
                 s.handshake_failed(f);
             }
-            s.connections.store((10 * i + k % 5) as i64, Ordering::Relaxed);
+            s.connections
+                .store((10 * i + k % 5) as i64, Ordering::Relaxed);
             s.unchoked.store((4 * i + k % 3) as i64, Ordering::Relaxed);
         }
         let v = &self.sources.verify;
@@ -492,7 +650,10 @@ impl FakeLoad {
 pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw).into_owned();
@@ -502,7 +663,10 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16,
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -514,7 +678,8 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16,
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
         if size == 0 || after.len() < size {
             break;
         }
@@ -536,7 +701,9 @@ pub fn exposed_series(text: &str) -> std::collections::BTreeSet<String> {
 pub fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
