@@ -37,6 +37,70 @@ impl CloseKind {
     }
 }
 
+/// Why a block request was rejected (a metrics label). Added by the metrics
+/// branch; the engine bumps it through [`ShardStats::reject`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// More requests outstanding than the advertised `reqq`.
+    QueueFull,
+    /// A request while the peer is choked (BEP 6 reject_request).
+    Choked,
+    /// Piece index, offset or length outside the torrent.
+    OutOfRange,
+    /// A piece we do not have verified.
+    Unavailable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::QueueFull,
+        RejectReason::Choked,
+        RejectReason::OutOfRange,
+        RejectReason::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Choked => "choked",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a handshake failed (a metrics label). Added by the metrics branch; the
+/// engine bumps it through [`ShardStats::handshake_failed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not the BitTorrent protocol string, or a malformed handshake.
+    Malformed,
+    /// An info-hash we do not serve.
+    UnknownInfoHash,
+    /// The handshake did not arrive within the handshake timeout.
+    Timeout,
+    /// The peer closed or reset the connection mid-handshake.
+    Closed,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Malformed,
+        HandshakeFailure::UnknownInfoHash,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Malformed => "malformed",
+            HandshakeFailure::UnknownInfoHash => "unknown_info_hash",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct ShardStats {
     pub connections: AtomicI64,
@@ -54,6 +118,12 @@ pub struct ShardStats {
     pub unchoked: AtomicI64,
     pub optimistic_unchokes: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Rejections by [`RejectReason`] (index as in `RejectReason::ALL`);
+    /// `rejected` stays the total. Use [`ShardStats::reject`].
+    pub rejected_by: [AtomicU64; 4],
+    /// Failed handshakes by [`HandshakeFailure`] (index as in
+    /// `HandshakeFailure::ALL`). Use [`ShardStats::handshake_failed`].
+    pub handshake_failures: [AtomicU64; 4],
 }
 
 impl ShardStats {
@@ -63,6 +133,25 @@ impl ShardStats {
 
     pub fn closed(&self, kind: CloseKind) -> &AtomicU64 {
         &self.closed[CloseKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)]
+    }
+
+    /// Counts one rejected request: the total and its reason.
+    pub fn reject(&self, reason: RejectReason) {
+        Self::add(&self.rejected, 1);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        Self::add(&self.rejected_by[i], 1);
+    }
+
+    /// Counts one failed handshake by its reason.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        let i = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        Self::add(&self.handshake_failures[i], 1);
     }
 
     pub fn get(c: &AtomicU64) -> u64 {

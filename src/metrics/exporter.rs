@@ -1,0 +1,476 @@
+//! The `/metrics` endpoint: a minimal HTTP/1.1 server on its own thread that
+//! reads the shards' counters at scrape time and renders them in the
+//! Prometheus text format 0.0.4.
+//!
+//! Counters and gauges go through `metrics-exporter-prometheus` (a private
+//! recorder, never the process-global one, so several servers can live in one
+//! process, as in tests). Histograms and the float-valued counters (seconds)
+//! are rendered here and appended to its output.
+//!
+//! Deliberately not here: keep-alive (every response closes the connection;
+//! Prometheus copes), compression, TLS, authentication. Bind it to loopback or
+//! a management network.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use super::histogram::SharedHistograms;
+use super::names;
+use super::process::{ProcessStats, VerifyStats};
+use super::BuildInfo;
+use crate::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
+
+/// Everything the exporter reads at scrape time.
+#[derive(Clone, Debug)]
+pub struct MetricsSources {
+    /// One per shard, index = shard number.
+    pub shards: Vec<Arc<ShardStats>>,
+    pub histograms: SharedHistograms,
+    pub verify: Arc<VerifyStats>,
+    pub build: BuildInfo,
+}
+
+/// Longest request head we read; anything longer gets 431.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A client that does not send its request (or read the answer) within this
+/// time is dropped, so one stuck client delays scrapes by at most this.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads one counter out of a shard's stats.
+type ReadStat = fn(&ShardStats) -> u64;
+
+/// Counter and gauge handles of one shard, registered once.
+struct ShardHandles {
+    counters: Vec<(Counter, ReadStat)>,
+    rejected: Vec<Counter>,
+    closed: Vec<Counter>,
+    handshake_failures: Vec<Counter>,
+    connections: Gauge,
+    unchoked: Gauge,
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Renders the whole `/metrics` page from [`MetricsSources`].
+pub struct Renderer {
+    recorder: PrometheusRecorder,
+    sources: MetricsSources,
+    shards: Vec<ShardHandles>,
+    verified: Counter,
+    failed: Counter,
+    pending: Gauge,
+    verify_bytes: Counter,
+}
+
+impl Renderer {
+    pub fn new(sources: MetricsSources) -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let build = sources.build.clone();
+        let (shards, verified, failed, pending, verify_bytes) =
+            metrics::with_local_recorder(&recorder, || {
+                describe_all();
+                gauge!(names::BUILD_INFO, "version" => build.version, "commit" => build.commit)
+                    .set(1.0);
+                let shards = (0..sources.shards.len()).map(register_shard).collect();
+                (
+                    shards,
+                    counter!(names::PIECES_VERIFIED),
+                    counter!(names::PIECES_FAILED),
+                    gauge!(names::PIECES_PENDING),
+                    counter!(names::VERIFY_BYTES),
+                )
+            });
+        Renderer {
+            recorder,
+            sources,
+            shards,
+            verified,
+            failed,
+            pending,
+            verify_bytes,
+        }
+    }
+
+    /// The page as Prometheus scrapes it.
+    pub fn render(&self) -> String {
+        for (stats, h) in self.sources.shards.iter().zip(&self.shards) {
+            for (counter, read) in &h.counters {
+                counter.absolute(read(stats));
+            }
+            for (counter, c) in h.rejected.iter().zip(&stats.rejected_by) {
+                counter.absolute(load(c));
+            }
+            // Rejections counted without a reason show as "other".
+            let with_reason: u64 = stats.rejected_by.iter().map(load).sum();
+            if let Some(other) = h.rejected.last() {
+                other.absolute(load(&stats.rejected).saturating_sub(with_reason));
+            }
+            for (counter, kind) in h.closed.iter().zip(CloseKind::ALL) {
+                counter.absolute(load(stats.closed(kind)));
+            }
+            for (counter, c) in h.handshake_failures.iter().zip(&stats.handshake_failures) {
+                counter.absolute(load(c));
+            }
+            h.connections
+                .set(stats.connections.load(Ordering::Relaxed) as f64);
+            h.unchoked
+                .set(stats.unchoked.load(Ordering::Relaxed) as f64);
+        }
+        let v = &self.sources.verify;
+        self.verified.absolute(load(&v.pieces_verified));
+        self.failed.absolute(load(&v.pieces_failed));
+        self.pending.set(v.pending() as f64);
+        self.verify_bytes.absolute(load(&v.bytes));
+
+        let mut out = self.recorder.handle().render();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        float_counter(
+            &mut out,
+            names::VERIFY_SECONDS,
+            "Seconds spent hashing pieces, summed over verification threads.",
+            Some(v.seconds()),
+        );
+        let p = ProcessStats::read();
+        float_counter(
+            &mut out,
+            names::CPU_SECONDS,
+            "User plus system CPU time of the process.",
+            p.cpu_seconds,
+        );
+        plain_gauge(
+            &mut out,
+            names::RESIDENT_MEMORY_BYTES,
+            "Resident set size.",
+            p.resident_bytes,
+        );
+        plain_gauge(
+            &mut out,
+            names::OPEN_FDS,
+            "Open file descriptors.",
+            p.open_fds,
+        );
+        plain_gauge(&mut out, names::THREADS, "OS threads.", p.threads);
+        self.sources.histograms.snapshot().render(&mut out);
+        out
+    }
+}
+
+fn float_counter(out: &mut String, name: &str, help: &str, value: Option<f64>) {
+    if let Some(v) = value {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    }
+}
+
+fn plain_gauge(out: &mut String, name: &str, help: &str, value: Option<u64>) {
+    if let Some(v) = value {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+        );
+    }
+}
+
+fn register_shard(index: usize) -> ShardHandles {
+    let shard = index.to_string();
+    let c = |name: &'static str| counter!(name, names::SHARD => shard.clone());
+    let counters: Vec<(Counter, ReadStat)> = vec![
+        (c(names::PAYLOAD_BYTES), |s| load(&s.payload_bytes)),
+        (c(names::PROTOCOL_BYTES), |s| load(&s.protocol_bytes)),
+        (c(names::BLOCKS_SERVED), |s| load(&s.blocks_served)),
+        (c(names::REQUESTS), |s| load(&s.requests)),
+        (c(names::REQUESTS_CANCELLED), |s| load(&s.cancelled)),
+        (c(names::SENDS), |s| load(&s.sends)),
+        (c(names::PARTIAL_SENDS), |s| load(&s.partial_sends)),
+        (c(names::COLD_READS), |s| load(&s.cold_reads)),
+        (c(names::CONNECTIONS_ACCEPTED), |s| load(&s.accepted)),
+        (c(names::ACCEPT_ERRORS), |s| load(&s.accept_errors)),
+        (c(names::OPTIMISTIC_UNCHOKES), |s| {
+            load(&s.optimistic_unchokes)
+        }),
+    ];
+    let reason = |name: &'static str, r: &'static str| counter!(name, names::SHARD => shard.clone(), names::REASON => r);
+    let mut rejected: Vec<Counter> = RejectReason::ALL
+        .iter()
+        .map(|r| reason(names::REQUESTS_REJECTED, r.as_str()))
+        .collect();
+    rejected.push(reason(names::REQUESTS_REJECTED, "other"));
+    ShardHandles {
+        counters,
+        rejected,
+        closed: CloseKind::ALL
+            .iter()
+            .map(|k| reason(names::CONNECTIONS_CLOSED, k.as_str()))
+            .collect(),
+        handshake_failures: HandshakeFailure::ALL
+            .iter()
+            .map(|f| reason(names::HANDSHAKE_FAILURES, f.as_str()))
+            .collect(),
+        connections: gauge!(names::CONNECTIONS, names::SHARD => shard.clone()),
+        unchoked: gauge!(names::UNCHOKED_PEERS, names::SHARD => shard.clone()),
+    }
+}
+
+fn describe_all() {
+    use names::*;
+    describe_counter!(PAYLOAD_BYTES, "Piece payload bytes handed to the kernel.");
+    describe_counter!(PROTOCOL_BYTES, "Non-payload protocol bytes sent.");
+    describe_counter!(BLOCKS_SERVED, "Blocks fully handed to the kernel.");
+    describe_counter!(REQUESTS, "Block requests received.");
+    describe_counter!(REQUESTS_REJECTED, "Block requests rejected, by reason.");
+    describe_counter!(REQUESTS_CANCELLED, "Block requests cancelled by the peer.");
+    describe_counter!(SENDS, "Send operations completed.");
+    describe_counter!(PARTIAL_SENDS, "Sends the kernel completed only in part.");
+    describe_counter!(
+        COLD_READS,
+        "Blocks not in the page cache, read asynchronously first."
+    );
+    describe_gauge!(CONNECTIONS, "Open peer connections.");
+    describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted.");
+    describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by reason.");
+    describe_counter!(HANDSHAKE_FAILURES, "Failed handshakes, by reason.");
+    describe_counter!(ACCEPT_ERRORS, "accept(2) errors.");
+    describe_gauge!(UNCHOKED_PEERS, "Peers currently unchoked.");
+    describe_counter!(OPTIMISTIC_UNCHOKES, "Optimistic unchokes performed.");
+    describe_counter!(PIECES_VERIFIED, "Pieces that passed their hash check.");
+    describe_counter!(PIECES_FAILED, "Pieces that failed their hash check.");
+    describe_gauge!(
+        PIECES_PENDING,
+        "Pieces queued for verification, not checked yet."
+    );
+    describe_counter!(VERIFY_BYTES, "Bytes hashed by verification.");
+    describe_gauge!(BUILD_INFO, "Always 1; the labels say which build this is.");
+}
+
+/// The `/metrics` HTTP server thread.
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port; see [`MetricsServer::local_addr`])
+    /// and starts serving on a thread named `metrics`.
+    pub fn start(addr: SocketAddr, sources: MetricsSources) -> io::Result<MetricsServer> {
+        Self::with_listener(TcpListener::bind(addr)?, sources)
+    }
+
+    /// Serves on a listener the caller bound.
+    pub fn with_listener(listener: TcpListener, sources: MetricsSources) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let renderer = Renderer::new(sources);
+        let thread = std::thread::Builder::new().name("metrics".into()).spawn({
+            let stop = stop.clone();
+            move || serve(listener, renderer, &stop)
+        })?;
+        Ok(MetricsServer {
+            local_addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and joins the thread (at most [`IO_TIMEOUT`] if a
+    /// client is mid-request). Dropping the server does the same.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a connection of our own.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        if TcpStream::connect_timeout(&wake, IO_TIMEOUT).is_ok() {
+            let _ = thread.join();
+        } else {
+            // Cannot reach our own listener: leave the thread to exit with
+            // the process rather than hang here.
+            tracing::warn!(addr = %wake, "metrics server: could not wake the listener; detaching it");
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn serve(listener: TcpListener, renderer: Renderer, stop: &AtomicBool) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match conn {
+            Ok(stream) => {
+                if let Err(e) = handle(stream, &renderer) {
+                    tracing::debug!(error = %e, "metrics: request failed");
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: do not spin.
+                tracing::debug!(error = %e, "metrics: accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics { head_only: bool },
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let Some(line) = head.split(|&b| b == b'\n').next() else {
+        return Route::BadRequest;
+    };
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Route::BadRequest;
+    };
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => Route::Metrics { head_only: false },
+        ("HEAD", "/metrics") => Route::Metrics { head_only: true },
+        ("GET" | "HEAD", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_REQUEST_HEAD {
+            return Ok(Some(Vec::new()));
+        }
+    }
+}
+
+fn handle(mut stream: TcpStream, renderer: &Renderer) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let Some(head) = read_head(&mut stream)? else {
+        return Ok(()); // closed without a request (our own wake-up, a probe)
+    };
+    let (status, content_type, body, head_only) = if head.is_empty() {
+        (
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            String::new(),
+            false,
+        )
+    } else {
+        match route(&head) {
+            Route::Metrics { head_only } => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                renderer.render(),
+                head_only,
+            ),
+            Route::NotFound => (
+                "404 Not Found",
+                "text/plain",
+                "not found; try /metrics\n".into(),
+                false,
+            ),
+            Route::MethodNotAllowed => {
+                ("405 Method Not Allowed", "text/plain", String::new(), false)
+            }
+            Route::BadRequest => ("400 Bad Request", "text/plain", String::new(), false),
+        }
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        response.push_str("Allow: GET, HEAD\r\n");
+    }
+    response.push_str("\r\n");
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |s: &str| route(s.as_bytes());
+        assert_eq!(
+            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Route::Metrics { head_only: true }
+        );
+        assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
+        assert_eq!(r("GET /metrics\r\n\r\n"), Route::BadRequest);
+        assert_eq!(r("GET /metrics SPDY/3 extra\r\n\r\n"), Route::BadRequest);
+        assert_eq!(r("\u{0}\u{ff}"), Route::BadRequest);
+        assert_eq!(route(&[0xff, 0xfe, b'\n']), Route::BadRequest);
+    }
+}

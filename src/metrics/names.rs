@@ -1,0 +1,187 @@
+//! Every metric ringseed exports, by name: `ringseed_<thing>_<unit>`, with
+//! `_total` for counters. Per-shard series carry the label [`SHARD`]; no
+//! series is labelled by peer, and none by torrent (a per-torrent label behind
+//! an opt-in flag with a cap is not built yet).
+//!
+//! Dashboards and alerts query these names; `tests/dashboard.rs` proves that
+//! every name a dashboard panel queries is exported.
+
+/// Label: the shard index ("0", "1", ...).
+pub const SHARD: &str = "shard";
+/// Label: why something was rejected, closed or failed.
+pub const REASON: &str = "reason";
+
+// Traffic (counters, per shard).
+/// Piece payload bytes handed to the kernel.
+pub const PAYLOAD_BYTES: &str = "ringseed_payload_bytes_total";
+/// Non-payload protocol bytes sent (headers, handshakes, bitfields, ...).
+pub const PROTOCOL_BYTES: &str = "ringseed_protocol_bytes_total";
+/// Blocks fully handed to the kernel.
+pub const BLOCKS_SERVED: &str = "ringseed_blocks_served_total";
+/// Block requests received.
+pub const REQUESTS: &str = "ringseed_requests_total";
+/// Block requests rejected, by `reason`.
+pub const REQUESTS_REJECTED: &str = "ringseed_requests_rejected_total";
+/// Block requests cancelled by the peer before they were sent.
+pub const REQUESTS_CANCELLED: &str = "ringseed_requests_cancelled_total";
+/// Send operations completed.
+pub const SENDS: &str = "ringseed_sends_total";
+/// Send operations that the kernel completed only in part.
+pub const PARTIAL_SENDS: &str = "ringseed_partial_sends_total";
+/// Blocks whose pages were not resident and were read asynchronously first.
+pub const COLD_READS: &str = "ringseed_cold_reads_total";
+
+// Connections (per shard).
+/// Open peer connections (gauge).
+pub const CONNECTIONS: &str = "ringseed_connections";
+/// Connections accepted.
+pub const CONNECTIONS_ACCEPTED: &str = "ringseed_connections_accepted_total";
+/// Connections closed, by `reason`.
+pub const CONNECTIONS_CLOSED: &str = "ringseed_connections_closed_total";
+/// Handshakes that failed, by `reason`.
+pub const HANDSHAKE_FAILURES: &str = "ringseed_handshake_failures_total";
+/// accept(2) errors (EMFILE, ENOBUFS, ...).
+pub const ACCEPT_ERRORS: &str = "ringseed_accept_errors_total";
+
+// Choker (per shard).
+/// Peers currently unchoked (gauge).
+pub const UNCHOKED_PEERS: &str = "ringseed_unchoked_peers";
+/// Optimistic unchokes performed.
+pub const OPTIMISTIC_UNCHOKES: &str = "ringseed_optimistic_unchokes_total";
+
+// Data verification (process-wide).
+/// Pieces that passed their hash check.
+pub const PIECES_VERIFIED: &str = "ringseed_pieces_verified_total";
+/// Pieces that failed their hash check.
+pub const PIECES_FAILED: &str = "ringseed_pieces_failed_total";
+/// Pieces queued for verification and not checked yet (gauge).
+pub const PIECES_PENDING: &str = "ringseed_pieces_pending";
+/// Bytes hashed by verification.
+pub const VERIFY_BYTES: &str = "ringseed_verify_bytes_total";
+/// Wall-clock seconds spent verifying.
+pub const VERIFY_SECONDS: &str = "ringseed_verify_seconds_total";
+
+// Latency and size histograms (merged over shards).
+/// From a block request received to the block fully handed to the kernel.
+pub const REQUEST_TO_SEND_SECONDS: &str = "ringseed_request_to_send_seconds";
+/// From a completed handshake to the first unchoke.
+pub const HANDSHAKE_TO_UNCHOKE_SECONDS: &str = "ringseed_handshake_to_unchoke_seconds";
+/// Bytes per completed send operation.
+pub const SEND_SIZE_BYTES: &str = "ringseed_send_size_bytes";
+
+// Process.
+/// Resident set size.
+pub const RESIDENT_MEMORY_BYTES: &str = "ringseed_process_resident_memory_bytes";
+/// Open file descriptors.
+pub const OPEN_FDS: &str = "ringseed_process_open_fds";
+/// OS threads.
+pub const THREADS: &str = "ringseed_process_threads";
+/// User plus system CPU time.
+pub const CPU_SECONDS: &str = "ringseed_process_cpu_seconds_total";
+/// Always 1, labelled `version` and `commit`.
+pub const BUILD_INFO: &str = "ringseed_build_info";
+
+/// Every metric family name, for tests and documentation.
+pub const ALL: &[&str] = &[
+    PAYLOAD_BYTES,
+    PROTOCOL_BYTES,
+    BLOCKS_SERVED,
+    REQUESTS,
+    REQUESTS_REJECTED,
+    REQUESTS_CANCELLED,
+    SENDS,
+    PARTIAL_SENDS,
+    COLD_READS,
+    CONNECTIONS,
+    CONNECTIONS_ACCEPTED,
+    CONNECTIONS_CLOSED,
+    HANDSHAKE_FAILURES,
+    ACCEPT_ERRORS,
+    UNCHOKED_PEERS,
+    OPTIMISTIC_UNCHOKES,
+    PIECES_VERIFIED,
+    PIECES_FAILED,
+    PIECES_PENDING,
+    VERIFY_BYTES,
+    VERIFY_SECONDS,
+    REQUEST_TO_SEND_SECONDS,
+    HANDSHAKE_TO_UNCHOKE_SECONDS,
+    SEND_SIZE_BYTES,
+    RESIDENT_MEMORY_BYTES,
+    OPEN_FDS,
+    THREADS,
+    CPU_SECONDS,
+    BUILD_INFO,
+];
+
+/// Metric families that are counters (and must end in `_total`).
+pub const COUNTERS: &[&str] = &[
+    PAYLOAD_BYTES,
+    PROTOCOL_BYTES,
+    BLOCKS_SERVED,
+    REQUESTS,
+    REQUESTS_REJECTED,
+    REQUESTS_CANCELLED,
+    SENDS,
+    PARTIAL_SENDS,
+    COLD_READS,
+    CONNECTIONS_ACCEPTED,
+    CONNECTIONS_CLOSED,
+    HANDSHAKE_FAILURES,
+    ACCEPT_ERRORS,
+    OPTIMISTIC_UNCHOKES,
+    PIECES_VERIFIED,
+    PIECES_FAILED,
+    VERIFY_BYTES,
+    VERIFY_SECONDS,
+    CPU_SECONDS,
+];
+
+/// Metric families that are histograms.
+pub const HISTOGRAMS: &[&str] = &[
+    REQUEST_TO_SEND_SECONDS,
+    HANDSHAKE_TO_UNCHOKE_SECONDS,
+    SEND_SIZE_BYTES,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn valid_name(n: &str) -> bool {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        let unique: HashSet<_> = ALL.iter().collect();
+        assert_eq!(unique.len(), ALL.len(), "duplicate metric name");
+        for name in ALL {
+            assert!(name.starts_with("ringseed_"), "{name}");
+            assert!(valid_name(name), "{name}");
+            let counter = COUNTERS.contains(name);
+            assert_eq!(
+                name.ends_with("_total"),
+                counter,
+                "{name}: `_total` iff counter"
+            );
+            assert!(
+                !name.ends_with("_bucket") && !name.ends_with("_count") && !name.ends_with("_sum")
+            );
+        }
+        for name in COUNTERS.iter().chain(HISTOGRAMS) {
+            assert!(ALL.contains(name), "{name} missing from ALL");
+        }
+        for name in HISTOGRAMS {
+            assert!(
+                name.ends_with("_seconds") || name.ends_with("_bytes"),
+                "{name}: unit suffix"
+            );
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! A real Prometheus (Debian's `prometheus` package; `.ci/run` installs it)
+//! scrapes a `MetricsServer` every second while fake shards keep moving; then
+//! every dashboard panel's query, variables filled in, must return data, and
+//! the histograms as Prometheus stored them must be consistent.
+//!
+//! The data source is a fake load for now; it is meant to become a real
+//! `ringseed serve` under the load generator.
+
+mod dashboard_support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashboard_support::*;
+use ringseed::metrics::MetricsServer;
+use serde_json::Value;
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// Kills Prometheus by its PID however the test ends.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_prometheus(target: SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: ringseed\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn log_of(p: &Prometheus) -> String {
+    std::fs::read_to_string(p._dir.path().join("prometheus.log")).unwrap_or_default()
+}
+
+/// Runs an instant query; `None` if Prometheus is not answering yet.
+fn query(p: &Prometheus, promql: &str) -> Option<Value> {
+    let (status, _, body) = http_get(
+        p.addr,
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+    )
+    .ok()?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    assert_eq!(status, 200, "query `{promql}` failed: {body}");
+    assert_eq!(v["status"], "success", "query `{promql}`: {body}");
+    Some(v["data"]["result"].clone())
+}
+
+fn values(result: &Value) -> Vec<f64> {
+    result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_and_every_panel_query_returns_data() {
+    if !Path::new(PROMETHEUS).exists() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{PROMETHEUS} is missing; .ci/run must `apt-get install -y prometheus`");
+        }
+        eprintln!("\n*** SKIP prometheus_scrapes_and_every_panel_query_returns_data: {PROMETHEUS} not installed (apt-get install prometheus) ***\n");
+        return;
+    }
+
+    let mut load = FakeLoad::new(2);
+    let server =
+        MetricsServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), load.sources.clone()).unwrap();
+    let target = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                load.step();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+
+    let prom = start_prometheus(target);
+    // Wait for at least 6 scrapes of our target (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let instance = format!(r#"instance="{target}""#);
+    loop {
+        let scrapes = query(
+            &prom,
+            &format!("count_over_time(ringseed_build_info{{{instance}}}[1m])"),
+        )
+        .map(|r| values(&r))
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.0);
+        if scrapes >= 6.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus has no data after 60 s; its log:\n{}",
+            log_of(&prom)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let up = values(&query(&prom, &format!("up{{{instance}}}")).unwrap());
+    assert_eq!(up, vec![1.0], "scrape target not up");
+
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard_path()).unwrap()).unwrap();
+    let regex = instance_regex(target);
+    let mut empty = Vec::new();
+    let queries = panel_queries(&dashboard);
+    for (title, expr) in &queries {
+        let promql = substitute(expr, &regex, "10s");
+        let result = query(&prom, &promql).expect("Prometheus stopped answering");
+        let finite = values(&result)
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .count();
+        if finite == 0 {
+            empty.push(format!("{title}: {promql} -> {result}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panel queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // The histograms as Prometheus stored them (one instant, one scrape).
+    for name in ringseed::metrics::names::HISTOGRAMS {
+        let buckets = query(&prom, &format!("{name}_bucket{{{instance}}}")).unwrap();
+        let mut by_le: Vec<(f64, f64)> = buckets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let le = s["metric"]["le"].as_str().unwrap();
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, s["value"][1].as_str().unwrap().parse().unwrap())
+            })
+            .collect();
+        by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(by_le.len() >= 10, "{name}: {by_le:?}");
+        assert!(
+            by_le.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name}: not monotone: {by_le:?}"
+        );
+        let diff = values(
+            &query(&prom, &format!(r#"{name}_count{{{instance}}} - ignoring(le) {name}_bucket{{{instance},le="+Inf"}}"#))
+                .unwrap(),
+        );
+        assert_eq!(diff, vec![0.0], "{name}: _count != +Inf bucket");
+    }
+    eprintln!(
+        "{} panel queries returned data from Prometheus",
+        queries.len()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    drop(prom);
+    server.shutdown();
+}
