@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::cli::ServeArgs;
-use crate::config::ServeConfig;
+use crate::config::{MetricsEndpoint, ServeConfig};
 use crate::engine::prepare::prepare_all;
-use crate::engine::{Catalog, Engine, EngineConfig, ShardConfig};
+use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, ShardConfig};
 use crate::metainfo::magnet::Magnet;
+use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, VerifyStats};
 use crate::wire::PeerConfig;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -26,8 +27,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, term.clone()).context("installing signal handlers")?;
     }
 
+    // Counters exist before the engine so the metrics endpoint is up (and
+    // shows verification progress) from the start.
+    let observers = EngineObservers::new(cfg.shards);
+    let verify_stats = Arc::new(VerifyStats::default());
+    let metrics = match cfg.metrics {
+        MetricsEndpoint::Off => None,
+        MetricsEndpoint::Listen(addr) => {
+            let sources = MetricsSources {
+                shards: observers.stats.clone(),
+                histograms: observers.histograms.clone(),
+                verify: verify_stats.clone(),
+                build: BuildInfo::current(),
+            };
+            let server = MetricsServer::start(addr, sources).with_context(|| {
+                format!("cannot serve metrics on {addr}: use --metrics ADDR with a free port, or --metrics off")
+            })?;
+            println!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+    };
+
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let prepared = prepare_all(&cfg, threads)?;
+    let prepared = prepare_all(&cfg, threads, &verify_stats)?;
     if prepared.is_empty() {
         anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
     }
@@ -76,7 +98,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         served.push(p.served);
     }
     let catalog = Arc::new(Catalog::new(served));
-    let engine = Engine::start(engine_cfg, catalog).context("starting the engine")?;
+    let engine =
+        Engine::start_observed(engine_cfg, catalog, observers).context("starting the engine")?;
     for info in &infos {
         println!("{info}");
     }
@@ -96,6 +119,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     engine.shutdown();
     let result = engine.join();
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    if let Some(m) = metrics {
+        m.shutdown();
+    }
     result.context("engine")?;
     Ok(ExitCode::SUCCESS)
 }

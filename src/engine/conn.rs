@@ -18,6 +18,8 @@ use super::stats::CloseKind;
 pub struct ReadyBlock {
     pub req: BlockRequest,
     pub buf: u32,
+    /// When the request arrived (for the latency histogram).
+    pub at: Instant,
 }
 
 pub struct Conn {
@@ -38,7 +40,7 @@ pub struct Conn {
     /// Blocks read from disk, ready to send.
     pub ready: VecDeque<ReadyBlock>,
     /// A block waiting for a free read buffer.
-    pub parked: Option<BlockRequest>,
+    pub parked: Option<(BlockRequest, Instant)>,
     /// Set when closing: the connection is torn down once nothing is in
     /// flight.
     pub closing: Option<CloseKind>,
@@ -49,6 +51,10 @@ pub struct Conn {
     /// Last interest state passed to the choker.
     pub interested: bool,
     pub accepted_at: Instant,
+    /// The handshake-to-unchoke latency was recorded.
+    pub unchoke_recorded: bool,
+    /// Why the peer state machine asked to close, if it did.
+    pub last_reason: Option<crate::wire::CloseReason>,
 }
 
 impl Conn {
@@ -76,6 +82,8 @@ impl Conn {
             in_choker: false,
             interested: false,
             accepted_at: now,
+            unchoke_recorded: false,
+            last_reason: None,
         }
     }
 

@@ -86,10 +86,31 @@ pub enum EngineError {
     },
 }
 
+/// The counters and histograms of the shards, created before the engine
+/// so the metrics endpoint can serve them from the start (verification).
+#[derive(Clone)]
+pub struct EngineObservers {
+    pub stats: Vec<Arc<ShardStats>>,
+    pub histograms: crate::metrics::SharedHistograms,
+}
+
+impl EngineObservers {
+    pub fn new(shards: usize) -> Self {
+        let shards = shards.max(1);
+        Self {
+            stats: (0..shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+            histograms: crate::metrics::SharedHistograms::new(shards),
+        }
+    }
+}
+
 /// A running engine. Dropping it without [`Engine::shutdown`] +
 /// [`Engine::join`] leaves the shards running.
 pub struct Engine {
     threads: Vec<JoinHandle<io::Result<()>>>,
+    histograms: crate::metrics::SharedHistograms,
     shutdown: Arc<AtomicBool>,
     local_addr: SocketAddr,
     stats: Vec<Arc<ShardStats>>,
@@ -117,6 +138,17 @@ impl Engine {
     /// Probe the kernel, bind one SO_REUSEPORT listener per shard, and start
     /// the shards. Returns once every shard is serving.
     pub fn start(cfg: EngineConfig, catalog: Arc<Catalog>) -> Result<Self, EngineError> {
+        let observers = EngineObservers::new(cfg.shards);
+        Self::start_observed(cfg, catalog, observers)
+    }
+
+    /// [`Engine::start`] with counters and histograms made by the caller
+    /// (one per shard; `observers` must be made for `cfg.shards` shards).
+    pub fn start_observed(
+        cfg: EngineConfig,
+        catalog: Arc<Catalog>,
+        observers: EngineObservers,
+    ) -> Result<Self, EngineError> {
         let support = uring::probe_kernel().map_err(EngineError::Kernel)?;
         if cfg.shard.send_zc && !support.send_zc {
             return Err(EngineError::Kernel(format!(
@@ -149,7 +181,11 @@ impl Engine {
         let cpus = uring::sys::allowed_cpus();
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(shards);
-        let mut stats = Vec::with_capacity(shards);
+        let EngineObservers { stats, histograms } = if observers.stats.len() == shards {
+            observers
+        } else {
+            EngineObservers::new(shards)
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         for (index, listener) in listeners.into_iter().enumerate() {
             let mut scfg = cfg.shard.clone();
@@ -161,20 +197,21 @@ impl Engine {
             };
             scfg.max_connections = cfg.max_connections.div_ceil(shards).max(1);
             scfg.max_per_ip = cfg.max_per_ip.div_ceil(shards as u32).max(1);
-            let st = Arc::new(ShardStats::default());
-            stats.push(st.clone());
+            let st = stats[index].clone();
+            let hist = histograms.for_shard(index).expect("one per shard");
             let catalog = catalog.clone();
             let shutdown = shutdown.clone();
             let ready_tx = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{index:02}"))
-                .spawn(move || shard_main(scfg, listener, catalog, st, shutdown, ready_tx))
+                .spawn(move || shard_main(scfg, listener, catalog, st, hist, shutdown, ready_tx))
                 .map_err(|source| EngineError::ShardStart { index, source })?;
             threads.push(handle);
         }
         drop(ready_tx);
         let engine = Self {
             threads,
+            histograms,
             shutdown,
             local_addr,
             stats,
@@ -205,6 +242,11 @@ impl Engine {
     /// Per-shard counters, indexed by shard.
     pub fn stats(&self) -> &[Arc<ShardStats>] {
         &self.stats
+    }
+
+    /// Latency and size histograms, merged at scrape time.
+    pub fn histograms(&self) -> &crate::metrics::SharedHistograms {
+        &self.histograms
     }
 
     /// Ask every shard to stop accepting, close its peers and exit.
@@ -244,6 +286,7 @@ fn shard_main(
     listener: socket2::Socket,
     catalog: Arc<Catalog>,
     stats: Arc<ShardStats>,
+    hist: crate::metrics::ShardHistograms,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
 ) -> io::Result<()> {
@@ -253,7 +296,7 @@ fn shard_main(
             tracing::warn!(shard = index, cpu, error = %e, "could not pin shard to its CPU; running unpinned");
         }
     }
-    let shard = match shard::Shard::new(cfg, listener, catalog, stats, shutdown.clone()) {
+    let shard = match shard::Shard::new(cfg, listener, catalog, stats, hist, shutdown.clone()) {
         Ok(s) => {
             let _ = ready.send((index, Ok(())));
             s

@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::config::ServeConfig;
 use crate::metainfo::create::{create, write_atomically, CreateOptions};
 use crate::metainfo::{MetaVersion, Torrent};
+use crate::metrics::VerifyStats;
 use crate::storage::progress::Progress;
 use crate::storage::resume::ResumeRecord;
 use crate::storage::{verify, Content};
@@ -29,13 +30,19 @@ pub struct Prepared {
 }
 
 /// Prepare every torrent the configuration names.
-pub fn prepare_all(cfg: &ServeConfig, threads: usize) -> anyhow::Result<Vec<Prepared>> {
+/// Verification progress and results go to `verify_stats` (the metrics
+/// endpoint is up while this runs).
+pub fn prepare_all(
+    cfg: &ServeConfig,
+    threads: usize,
+    verify_stats: &VerifyStats,
+) -> anyhow::Result<Vec<Prepared>> {
     let state_dir = cfg.effective_state_dir();
     let mut out = Vec::new();
     if let Some(dir) = &cfg.dir {
         let state = state_dir.clone().unwrap_or_else(|| dir.join(".ringseed"));
         for entry in dir_entries(dir)? {
-            let p = prepare_dir_entry(&entry, &state, cfg, threads, out.len() as u32)
+            let p = prepare_dir_entry(&entry, &state, threads, out.len() as u32, verify_stats)
                 .with_context(|| format!("preparing {}", entry.display()))?;
             out.push(p);
         }
@@ -48,6 +55,7 @@ pub fn prepare_all(cfg: &ServeConfig, threads: usize) -> anyhow::Result<Vec<Prep
             cfg,
             threads,
             out.len() as u32,
+            verify_stats,
         )
         .with_context(|| {
             format!(
@@ -106,9 +114,9 @@ fn progress_for(label: &str, bytes: u64) -> Progress {
 fn prepare_dir_entry(
     path: &Path,
     state: &Path,
-    cfg: &ServeConfig,
     threads: usize,
     id: u32,
+    verify_stats: &VerifyStats,
 ) -> anyhow::Result<Prepared> {
     let name = path
         .file_name()
@@ -142,14 +150,21 @@ fn prepare_dir_entry(
         creation_date: None,
         ..CreateOptions::default()
     };
-    let _ = cfg;
     let total = dir_size(path);
     let progress = progress_for(&format!("hashing {name}"), total);
+    let started = std::time::Instant::now();
     let created = create(path, &opts, &|n| progress.add(n))
         .with_context(|| format!("creating a torrent for {}", path.display()))?;
     progress.finish();
     write_atomically(&torrent_path, &created.bytes)?;
     let torrent = created.torrent;
+    verify_stats.queue(u64::from(torrent.num_pieces));
+    verify_stats.record_many(
+        u64::from(torrent.num_pieces),
+        0,
+        torrent.total_size,
+        started.elapsed(),
+    );
     let content = Content::open(&torrent, path)?;
     // We just hashed every byte: every piece is verified as of now.
     let have = Bitfield::full(torrent.num_pieces);
@@ -188,6 +203,7 @@ fn prepare_pair(
     cfg: &ServeConfig,
     threads: usize,
     id: u32,
+    verify_stats: &VerifyStats,
 ) -> anyhow::Result<Prepared> {
     let bytes = std::fs::read(torrent_file)
         .with_context(|| format!("cannot read {}", torrent_file.display()))?;
@@ -217,7 +233,16 @@ fn prepare_pair(
             &format!("verifying {}", torrent.name),
             torrent.piece_space_len,
         );
+        verify_stats.queue(u64::from(torrent.num_pieces));
+        let started = std::time::Instant::now();
         let report = verify::verify_content(&torrent, &content, threads, &|n| progress.add(n))?;
+        let bad = report.bad_pieces.len() as u64;
+        verify_stats.record_many(
+            u64::from(torrent.num_pieces).saturating_sub(bad),
+            bad,
+            report.bytes_checked,
+            started.elapsed(),
+        );
         progress.finish();
         for bad in report.bad_pieces.iter().take(10) {
             let files: Vec<String> = bad

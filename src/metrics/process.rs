@@ -101,6 +101,18 @@ impl VerifyStats {
         self.nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Many pieces at once: `good` passed, `bad` failed, `bytes` hashed in
+    /// `took` (summed over threads).
+    pub fn record_many(&self, good: u64, bad: u64, bytes: u64, took: Duration) {
+        self.pieces_verified.fetch_add(good, Ordering::Relaxed);
+        self.pieces_failed.fetch_add(bad, Ordering::Relaxed);
+        let n = i64::try_from(good + bad).unwrap_or(i64::MAX);
+        self.pieces_pending.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     /// Pending pieces, never negative (a `record_piece` without `queue`
     /// must not show as a negative backlog).
     pub fn pending(&self) -> u64 {

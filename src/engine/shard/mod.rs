@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, types};
 
+use crate::metrics::ShardHistograms;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
 use super::catalog::Catalog;
 use super::conn::Conn;
-use super::stats::{CloseKind, ShardStats};
+use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
 use super::uring::user_data::next_generation;
 use super::uring::{sys, OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
@@ -83,6 +84,7 @@ struct ColdRead {
     conn: u32,
     generation: u32,
     req: BlockRequest,
+    at: Instant,
     ops_left: u32,
     failed: bool,
 }
@@ -110,6 +112,7 @@ pub struct Shard {
     choker: Choker,
     decisions: Vec<ChokeDecision>,
     stats: Arc<ShardStats>,
+    hist: ShardHistograms,
     shutdown: Arc<AtomicBool>,
     last_tick: Instant,
 }
@@ -121,6 +124,7 @@ impl Shard {
         listener: socket2::Socket,
         catalog: Arc<Catalog>,
         stats: Arc<ShardStats>,
+        hist: ShardHistograms,
         shutdown: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let ring = Ring::new(cfg.ring)?;
@@ -152,6 +156,7 @@ impl Shard {
             choker,
             decisions: Vec::new(),
             stats,
+            hist,
             shutdown,
             last_tick: now,
             cfg,
@@ -180,6 +185,7 @@ impl Shard {
             self.rearm_recvs()?;
 
             let now = Instant::now();
+            self.hist.publish_if_due(now);
             if now.duration_since(self.last_tick) >= TICK {
                 self.last_tick = now;
                 self.tick(now)?;
@@ -225,6 +231,7 @@ impl Shard {
                 break;
             }
         }
+        self.hist.publish();
         self.bufs.unregister(&self.ring.uring.submitter());
         if self.cold.iter().any(Option::is_some) {
             // A disk read is still in flight: never free memory the kernel
@@ -402,6 +409,7 @@ impl Shard {
                 if conn.closing.is_none() {
                     let data = self.bufs.data(bid, res as usize);
                     if let Err(reason) = conn.peer.handle_bytes(now, data, catalog.as_ref()) {
+                        conn.last_reason = Some(reason);
                         tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
                         outcome = Err(close_kind(reason));
                     }
@@ -469,6 +477,13 @@ impl Shard {
                     continue;
                 }
                 c.peer.set_choked(now, !d.unchoke);
+                if d.unchoke && !c.unchoke_recorded {
+                    if let Some(hs) = c.peer.handshake_completed_at() {
+                        c.unchoke_recorded = true;
+                        self.hist
+                            .record_handshake_to_unchoke(now.saturating_duration_since(hs));
+                    }
+                }
                 if d.unchoke {
                     self.stats.unchoked.fetch_add(1, Ordering::Relaxed);
                     if d.optimistic {
@@ -500,7 +515,9 @@ impl Shard {
             if c.closing.is_some() {
                 continue;
             }
+            fold_counters(&self.stats, &mut c.peer);
             if let Err(reason) = c.peer.handle_tick(now) {
+                c.last_reason = Some(reason);
                 to_close.push((idx as u32, close_kind(reason)));
             } else if !c.peer.poll_transmit().is_empty() && !c.dirty {
                 c.dirty = true;
@@ -524,6 +541,19 @@ impl Shard {
         }
         c.closing = Some(kind);
         ShardStats::add(self.stats.closed(kind), 1);
+        fold_counters(&self.stats, &mut c.peer);
+        if !c.peer.is_handshake_complete() {
+            let failure = match c.last_reason {
+                Some(CloseReason::UnknownInfoHash) => Some(HandshakeFailure::UnknownInfoHash),
+                Some(CloseReason::HandshakeTimeout) => Some(HandshakeFailure::Timeout),
+                Some(_) => Some(HandshakeFailure::Malformed),
+                None if kind == CloseKind::Shutdown => None,
+                None => Some(HandshakeFailure::Closed),
+            };
+            if let Some(f) = failure {
+                self.stats.handshake_failed(f);
+            }
+        }
         // Shutting the socket down completes pending receives (res 0) and
         // fails pending sends quickly.
         let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
@@ -570,6 +600,29 @@ impl Shard {
         self.live_conns -= 1;
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
         drop(c); // closes the fd
+    }
+}
+
+/// Move a peer's protocol counters into the shard's stats.
+fn fold_counters(stats: &ShardStats, peer: &mut PeerState) {
+    use crate::wire::RejectReason as Wire;
+    let pc = peer.take_counters();
+    ShardStats::add(&stats.requests, pc.requests_received);
+    ShardStats::add(&stats.cancelled, pc.cancels_matched);
+    for r in Wire::ALL {
+        let n = pc.rejected(r);
+        if n == 0 {
+            continue;
+        }
+        let reason = match r {
+            Wire::Choked | Wire::ChokeFlushed => RejectReason::Choked,
+            Wire::QueueFull => RejectReason::QueueFull,
+            Wire::ZeroLength | Wire::OutOfRange => RejectReason::OutOfRange,
+            Wire::NotHave => RejectReason::Unavailable,
+        };
+        for _ in 0..n {
+            stats.reject(reason);
+        }
     }
 }
 

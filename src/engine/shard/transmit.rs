@@ -66,6 +66,7 @@ impl Shard {
                         begin: rb.req.begin,
                         len: rb.req.len,
                         read_buf: Some(rb.buf),
+                        at: rb.at,
                     },
                 );
                 // The buffer stays reserved until this slot completes.
@@ -76,9 +77,9 @@ impl Shard {
                 if !slot.has_room(4) {
                     break;
                 }
-                let req = match conn.parked.take() {
+                let (req, at) = match conn.parked.take() {
                     Some(r) => r,
-                    None => match conn.peer.pop_block() {
+                    None => match conn.peer.pop_block_timed() {
                         Some(r) => r,
                         None => break,
                     },
@@ -100,7 +101,7 @@ impl Shard {
                 if !resident {
                     if conn.reads_inflight > 0 {
                         // One cold block per connection at a time.
-                        conn.parked = Some(req);
+                        conn.parked = Some((req, at));
                         break;
                     }
                     match start_cold_read(
@@ -111,10 +112,11 @@ impl Shard {
                         idx,
                         conn,
                         req,
+                        at,
                     )? {
                         true => ShardStats::add(&self.stats.cold_reads, 1),
                         false => {
-                            conn.parked = Some(req);
+                            conn.parked = Some((req, at));
                             break;
                         }
                     }
@@ -128,7 +130,7 @@ impl Shard {
                     segs += 1;
                 }
                 if !slot.has_room(segs) {
-                    conn.parked = Some(req);
+                    conn.parked = Some((req, at));
                     break;
                 }
                 slot.push_block(
@@ -138,6 +140,7 @@ impl Shard {
                         begin: req.begin,
                         len: req.len,
                         read_buf: None,
+                        at,
                     },
                 );
                 for seg in t
@@ -228,6 +231,9 @@ impl Shard {
             }
             return Ok(());
         }
+        if res > 0 {
+            self.hist.record_send_size(res as u64);
+        }
         if !slot.advance(res as usize) {
             // Partial send (socket buffer full): the iovecs now describe the
             // rest; resubmit the same slot.
@@ -246,6 +252,11 @@ impl Shard {
         let free = slot.notifs == 0;
         let payload: u64 = slot.blocks.iter().map(|b| u64::from(b.len)).sum();
         let blocks = slot.blocks.len() as u64;
+        let now = std::time::Instant::now();
+        for b in &slot.blocks {
+            self.hist
+                .record_request_to_send(now.saturating_duration_since(b.at));
+        }
         let protocol = slot.control_len as u64 + 13 * blocks;
         ShardStats::add(&self.stats.payload_bytes, payload);
         ShardStats::add(&self.stats.protocol_bytes, protocol);
@@ -311,7 +322,11 @@ impl Shard {
             self.close(cidx, CloseKind::IoError);
             return Ok(());
         }
-        conn.ready.push_back(ReadyBlock { req: cold.req, buf });
+        conn.ready.push_back(ReadyBlock {
+            req: cold.req,
+            buf,
+            at: cold.at,
+        });
         self.mark_dirty(cidx);
         Ok(())
     }
@@ -326,6 +341,7 @@ pub(super) fn start_cold_read(
     idx: u32,
     conn: &mut Conn,
     req: BlockRequest,
+    at: std::time::Instant,
 ) -> io::Result<bool> {
     if req.len as usize > READ_BUF_SIZE {
         return Ok(false);
@@ -362,13 +378,14 @@ pub(super) fn start_cold_read(
         }
     }
     if ops == 0 {
-        conn.ready.push_back(ReadyBlock { req, buf });
+        conn.ready.push_back(ReadyBlock { req, buf, at });
         return Ok(true);
     }
     cold[buf as usize] = Some(ColdRead {
         conn: idx,
         generation: conn.generation,
         req,
+        at,
         ops_left: ops,
         failed: false,
     });

@@ -32,6 +32,8 @@ pub struct SentBlock {
     pub len: u32,
     /// Read-pool buffer holding this block's data (page-cache miss path).
     pub read_buf: Option<u32>,
+    /// When the peer's request arrived.
+    pub at: std::time::Instant,
 }
 
 /// A batch being built or in flight.
@@ -369,6 +371,7 @@ mod tests {
                 begin: 0,
                 len: 60,
                 read_buf: None,
+                at: std::time::Instant::now(),
             },
         );
         let owner = Arc::new(data.clone());
