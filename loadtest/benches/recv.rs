@@ -14,7 +14,7 @@ fn recv(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(stream.len() as u64));
     g.bench_function("leecher_handle_data_256k_reads", |b| {
         b.iter_batched(
-            || make(),
+            &make,
             |(mut leecher, mut stats)| {
                 let now = Instant::now();
                 let mut leftover: Vec<u8> = Vec::new();

@@ -22,8 +22,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use io_uring::{opcode, types, IoUring};
 use ringseed::wire::codec::{
-    piece_header, Handshake, Message, ReservedFlags, HANDSHAKE_LEN, MAX_BLOCK_LEN,
-    PIECE_HEADER_LEN,
+    piece_header, Handshake, Message, ReservedFlags, HANDSHAKE_LEN, MAX_BLOCK_LEN, PIECE_HEADER_LEN,
 };
 
 use crate::torrents::LoadTorrent;
@@ -68,7 +67,11 @@ struct Conn {
 pub fn main_ceiling(args: CeilingArgs) -> anyhow::Result<bool> {
     let t = LoadTorrent::load(&args.torrent)?;
     if t.torrent.files.len() != 1 || t.torrent.files[0].length != t.piece_space_len {
-        bail!("the ceiling serves single-file torrents only; {} has {} files", t.name, t.torrent.files.len());
+        bail!(
+            "the ceiling serves single-file torrents only; {} has {} files",
+            t.name,
+            t.torrent.files.len()
+        );
     }
     let path = if args.data.is_dir() {
         args.data.join(&t.name)
@@ -78,13 +81,25 @@ pub fn main_ceiling(args: CeilingArgs) -> anyhow::Result<bool> {
     let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     // SAFETY: read-only map of a file we do not modify; if another process
     // truncates it we may fault, which a benchmark run accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mmap {}", path.display()))?;
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mmap {}", path.display()))?;
     if map.len() as u64 != t.piece_space_len {
-        bail!("{} is {} bytes, the torrent says {}", path.display(), map.len(), t.piece_space_len);
+        bail!(
+            "{} is {} bytes, the torrent says {}",
+            path.display(),
+            map.len(),
+            t.piece_space_len
+        );
     }
     let listener = TcpListener::bind(args.listen).context("bind")?;
     let mut reply = Handshake {
-        reserved: ReservedFlags { fast: true, extension: false, v2: false, dht: false }.to_bytes(),
+        reserved: ReservedFlags {
+            fast: true,
+            extension: false,
+            v2: false,
+            dht: false,
+        }
+        .to_bytes(),
         info_hash: t.handshake_hash,
         peer_id: *b"-CE0100-ceiling00000",
     }
@@ -109,12 +124,23 @@ fn push(ring: &mut IoUring, e: &io_uring::squeue::Entry) -> anyhow::Result<()> {
     }
 }
 
-fn serve(listener: &TcpListener, map: &[u8], piece_length: u32, reply: &[u8]) -> anyhow::Result<()> {
-    let mut ring = IoUring::new(4096).context("io_uring setup (kernel too old or io_uring disabled?)")?;
+fn serve(
+    listener: &TcpListener,
+    map: &[u8],
+    piece_length: u32,
+    reply: &[u8],
+) -> anyhow::Result<()> {
+    let mut ring =
+        IoUring::new(4096).context("io_uring setup (kernel too old or io_uring disabled?)")?;
     let lfd = listener.as_raw_fd();
     let mut conns: Vec<Option<Box<Conn>>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    push(&mut ring, &opcode::Accept::new(types::Fd(lfd), std::ptr::null_mut(), std::ptr::null_mut()).build().user_data(OP_ACCEPT))?;
+    push(
+        &mut ring,
+        &opcode::Accept::new(types::Fd(lfd), std::ptr::null_mut(), std::ptr::null_mut())
+            .build()
+            .user_data(OP_ACCEPT),
+    )?;
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(1024);
     loop {
         ring.submit_and_wait(1).context("io_uring wait")?;
@@ -133,7 +159,10 @@ fn serve(listener: &TcpListener, map: &[u8], piece_length: u32, reply: &[u8]) ->
                         requests: VecDeque::new(),
                         ctl: Vec::new(),
                         headers: [[0; PIECE_HEADER_LEN]; BATCH],
-                        iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH * 2 + 1],
+                        iov: [libc::iovec {
+                            iov_base: std::ptr::null_mut(),
+                            iov_len: 0,
+                        }; BATCH * 2 + 1],
                         iov_start: 0,
                         iov_len: 0,
                         // SAFETY: msghdr is plain data; zeroed is a valid empty header.
@@ -153,10 +182,21 @@ fn serve(listener: &TcpListener, map: &[u8], piece_length: u32, reply: &[u8]) ->
                     conns[s] = Some(c);
                     arm_recv(&mut ring, &mut conns, s)?;
                 }
-                push(&mut ring, &opcode::Accept::new(types::Fd(lfd), std::ptr::null_mut(), std::ptr::null_mut()).build().user_data(OP_ACCEPT))?;
+                push(
+                    &mut ring,
+                    &opcode::Accept::new(
+                        types::Fd(lfd),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                    .build()
+                    .user_data(OP_ACCEPT),
+                )?;
                 continue;
             }
-            let Some(Some(c)) = conns.get_mut(slot) else { continue };
+            let Some(Some(c)) = conns.get_mut(slot) else {
+                continue;
+            };
             if op == OP_RECV {
                 c.recv_in_flight = false;
                 if res <= 0 || c.closing {
@@ -223,8 +263,14 @@ fn parse(c: &mut Conn, reply: &[u8]) -> bool {
     true
 }
 
-fn arm_recv(ring: &mut IoUring, conns: &mut [Option<Box<Conn>>], slot: usize) -> anyhow::Result<()> {
-    let Some(Some(c)) = conns.get_mut(slot) else { return Ok(()) };
+fn arm_recv(
+    ring: &mut IoUring,
+    conns: &mut [Option<Box<Conn>>],
+    slot: usize,
+) -> anyhow::Result<()> {
+    let Some(Some(c)) = conns.get_mut(slot) else {
+        return Ok(());
+    };
     let buf = &mut c.rbuf[c.rlen..];
     let e = opcode::Recv::new(types::Fd(c.fd), buf.as_mut_ptr(), buf.len() as u32)
         .build()
@@ -240,7 +286,9 @@ fn arm_send(
     map: &[u8],
     piece_length: u32,
 ) -> anyhow::Result<()> {
-    let Some(Some(c)) = conns.get_mut(slot) else { return Ok(()) };
+    let Some(Some(c)) = conns.get_mut(slot) else {
+        return Ok(());
+    };
     if c.send_in_flight {
         return Ok(());
     }
@@ -249,12 +297,17 @@ fn arm_send(
         let mut n = 0;
         c.in_send_ctl = c.ctl.len();
         if !c.ctl.is_empty() {
-            c.iov[n] = libc::iovec { iov_base: c.ctl.as_mut_ptr().cast(), iov_len: c.ctl.len() };
+            c.iov[n] = libc::iovec {
+                iov_base: c.ctl.as_mut_ptr().cast(),
+                iov_len: c.ctl.len(),
+            };
             n += 1;
         }
         let mut blocks = 0;
         while blocks < BATCH {
-            let Some((piece, begin, len)) = c.requests.pop_front() else { break };
+            let Some((piece, begin, len)) = c.requests.pop_front() else {
+                break;
+            };
             let off = u64::from(piece) * u64::from(piece_length) + u64::from(begin);
             let Some(data) = usize::try_from(off)
                 .ok()
@@ -264,8 +317,14 @@ fn arm_send(
                 continue;
             };
             c.headers[blocks] = piece_header(piece, begin, len);
-            c.iov[n] = libc::iovec { iov_base: c.headers[blocks].as_mut_ptr().cast(), iov_len: PIECE_HEADER_LEN };
-            c.iov[n + 1] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+            c.iov[n] = libc::iovec {
+                iov_base: c.headers[blocks].as_mut_ptr().cast(),
+                iov_len: PIECE_HEADER_LEN,
+            };
+            c.iov[n + 1] = libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            };
             n += 2;
             blocks += 1;
         }

@@ -160,7 +160,9 @@ impl Drop for ServerProc {
 }
 
 fn spawn_server(mut cmd: Command, cpu: usize, what: &str) -> anyhow::Result<ServerProc> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
     // SAFETY: the closure only calls sched_setaffinity (async-signal-safe)
     // between fork and exec.
     unsafe {
@@ -257,17 +259,36 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
             let cmd = match server {
                 Server::Ringseed => {
                     let mut c = Command::new(&ringseed_bin);
-                    c.args(["serve", "--torrent", &torrent, "--data", &data, "--listen", "127.0.0.1:0", "--shards", "1"]);
+                    c.args([
+                        "serve",
+                        "--torrent",
+                        &torrent,
+                        "--data",
+                        &data,
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--shards",
+                        "1",
+                    ]);
                     c
                 }
                 Server::Libtorrent => {
                     let mut c = Command::new("python3");
-                    c.arg(&lt_script).args(["--torrent", &torrent, "--data", &data]);
+                    c.arg(&lt_script)
+                        .args(["--torrent", &torrent, "--data", &data]);
                     c
                 }
                 Server::Ceiling => {
                     let mut c = Command::new(&me);
-                    c.args(["ceiling", "--torrent", &torrent, "--data", &data, "--listen", "127.0.0.1:0"]);
+                    c.args([
+                        "ceiling",
+                        "--torrent",
+                        &torrent,
+                        "--data",
+                        &data,
+                        "--listen",
+                        "127.0.0.1:0",
+                    ]);
                     c
                 }
             };
@@ -307,11 +328,15 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 p99_us: s.block_latency_us.value_at_quantile(0.99),
                 server_cpu_s: cpu1 - cpu0,
                 payload_bytes: s.payload_bytes,
-                cpu_s_per_gib: if gib > 0.0 { (cpu1 - cpu0) / gib } else { f64::NAN },
+                cpu_s_per_gib: if gib > 0.0 {
+                    (cpu1 - cpu0) / gib
+                } else {
+                    f64::NAN
+                },
                 errors: s.protocol_errors.values().sum::<u64>() + s.hash_failures + s.error_drops(),
             };
             println!(
-                "  round {} {:<10} {:>8.1} MB/s  p50 {:>7} us  p99 {:>7} us  server CPU {:>6.2} s = {:>6.3} CPU-s/GiB  errors {}  closed {:?}",
+                "  round {} {:<10} {:>8.1} MB/s  p50 {:>7} us  p99 {:>7} us  server CPU {:>6.2} s = {:>6.3} CPU-s/GiB  errors {} {:?}  closed {:?}",
                 round + 1,
                 server.name(),
                 m.throughput_mb_s,
@@ -320,6 +345,7 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 m.server_cpu_s,
                 m.cpu_s_per_gib,
                 m.errors,
+                s.protocol_errors,
                 s.dropped
             );
             runs.push(m);
@@ -329,7 +355,10 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
         median(runs.iter().filter(|m| m.server == server).map(f).collect())
     };
     println!();
-    println!("{:<12} {:>12} {:>12} {:>12} {:>14}", "median", "MB/s", "p50 us", "p99 us", "CPU-s/GiB");
+    println!(
+        "{:<12} {:>12} {:>12} {:>12} {:>14}",
+        "median", "MB/s", "p50 us", "p99 us", "CPU-s/GiB"
+    );
     for &s in &servers {
         println!(
             "{:<12} {:>12.1} {:>12.0} {:>12.0} {:>14.3}",

@@ -263,7 +263,8 @@ impl Leecher {
     /// `Some` when the connection should be dropped for silence.
     pub fn check_timeout(&self, now: Instant) -> Option<DropReason> {
         let last = self.last_rx?;
-        (now.saturating_duration_since(last) > self.cfg.stall_timeout).then_some(DropReason::Stalled)
+        (now.saturating_duration_since(last) > self.cfg.stall_timeout)
+            .then_some(DropReason::Stalled)
     }
 
     /// Processes received bytes; returns how many were consumed. The rest
@@ -363,7 +364,9 @@ impl Leecher {
     }
 
     fn on_handshake(&mut self, h: &Handshake, stats: &mut Stats) -> Result<(), DropReason> {
-        if h.info_hash != self.torrent.handshake_hash {
+        if h.info_hash != self.torrent.handshake_hash
+            && Some(h.info_hash) != self.torrent.alt_handshake_hash
+        {
             return Err(self.protocol_error(stats, "wrong_info_hash"));
         }
         self.handshake_done = true;

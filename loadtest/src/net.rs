@@ -282,7 +282,11 @@ impl Thread<'_> {
     fn open(&mut self, now: Instant) -> std::io::Result<()> {
         self.stats.connect_attempts += 1;
         let target = self.sh.target;
-        let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+        let sock = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
         if !self.plan.source_ips.is_empty() {
@@ -334,9 +338,7 @@ impl Thread<'_> {
         self.free.push(slot);
         self.active -= 1;
         self.sh.live.active.fetch_sub(1, Ordering::Relaxed);
-        let _ = self
-            .ep
-            .ctl(libc::EPOLL_CTL_DEL, c.sock.as_raw_fd(), 0, 0);
+        let _ = self.ep.ctl(libc::EPOLL_CTL_DEL, c.sock.as_raw_fd(), 0, 0);
         if c.connecting {
             self.stats.connections_failed += 1;
             Live::add(&self.sh.live.failed, 1);
@@ -378,10 +380,8 @@ impl Thread<'_> {
     fn check_timeouts(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
             let reason = match &self.conns[i] {
-                Some(c) if c.connecting => {
-                    (now.duration_since(c.opened) > self.sh.connect_timeout)
-                        .then_some(DropReason::Stalled)
-                }
+                Some(c) if c.connecting => (now.duration_since(c.opened) > self.sh.connect_timeout)
+                    .then_some(DropReason::Stalled),
                 Some(c) => c.leecher.check_timeout(now),
                 None => None,
             };
@@ -439,15 +439,18 @@ impl Thread<'_> {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                return Err(DropReason::PeerClosed)
-            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err(DropReason::PeerClosed),
             Err(_) => return Err(DropReason::IoError),
         };
         let before = self.stats.payload_bytes;
         let blocks_before = self.stats.blocks;
-        let r = c.leecher.handle_data(now, &buf[..keep + n], &mut self.stats);
-        Live::add(&self.sh.live.payload_bytes, self.stats.payload_bytes - before);
+        let r = c
+            .leecher
+            .handle_data(now, &buf[..keep + n], &mut self.stats);
+        Live::add(
+            &self.sh.live.payload_bytes,
+            self.stats.payload_bytes - before,
+        );
         Live::add(&self.sh.live.blocks, self.stats.blocks - blocks_before);
         let consumed = r?;
         c.leftover.clear();
@@ -475,10 +478,7 @@ impl Thread<'_> {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
-                    ) =>
+                    if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) =>
                 {
                     return Err(DropReason::PeerClosed)
                 }

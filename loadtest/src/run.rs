@@ -120,7 +120,9 @@ fn live_loop(
                 b.set_position(now.duration_since(start).as_secs());
                 b.set_message(msg);
             }
-            None if !cfg.quiet => eprintln!("[{:>5.1}s] {msg}", now.duration_since(start).as_secs_f64()),
+            None if !cfg.quiet => {
+                eprintln!("[{:>5.1}s] {msg}", now.duration_since(start).as_secs_f64())
+            }
             None => {}
         }
     }

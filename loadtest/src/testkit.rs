@@ -40,7 +40,11 @@ pub fn make_torrent(
     let created = create(&path, &opts, &|_| {})?;
     let tpath = dir.join(format!("{name}.torrent"));
     std::fs::write(&tpath, &created.bytes)?;
-    Ok((tpath, Arc::new(LoadTorrent::from_torrent(created.torrent)?), data))
+    Ok((
+        tpath,
+        Arc::new(LoadTorrent::from_torrent(created.torrent)?),
+        data,
+    ))
 }
 
 /// Seeder handshake for `t`, with the fast extension as chosen.

@@ -22,6 +22,10 @@ pub struct LoadTorrent {
     /// info-hash for v2-only torrents.
     pub handshake_hash: [u8; 20],
     pub v2_only: bool,
+    /// A hybrid torrent's truncated v2 info-hash: a v2-capable seeder (e.g.
+    /// libtorrent) answers our v1 handshake with it when we set the upgrade
+    /// bit (BEP 52).
+    pub alt_handshake_hash: Option<[u8; 20]>,
     pub num_pieces: u32,
     pub piece_length: u32,
     pub piece_space_len: u64,
@@ -58,6 +62,10 @@ impl LoadTorrent {
             name: torrent.name.clone(),
             handshake_hash,
             v2_only,
+            alt_handshake_hash: torrent
+                .info_hash_v2
+                .filter(|_| !v2_only)
+                .map(|h| h.truncated()),
             num_pieces: torrent.num_pieces,
             piece_length,
             piece_space_len: torrent.piece_space_len,
