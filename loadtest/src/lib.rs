@@ -1,2 +1,24 @@
-//! ringseed-loadtest: synthetic BitTorrent leechers that flood a seeder and
-//! measure it. Filled in by the load-generator issue.
+//! ringseed-loadtest: synthetic BitTorrent leechers that flood a seeder
+//! (ringseed, libtorrent, anything speaking BEP 3) and measure it, plus
+//! `compare`, which measures ringseed against libtorrent and a protocol-less
+//! io_uring ceiling on the same machine.
+//!
+//! - [`leecher`]: the sans-IO per-connection state machine.
+//! - [`net`]: one pinned epoll thread per `--threads`, driving leechers.
+//! - [`run`], [`report`], [`stats`]: a run, its measurements and report.
+//! - [`ceiling`], [`compare`]: the comparison harness.
+//!
+//! It does not upload, seed, or talk to trackers (swarm mode is separate).
+
+pub mod ceiling;
+pub mod cli;
+pub mod compare;
+pub mod config;
+pub mod leecher;
+pub mod net;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod stats;
+pub mod testkit;
+pub mod torrents;

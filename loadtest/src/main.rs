@@ -1,4 +1,15 @@
-fn main() {
-    eprintln!("ringseed-loadtest: not built yet (see the load-generator issue)");
-    std::process::exit(2);
+use clap::Parser;
+use ringseed_loadtest::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Some(Command::Compare(args)) => ringseed_loadtest::compare::main_compare(args)?,
+        Some(Command::Ceiling(args)) => ringseed_loadtest::ceiling::main_ceiling(args)?,
+        None => ringseed_loadtest::run::main_run(&cli.run.resolve()?)?,
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
