@@ -111,8 +111,7 @@ impl Shard {
                         &t,
                         idx,
                         conn,
-                        req,
-                        at,
+                        (req, at),
                     )? {
                         true => ShardStats::add(&self.stats.cold_reads, 1),
                         false => {
@@ -340,8 +339,7 @@ pub(super) fn start_cold_read(
     t: &ServedTorrent,
     idx: u32,
     conn: &mut Conn,
-    req: BlockRequest,
-    at: std::time::Instant,
+    (req, at): (BlockRequest, std::time::Instant),
 ) -> io::Result<bool> {
     if req.len as usize > READ_BUF_SIZE {
         return Ok(false);
