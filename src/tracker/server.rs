@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::proto::http::{self, RequestError, ServerResponse};
 use super::proto::udp::{self, ConnectionIds, UdpRequest};
-use super::proto::{InfoHash, ScrapeStats};
+use super::proto::{Event, InfoHash, ScrapeStats};
 use super::swarms::{Announce, Family, SwarmConfig, Swarms};
 
 /// Embedded tracker settings.
@@ -83,6 +83,19 @@ pub struct TrackerCounters {
     /// Malformed requests, expired UDP connection ids, HTTP over capacity.
     pub bad_requests: AtomicU64,
     pub udp_connects: AtomicU64,
+    /// Announces with `event=started` / `stopped` (either protocol).
+    pub started: AtomicU64,
+    pub stopped: AtomicU64,
+}
+
+impl TrackerCounters {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Started => self.started.fetch_add(1, Ordering::Relaxed),
+            Event::Stopped => self.stopped.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
 }
 
 /// Why the tracker cannot start.
@@ -395,6 +408,7 @@ fn http_route(
                     return Some(http::encode_failure_body(&e.to_string()));
                 }
             };
+            shared.counters.event(req.event);
             let seed = seed_addr(shared, local.map(|l| l.ip()), remote.ip());
             let announce = Announce {
                 info_hash: req.info_hash,
@@ -559,6 +573,7 @@ fn udp_loop(sock: &UdpSocket, shared: &Shared) {
                     .counters
                     .udp_announces
                     .fetch_add(1, Ordering::Relaxed);
+                shared.counters.event(event);
                 if routes.len() > 4096 {
                     routes.clear();
                 }

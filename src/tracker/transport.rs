@@ -289,9 +289,10 @@ pub(crate) fn announce(
         }
         TrackerUrl::Udp { host, port } => {
             let (sock, addr) = udp_socket(host, *port)?;
-            // An error answer may mean our cached id expired on the
+            // An error answer to a cached id may mean the id expired on the
             // tracker's side: retry once with a fresh connect.
-            for attempt in 0..2 {
+            for _ in 0..2 {
+                let cached = session.udp_ids.get(addr, Instant::now()).is_some();
                 let id = udp_connection_id(
                     &sock,
                     addr,
@@ -319,7 +320,7 @@ pub(crate) fn announce(
                         }
                         .into());
                     }
-                    Err(AnnounceError::Udp(UdpError::Failure(_))) if attempt == 0 => {
+                    Err(AnnounceError::Udp(UdpError::Failure(_))) if cached => {
                         session.udp_ids.remove(addr);
                     }
                     Err(e) => return Err(e),
