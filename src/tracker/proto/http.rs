@@ -438,8 +438,11 @@ pub struct ServerAnnounce {
     pub compact: bool,
 }
 
+/// Percent-decoded `(key, value)` pairs of a query, in order.
+pub type QueryPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Decode `key=value&...` pairs, percent-decoded; broken pairs are errors.
-pub fn parse_query(query: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RequestError> {
+pub fn parse_query(query: &[u8]) -> Result<QueryPairs, RequestError> {
     let mut out = Vec::new();
     for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once_byte(b'=').unwrap_or((pair, b""));
