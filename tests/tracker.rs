@@ -475,3 +475,42 @@ fn tracker_announcer_with_opentracker() {
         resp.peers
     );
 }
+
+#[test]
+fn tracker_over_ipv6_uses_peers6_and_18_byte_peers() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("\n*** SKIP tracker_over_ipv6: no IPv6 loopback ***\n");
+        return;
+    }
+    let t = EmbeddedTracker::start(TrackerConfig {
+        listen: "[::1]:0".parse().unwrap(),
+        seed: Some(SeedPeer {
+            ip: None,
+            port: SEED_PORT,
+        }),
+        ..TrackerConfig::default()
+    })
+    .unwrap();
+    t.add_torrent(H1);
+    let seed: SocketAddr = format!("[::1]:{SEED_PORT}").parse().unwrap();
+    let http = t.announce_url();
+    assert!(http.starts_with("http://[::1]:"), "{http}");
+    let resp = announce_once(
+        &http,
+        &leecher(H1, 1111, Event::Started),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(resp.peers, vec![seed], "seed via peers6");
+    let udp_url = format!("udp://{}", t.local_addr());
+    let resp = announce_once(
+        &udp_url,
+        &leecher(H1, 2222, Event::Started),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let v6_leecher: SocketAddr = "[::1]:1111".parse().unwrap();
+    assert_eq!(resp.peers.first(), Some(&seed));
+    assert!(resp.peers.contains(&v6_leecher), "{:?}", resp.peers);
+    t.shutdown();
+}

@@ -33,9 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::proto::udp::ConnectionCache;
-use super::proto::{
-    tracker_text, AnnounceRequest, AnnounceResponse, Event, InfoHash, ScrapeStats, TrackerUrl,
-};
+use super::proto::{AnnounceRequest, AnnounceResponse, Event, InfoHash, ScrapeStats, TrackerUrl};
 pub use super::transport::AnnounceError;
 use super::transport::{self, Deadline, Session};
 use crate::metainfo::Torrent;
@@ -563,11 +561,6 @@ pub enum OnceError {
     Url(#[from] super::proto::UrlError),
     #[error(transparent)]
     Announce(#[from] AnnounceError),
-}
-
-/// Sanitised text of a tracker message, for callers that log.
-pub fn sanitize(text: &[u8]) -> String {
-    tracker_text(text)
 }
 
 #[cfg(test)]
