@@ -182,4 +182,22 @@ pub struct ServeArgs {
     /// directives like `ringseed=debug` (default info).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Embedded tracker address (HTTP and UDP, same port), or `off`
+    /// (default 0.0.0.0:6969 when seeding a DIR, off otherwise).
+    #[arg(long, value_name = "ADDR")]
+    pub tracker_listen: Option<String>,
+    /// Announce URL put into torrents created for DIR (default
+    /// http://<announce-ip or tracker IP or 127.0.0.1>:<tracker port>/announce).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// IP address to announce to trackers instead of the one they see (NAT, containers).
+    #[arg(long, value_name = "IP")]
+    pub announce_ip: Option<String>,
+    /// Port to announce to trackers (default: the --listen port).
+    #[arg(long, value_name = "PORT")]
+    pub announce_port: Option<u16>,
+    /// Extra tracker to announce to, besides the torrent's own (repeatable;
+    /// each is a BEP 12 tier, commas put URLs in one tier).
+    #[arg(long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
 }

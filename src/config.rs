@@ -20,7 +20,7 @@
 //! What this module does not do: open sockets, read torrents or check that
 //! paths exist. That happens at start-up, where the error can name the file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,6 +82,49 @@ impl From<MetricsEndpoint> for String {
     }
 }
 
+/// Where the embedded tracker listens (`--tracker-listen`): `"off"` or an
+/// address; HTTP and UDP share the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TrackerListen {
+    Off,
+    Listen(SocketAddr),
+}
+
+impl std::str::FromStr for TrackerListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        s.parse().map(Self::Listen).map_err(|_| {
+            format!("tracker address {s:?} is neither `off` nor an address:port like 0.0.0.0:6969")
+        })
+    }
+}
+
+impl TryFrom<String> for TrackerListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TrackerListen> for String {
+    fn from(t: TrackerListen) -> Self {
+        match t {
+            TrackerListen::Off => "off".to_owned(),
+            TrackerListen::Listen(addr) => addr.to_string(),
+        }
+    }
+}
+
+/// Default embedded tracker address in DIR mode.
+pub const DEFAULT_TRACKER_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 6969);
+
 /// Every `ringseed serve` setting. Field docs give unit and default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +180,24 @@ pub struct ServeConfig {
     pub metrics: MetricsEndpoint,
     /// Log filter: a level or tracing directives. Default `"info"`.
     pub log_level: String,
+    /// Embedded tracker (HTTP and UDP on one port) address or `"off"`.
+    /// Default: `"0.0.0.0:6969"` when seeding a `dir`, off otherwise (see
+    /// [`ServeConfig::effective_tracker_listen`]).
+    pub tracker_listen: Option<TrackerListen>,
+    /// Announce URL written into torrents `serve DIR` creates. Default
+    /// `http://<announce_ip, else tracker listen IP, else 127.0.0.1>:<port>/announce`
+    /// (see [`ServeConfig::effective_public_url`]); set it to the box's
+    /// public name for clients on other machines.
+    pub public_url: Option<String>,
+    /// Address announced to trackers (and listed by the embedded tracker)
+    /// instead of the one they see: for NAT and containers. Default none.
+    pub announce_ip: Option<IpAddr>,
+    /// Port announced to trackers. Default: the `listen` port.
+    pub announce_port: Option<u16>,
+    /// Extra trackers to announce every torrent to, besides the torrent's
+    /// own. Each entry is a BEP 12 tier; commas separate URLs within a tier
+    /// (`"udp://a:6969,http://b/announce"`). Default empty.
+    pub trackers: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -163,6 +224,11 @@ impl Default for ServeConfig {
             skip_verify: false,
             metrics: MetricsEndpoint::Listen(SocketAddr::from(([127, 0, 0, 1], 9100))),
             log_level: "info".to_owned(),
+            tracker_listen: None,
+            public_url: None,
+            announce_ip: None,
+            announce_port: None,
+            trackers: Vec::new(),
         }
     }
 }
@@ -297,6 +363,29 @@ impl ServeConfig {
         if let Some(level) = &args.log_level {
             self.log_level = level.clone();
         }
+        if let Some(t) = &args.tracker_listen {
+            self.tracker_listen = Some(t.parse().map_err(|reason| ConfigError::Flag {
+                flag: "--tracker-listen",
+                value: t.clone(),
+                reason,
+            })?);
+        }
+        if let Some(url) = &args.public_url {
+            self.public_url = Some(url.clone());
+        }
+        if let Some(ip) = &args.announce_ip {
+            self.announce_ip = Some(ip.parse().map_err(|_| ConfigError::Flag {
+                flag: "--announce-ip",
+                value: ip.clone(),
+                reason: "not an IPv4 or IPv6 address".to_owned(),
+            })?);
+        }
+        if args.announce_port.is_some() {
+            self.announce_port = args.announce_port;
+        }
+        if !args.trackers.is_empty() {
+            self.trackers = args.trackers.clone();
+        }
         Ok(())
     }
 
@@ -343,6 +432,23 @@ impl ServeConfig {
         positive("optimistic_interval", self.optimistic_interval)?;
         positive("handshake_timeout", self.handshake_timeout)?;
         positive("idle_timeout", self.idle_timeout)?;
+        if self.announce_port == Some(0) {
+            return Err(ConfigError::Invalid {
+                key: "announce_port",
+                value: "0".to_owned(),
+                reason: "must be a real port (1-65535)",
+            });
+        }
+        let extra = self.extra_tracker_tiers();
+        for url in self.public_url.iter().chain(extra.iter().flatten()) {
+            if let Err(e) = crate::tracker::proto::TrackerUrl::parse(url) {
+                return Err(ConfigError::Flag {
+                    flag: "--public-url/--tracker",
+                    value: url.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log_level",
@@ -380,6 +486,56 @@ impl ServeConfig {
         self.state_dir
             .clone()
             .or_else(|| self.dir.as_ref().map(|dir| dir.join(".ringseed")))
+    }
+}
+
+impl ServeConfig {
+    /// Where the embedded tracker listens, if it runs: the configured
+    /// address, else `0.0.0.0:6969` when seeding a `dir`.
+    pub fn effective_tracker_listen(&self) -> Option<SocketAddr> {
+        match self.tracker_listen {
+            Some(TrackerListen::Off) => None,
+            Some(TrackerListen::Listen(addr)) => Some(addr),
+            None => self.dir.as_ref().map(|_| DEFAULT_TRACKER_LISTEN),
+        }
+    }
+
+    /// The announce URL for torrents `serve DIR` creates: `public_url`, else
+    /// one built from the embedded tracker's address (`None` when it is off
+    /// and no `public_url` is set).
+    pub fn effective_public_url(&self) -> Option<String> {
+        if let Some(url) = &self.public_url {
+            return Some(url.clone());
+        }
+        let listen = self.effective_tracker_listen()?;
+        let ip = self
+            .announce_ip
+            .or_else(|| Some(listen.ip()).filter(|ip| !ip.is_unspecified()))
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        Some(format!(
+            "http://{}/announce",
+            SocketAddr::new(ip, listen.port())
+        ))
+    }
+
+    /// The port we announce: `announce_port`, else the listen port.
+    pub fn effective_announce_port(&self) -> u16 {
+        self.announce_port.unwrap_or(self.listen.port())
+    }
+
+    /// `trackers` as BEP 12 tiers (commas split URLs within a tier).
+    pub fn extra_tracker_tiers(&self) -> Vec<Vec<String>> {
+        self.trackers
+            .iter()
+            .map(|tier| {
+                tier.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|tier| !tier.is_empty())
+            .collect()
     }
 }
 

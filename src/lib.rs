@@ -6,6 +6,7 @@
 //! - [`storage`]: a torrent's files on disk, piece <-> file spans, hashing, verify.
 //! - [`wire`]: sans-IO peer protocol (codec and per-peer state machine).
 //! - [`swarm`]: sans-IO seeding policies (choker, limits).
+//! - [`tracker`]: announcing to trackers, and the embedded tracker.
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
 //! - [`config`]: `ringseed serve` settings: defaults, TOML file, flags.
@@ -20,4 +21,5 @@ pub mod metainfo;
 pub mod metrics;
 pub mod storage;
 pub mod swarm;
+pub mod tracker;
 pub mod wire;
