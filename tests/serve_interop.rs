@@ -54,6 +54,8 @@ impl Server {
                 "2",
                 "--metrics",
                 "off",
+                "--tracker-listen",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -252,4 +254,54 @@ fn four_libtorrent_leechers_at_once_from_serve_dir() {
     for r in result.as_array().unwrap() {
         assert_eq!(r["completed"], true, "after restart: {r}");
     }
+}
+
+fn lt_download_only(save: &Path, extra: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--timeout", "60", "--save"])
+        .arg(save)
+        .args(extra)
+        .output()
+        .expect("run lt_download.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "lt_download.py output {text:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn libtorrent_given_only_the_torrent_finds_the_seed_via_the_embedded_tracker() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    let (single, multi) = make_content(&content);
+    let _server = Server::start(&[content.to_str().unwrap()]);
+    let save = dir.path().join("dl");
+    std::fs::create_dir_all(&save).unwrap();
+    // No --peer: libtorrent must learn our address from the tracker URL
+    // that `serve DIR` wrote into the torrent.
+    let t1 = content.join(".ringseed/single.bin.torrent");
+    let t2 = content.join(".ringseed/multi.torrent");
+    let result = lt_download_only(
+        &save,
+        &[
+            "--torrent",
+            t1.to_str().unwrap(),
+            "--torrent",
+            t2.to_str().unwrap(),
+        ],
+    );
+    for r in result.as_array().unwrap() {
+        assert_eq!(r["completed"], true, "via the embedded tracker: {r}");
+    }
+    assert_same_tree(&single, &save.join("single.bin"));
+    assert_same_tree(&multi, &save.join("multi"));
 }

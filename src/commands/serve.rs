@@ -15,7 +15,32 @@ use crate::engine::prepare::prepare_all;
 use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, ShardConfig};
 use crate::metainfo::magnet::Magnet;
 use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, VerifyStats};
+use crate::tracker::client::{AnnounceConfig, AnnounceTarget, Announcer};
+use crate::tracker::server::{EmbeddedTracker, SeedPeer, TrackerConfig};
 use crate::wire::PeerConfig;
+
+/// `-RS0100-` followed by 12 random characters, so several ringseed boxes
+/// in one swarm (a fleet) are told apart by clients and trackers.
+fn random_peer_id() -> [u8; 20] {
+    use std::io::Read;
+    let mut id = PeerConfig::default().peer_id;
+    let mut rnd = [0u8; 12];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut rnd))
+        .is_ok();
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mix = t ^ u128::from(std::process::id()) << 64;
+        rnd.copy_from_slice(&mix.to_le_bytes()[..12]);
+    }
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    for (dst, r) in id[8..].iter_mut().zip(rnd) {
+        *dst = ALPHABET[usize::from(r) % ALPHABET.len()];
+    }
+    id
+}
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = ServeConfig::load(&args)?;
@@ -48,19 +73,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let prepared = prepare_all(&cfg, threads, &verify_stats)?;
-    if prepared.is_empty() {
-        anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
-    }
-
-    let mut peer = PeerConfig {
+    let engine_peer_id = random_peer_id();
+    let peer = PeerConfig {
+        peer_id: engine_peer_id,
         reqq: cfg.max_requests,
         handshake_timeout: cfg.handshake_timeout,
         idle_timeout: cfg.idle_timeout,
         ..PeerConfig::default()
     };
-    peer.listen_port = Some(cfg.listen.port()).filter(|p| *p != 0);
     let shard = ShardConfig {
         peer,
         choker: cfg.choker_config(),
@@ -76,7 +96,59 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shard,
     };
 
+    // Bind first: port 0 resolves now, so the tracker, the torrents we make
+    // and the magnet links carry the real address.
+    let bound = Engine::bind(engine_cfg).context("starting the engine")?;
+    let listen = bound.local_addr();
+    let announce_port = cfg.announce_port.unwrap_or(listen.port());
+
+    let tracker = match cfg.effective_tracker_listen() {
+        None => None,
+        Some(addr) => {
+            let tcfg = TrackerConfig {
+                listen: addr,
+                seed: Some(SeedPeer {
+                    ip: cfg.announce_ip,
+                    port: announce_port,
+                }),
+                ..TrackerConfig::default()
+            };
+            let t = EmbeddedTracker::start(tcfg).with_context(|| {
+                format!("cannot run the embedded tracker on {addr}: use --tracker-listen ADDR with a free port, or --tracker-listen off")
+            })?;
+            println!("tracker on {}", t.local_addr());
+            Some(t)
+        }
+    };
+    // The announce URL written into torrents `serve DIR` makes.
+    let public_url = cfg.public_url.clone().or_else(|| {
+        tracker.as_ref().map(|t| {
+            let ip = cfg
+                .announce_ip
+                .or_else(|| Some(t.local_addr().ip()).filter(|ip| !ip.is_unspecified()))
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            format!(
+                "http://{}/announce",
+                std::net::SocketAddr::new(ip, t.local_addr().port())
+            )
+        })
+    });
+    let mut dir_trackers: Vec<Vec<String>> = public_url.iter().map(|u| vec![u.clone()]).collect();
+    dir_trackers.extend(cfg.extra_tracker_tiers());
+
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let prepared = prepare_all(&cfg, threads, &verify_stats, &dir_trackers)?;
+    if prepared.is_empty() {
+        anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
+    }
+    // The address peers should use, as a magnet `x.pe` hint.
+    let hint_ip = cfg
+        .announce_ip
+        .or_else(|| Some(listen.ip()).filter(|ip| !ip.is_unspecified()));
+    let peer_hint = hint_ip.map(|ip| std::net::SocketAddr::new(ip, announce_port).to_string());
+
     let mut infos = Vec::new();
+    let mut targets = Vec::new();
     let mut served = Vec::new();
     for p in prepared {
         let t = &p.served.torrent;
@@ -93,13 +165,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             v1 = t.info_hash_v1.map_or("-".into(), |h| h.to_string()),
             v2 = t.info_hash_v2.map_or("-".into(), |h| h.to_string()),
             path = p.torrent_path.display(),
-            magnet = Magnet::for_torrent(t).to_uri(),
+            magnet = {
+                let mut m = Magnet::for_torrent(t);
+                m.peers.extend(peer_hint.clone());
+                m.to_uri()
+            },
         ));
+        if let Some(tr) = &tracker {
+            match (t.info_hash_v1, t.info_hash_v2) {
+                (Some(v1), Some(v2)) => {
+                    tr.add_torrent(v1.0);
+                    tr.add_torrent_unlisted(v2.truncated());
+                }
+                (Some(v1), None) => tr.add_torrent(v1.0),
+                (None, Some(v2)) => tr.add_torrent(v2.truncated()),
+                (None, None) => {}
+            }
+        }
+        // Announce to every tracker but our own embedded one (it lists us already).
+        let mut target = AnnounceTarget::for_torrent(t, &cfg.extra_tracker_tiers());
+        target
+            .tiers
+            .iter_mut()
+            .for_each(|tier| tier.retain(|u| Some(u) != public_url.as_ref()));
+        target.tiers.retain(|tier| !tier.is_empty());
+        if !target.tiers.is_empty() {
+            targets.push(target);
+        }
         served.push(p.served);
     }
     let catalog = Arc::new(Catalog::new(served));
-    let engine =
-        Engine::start_observed(engine_cfg, catalog, observers).context("starting the engine")?;
+    let peer_id = engine_peer_id;
+    let engine = bound
+        .start(catalog, observers)
+        .context("starting the engine")?;
+    let announcer = if targets.is_empty() {
+        None
+    } else {
+        let acfg = AnnounceConfig {
+            peer_id,
+            port: announce_port,
+            announce_ip: cfg.announce_ip,
+            ..AnnounceConfig::default()
+        };
+        Some(Announcer::start(acfg, targets).context("starting the tracker announcer")?)
+    };
     for info in &infos {
         println!("{info}");
     }
@@ -117,6 +227,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     tracing::info!("shutting down");
     engine.shutdown();
+    // `stopped` announces go out while the shards close their peers.
+    if let Some(a) = announcer {
+        a.shutdown(Duration::from_millis(1500));
+    }
+    if let Some(t) = tracker {
+        t.shutdown();
+    }
     let result = engine.join();
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     if let Some(m) = metrics {

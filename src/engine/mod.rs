@@ -149,6 +149,14 @@ impl Engine {
         catalog: Arc<Catalog>,
         observers: EngineObservers,
     ) -> Result<Self, EngineError> {
+        Self::bind(cfg)?.start(catalog, observers)
+    }
+
+    /// Probe the kernel and bind the listeners (resolving port 0) without
+    /// starting the shards: the caller learns the address first (trackers,
+    /// magnet links) and prepares torrents meanwhile. Peers that connect
+    /// before [`BoundEngine::start`] wait in the listen backlog.
+    pub fn bind(cfg: EngineConfig) -> Result<BoundEngine, EngineError> {
         let support = uring::probe_kernel().map_err(EngineError::Kernel)?;
         if cfg.shard.send_zc && !support.send_zc {
             return Err(EngineError::Kernel(format!(
@@ -178,6 +186,41 @@ impl Engine {
                 })?,
             );
         }
+        Ok(BoundEngine {
+            cfg,
+            listeners,
+            local_addr,
+        })
+    }
+}
+
+/// An engine whose listeners are bound but whose shards have not started.
+pub struct BoundEngine {
+    cfg: EngineConfig,
+    listeners: Vec<socket2::Socket>,
+    local_addr: SocketAddr,
+}
+
+impl BoundEngine {
+    /// The address peers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Start one shard per listener; returns once every shard is serving.
+    pub fn start(
+        self,
+        catalog: Arc<Catalog>,
+        observers: EngineObservers,
+    ) -> Result<Engine, EngineError> {
+        let BoundEngine {
+            mut cfg,
+            listeners,
+            local_addr,
+        } = self;
+        // Advertise the real port (`p` in the extension handshake).
+        cfg.shard.peer.listen_port.get_or_insert(local_addr.port());
+        let shards = listeners.len();
         let cpus = uring::sys::allowed_cpus();
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(shards);
@@ -209,7 +252,7 @@ impl Engine {
             threads.push(handle);
         }
         drop(ready_tx);
-        let engine = Self {
+        let engine = Engine {
             threads,
             histograms,
             shutdown,
@@ -233,7 +276,9 @@ impl Engine {
         }
         Ok(engine)
     }
+}
 
+impl Engine {
     /// The address peers connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -32,18 +32,31 @@ pub struct Prepared {
 /// Prepare every torrent the configuration names.
 /// Verification progress and results go to `verify_stats` (the metrics
 /// endpoint is up while this runs).
+///
+/// `dir_trackers`: the BEP 12 tiers written into torrents `serve DIR` makes
+/// (the embedded tracker's announce URL first); torrents made earlier with
+/// other trackers are rewritten (the info dictionary, and so the info-hash,
+/// stays the same).
 pub fn prepare_all(
     cfg: &ServeConfig,
     threads: usize,
     verify_stats: &VerifyStats,
+    dir_trackers: &[Vec<String>],
 ) -> anyhow::Result<Vec<Prepared>> {
     let state_dir = cfg.effective_state_dir();
     let mut out = Vec::new();
     if let Some(dir) = &cfg.dir {
         let state = state_dir.clone().unwrap_or_else(|| dir.join(".ringseed"));
         for entry in dir_entries(dir)? {
-            let p = prepare_dir_entry(&entry, &state, threads, out.len() as u32, verify_stats)
-                .with_context(|| format!("preparing {}", entry.display()))?;
+            let p = prepare_dir_entry(
+                &entry,
+                &state,
+                threads,
+                out.len() as u32,
+                verify_stats,
+                dir_trackers,
+            )
+            .with_context(|| format!("preparing {}", entry.display()))?;
             out.push(p);
         }
     }
@@ -117,6 +130,7 @@ fn prepare_dir_entry(
     threads: usize,
     id: u32,
     verify_stats: &VerifyStats,
+    trackers: &[Vec<String>],
 ) -> anyhow::Result<Prepared> {
     let name = path
         .file_name()
@@ -127,10 +141,14 @@ fn prepare_dir_entry(
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
     // Reuse the torrent made last time if the data is provably unchanged.
     if let Ok(bytes) = std::fs::read(&torrent_path) {
-        if let Ok(torrent) = Torrent::from_bytes(&bytes) {
+        if let Ok(mut torrent) = Torrent::from_bytes(&bytes) {
             if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
                 // DIR mode: the entry itself is the content root.
                 if let Ok(have) = rec.check(&torrent, path) {
+                    if torrent.trackers != trackers {
+                        torrent.trackers = trackers.to_vec();
+                        write_atomically(&torrent_path, &encode_with_trackers(&torrent))?;
+                    }
                     let content = Content::open(&torrent, path)?;
                     let bad = torrent.num_pieces - have.count();
                     let served = ServedTorrent::new(id, torrent, content, have)?;
@@ -146,6 +164,7 @@ fn prepare_dir_entry(
     }
     let opts = CreateOptions {
         version: MetaVersion::Hybrid,
+        trackers: trackers.to_vec(),
         threads,
         creation_date: None,
         ..CreateOptions::default()
@@ -178,6 +197,48 @@ fn prepare_dir_entry(
         bad_pieces: 0,
         source: "created",
     })
+}
+
+/// A `.torrent` with `torrent.trackers` and the unchanged info dictionary.
+fn encode_with_trackers(torrent: &Torrent) -> Vec<u8> {
+    use crate::bencode::{encode_bytes, DictBuilder};
+    let mut d = DictBuilder::new();
+    if let Some(first) = torrent.trackers.iter().flatten().next() {
+        d.bytes("announce", first);
+    }
+    if torrent.trackers.iter().flatten().count() > 1 {
+        let mut list = vec![b'l'];
+        for tier in &torrent.trackers {
+            list.push(b'l');
+            for url in tier {
+                encode_bytes(&mut list, url.as_bytes());
+            }
+            list.push(b'e');
+        }
+        list.push(b'e');
+        d.raw("announce-list", list);
+    }
+    if let Some(c) = &torrent.created_by {
+        d.bytes("created by", c);
+    }
+    d.raw("info", torrent.info_bytes.clone());
+    if let Some(layers) = &torrent.v2_piece_layers {
+        let mut entries: Vec<([u8; 32], &Vec<[u8; 32]>)> = torrent
+            .files
+            .iter()
+            .zip(layers)
+            .filter(|(_, l)| !l.is_empty())
+            .filter_map(|(f, l)| f.pieces_root.map(|r| (r, l)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        let mut pl = DictBuilder::new();
+        for (root, layer) in entries {
+            pl.bytes(root, layer.concat());
+        }
+        d.raw("piece layers", pl.finish());
+    }
+    d.finish()
 }
 
 fn dir_size(path: &Path) -> u64 {

@@ -219,6 +219,13 @@ impl EmbeddedTracker {
         self.shared.swarms().add_known(info_hash);
     }
 
+    /// Track a swarm we serve without naming the seed in its peer lists
+    /// (the truncated v2 swarm of a hybrid torrent; see
+    /// `Swarms::add_known_unlisted`).
+    pub fn add_torrent_unlisted(&self, info_hash: InfoHash) {
+        self.shared.swarms().add_known_unlisted(info_hash);
+    }
+
     pub fn scrape(&self, info_hash: &InfoHash) -> Option<ScrapeStats> {
         self.shared.swarms().scrape(info_hash)
     }

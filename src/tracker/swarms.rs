@@ -119,6 +119,8 @@ struct Peer {
 #[derive(Debug, Default)]
 struct Swarm {
     known: bool,
+    /// List the seed in this swarm's peer lists (see [`Swarms::add_known_unlisted`]).
+    list_seed: bool,
     peers: Vec<Peer>,
     index: HashMap<SocketAddr, usize>,
     seeders: u32,
@@ -164,15 +166,32 @@ impl Swarms {
 
     /// Track a torrent we serve (v1 hash or truncated v2 hash).
     pub fn add_known(&mut self, hash: InfoHash) {
+        self.add(hash, true);
+    }
+
+    /// A swarm we serve whose peer lists do not name the seed: the truncated
+    /// v2 swarm of a hybrid torrent. libtorrent 2.1 expects a peer it learnt
+    /// from the v2 swarm to answer with the v2 info-hash, and rejects our
+    /// v1 answer ("invalid info-hash") when the v2 reply races a connection
+    /// it opened for the v1 swarm; listing the seed in the v1 swarm only
+    /// avoids that, and v1 and v2 clients of a hybrid both announce v1.
+    pub fn add_known_unlisted(&mut self, hash: InfoHash) {
+        self.add(hash, false);
+    }
+
+    fn add(&mut self, hash: InfoHash, list_seed: bool) {
         match self.swarms.get_mut(&hash) {
-            Some(s) if !s.known => {
-                s.known = true;
-                self.unknown = self.unknown.saturating_sub(1);
+            Some(s) => {
+                if !s.known {
+                    s.known = true;
+                    self.unknown = self.unknown.saturating_sub(1);
+                }
+                s.list_seed = list_seed;
             }
-            Some(_) => {}
             None => {
                 let swarm = Swarm {
                     known: true,
+                    list_seed,
                     ..Swarm::default()
                 };
                 self.swarms.insert(hash, swarm);
@@ -237,7 +256,7 @@ impl Swarms {
         }
         if let Some(seed) = a
             .seed
-            .filter(|s| *s != a.peer && a.family.admits(s) && swarm.known)
+            .filter(|s| *s != a.peer && a.family.admits(s) && swarm.known && swarm.list_seed)
         {
             peers.push(seed);
         }

@@ -17,12 +17,13 @@ import libtorrent as lt
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--peer", action="append", required=True)
+    ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--save", required=True)
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--torrent", action="append", default=[])
     ap.add_argument("--magnet", action="append", default=[])
     ap.add_argument("--enc", default="plaintext")
+    ap.add_argument("--debug", action="store_true", help="print libtorrent alerts to stderr")
     args = ap.parse_args()
 
     settings = {
@@ -34,7 +35,7 @@ def main():
         "enable_incoming_utp": False,
         "enable_outgoing_utp": False,
         "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert_category.error | lt.alert_category.status | lt.alert_category.peer,
+        "alert_mask": lt.alert_category.all if "--debug" in sys.argv else (lt.alert_category.error | lt.alert_category.status | lt.alert_category.peer),
     }
     if args.enc == "plaintext":
         settings["out_enc_policy"] = lt.enc_policy.disabled
@@ -82,7 +83,9 @@ def main():
                 if name not in done:
                     for peer in peers:
                         h.connect_peer(peer)
-        ses.pop_alerts()
+        for a in ses.pop_alerts():
+            if args.debug:
+                print(f"{time.monotonic() - start:7.3f} {a.what()}: {a.message()}", file=sys.stderr)
         time.sleep(0.02)
 
     out = []
