@@ -9,6 +9,7 @@
 pub mod bitfield;
 pub mod codec;
 pub mod ext;
+pub mod mse;
 pub mod peer;
 pub mod types;
 
