@@ -547,13 +547,13 @@ impl MseResponder {
                     if pad_len > MAX_PAD_LEN {
                         return Err(MseError::PadTooLong(pad_len));
                     }
-                    let selected =
-                        self.policy
-                            .select(provide)
-                            .ok_or(MseError::NoCommonCrypto {
-                                provided: provide,
-                                policy: self.policy,
-                            })?;
+                    let selected = self
+                        .policy
+                        .select(provide)
+                        .ok_or(MseError::NoCommonCrypto {
+                            provided: provide,
+                            policy: self.policy,
+                        })?;
                     self.selected = Some(selected);
                     self.queue_step4(selected);
                     self.step = Step::PadC { len: pad_len };
