@@ -96,7 +96,7 @@ fn serve_conn(mut s: TcpStream, sd: &Seeder) -> ConnReport {
         report.route = classify(&first);
     }
     // 2. MSE when encrypted.
-    let mut rc4: Option<Rc4Stream> = None;
+    let mut rc4: Option<Box<Rc4Stream>> = None;
     if report.route == Route::Encrypted && !sd.mse {
         report.end = "no MSE: closed".into();
         return report;

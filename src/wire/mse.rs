@@ -354,8 +354,9 @@ pub struct MseDone {
     /// Decrypted IA followed by every byte received after the handshake
     /// (decrypted when RC4): the start of the peer-protocol stream.
     pub leftover: Vec<u8>,
-    /// `Some` exactly when `selected` is [`Crypto::Rc4`].
-    pub rc4: Option<Rc4Stream>,
+    /// `Some` exactly when `selected` is [`Crypto::Rc4`]. Boxed (~520 bytes
+    /// of cipher state) so plaintext connections, the common case, stay small.
+    pub rc4: Option<Box<Rc4Stream>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -659,7 +660,7 @@ impl MseResponder {
             Crypto::Plaintext => None,
             Crypto::Rc4 => {
                 recv.apply(&mut leftover[ia_len..]);
-                Some(Rc4Stream { recv, send })
+                Some(Box::new(Rc4Stream { recv, send }))
             }
         };
         MseDone {
