@@ -1,6 +1,7 @@
 //! Sans-IO BitTorrent peer protocol: the message codec ([`codec`]), piece
-//! bitfields ([`bitfield`]), the BEP 10 extension handshake ([`ext`]) and the
-//! per-connection state machine of a seed ([`peer`]).
+//! bitfields ([`bitfield`]), the BEP 10 extension handshake ([`ext`]), the
+//! per-connection state machine of a seed ([`peer`]) and the receiving side
+//! of the MSE/PE encrypted handshake ([`mse`]).
 //!
 //! Nothing here does I/O, reads a clock (`now` is passed in) or uses
 //! `unsafe`; it can be driven by tests, fuzzers and the io_uring engine alike.
@@ -9,6 +10,7 @@
 pub mod bitfield;
 pub mod codec;
 pub mod ext;
+pub mod mse;
 pub mod peer;
 pub mod types;
 
