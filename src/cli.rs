@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Use SEND_ZC (zero-copy sends; for real NICs, not loopback).
     #[arg(long)]
     pub send_zc: bool,
+    /// After an MSE (encrypted) handshake: prefer-plaintext (default: keep
+    /// the zero-copy path, RC4 only for peers that insist),
+    /// require-plaintext, or allow-rc4 (RC4 whenever offered).
+    #[arg(long, value_name = "POLICY")]
+    pub encryption: Option<String>,
     /// Skip the start-up verification (trust the data). Dangerous.
     #[arg(long)]
     pub skip_verify: bool,

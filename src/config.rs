@@ -174,6 +174,15 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Zero-copy sends (SEND_ZC); for real NICs, not loopback. Default false.
     pub send_zc: bool,
+    /// What to accept after an MSE handshake: `"prefer-plaintext"`
+    /// (default: stock clients offer plaintext, so the zero-copy path is
+    /// kept; RC4 only for peers that insist), `"require-plaintext"`,
+    /// `"allow-rc4"`.
+    #[serde(
+        deserialize_with = "deserialize_encryption",
+        serialize_with = "serialize_encryption"
+    )]
+    pub encryption: EncryptionPolicy,
     /// Skip start-up verification and trust the data. Default false.
     pub skip_verify: bool,
     /// Prometheus endpoint address or `"off"`. Default `"127.0.0.1:9100"`.
@@ -221,6 +230,7 @@ impl Default for ServeConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             send_zc: false,
+            encryption: EncryptionPolicy::default(),
             skip_verify: false,
             metrics: MetricsEndpoint::Listen(SocketAddr::from(([127, 0, 0, 1], 9100))),
             log_level: "info".to_owned(),
@@ -352,6 +362,13 @@ impl ServeConfig {
         flag_duration(&mut self.idle_timeout, "--idle-timeout", &args.idle_timeout)?;
         // Boolean flags can only switch a feature on.
         self.send_zc |= args.send_zc;
+        if let Some(e) = &args.encryption {
+            self.encryption = e.parse().map_err(|reason: String| ConfigError::Flag {
+                flag: "--encryption",
+                value: e.clone(),
+                reason,
+            })?;
+        }
         self.skip_verify |= args.skip_verify;
         if let Some(metrics) = &args.metrics {
             self.metrics = metrics.parse().map_err(|reason| ConfigError::Flag {
@@ -636,4 +653,20 @@ mod duration_serde {
 
         d.deserialize_any(DurationVisitor)
     }
+}
+
+use crate::wire::mse::EncryptionPolicy;
+
+fn deserialize_encryption<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<EncryptionPolicy, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn serialize_encryption<S: serde::Serializer>(
+    p: &EncryptionPolicy,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
 }

@@ -85,6 +85,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         peer,
         choker: cfg.choker_config(),
         send_zc: cfg.send_zc,
+        encryption: cfg.encryption,
         ..ShardConfig::default()
     };
     let engine_cfg = EngineConfig {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::metainfo::Torrent;
 use crate::storage::{Content, PieceLayout};
+use crate::wire::mse::SkeyIndex;
 use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView};
 
 /// One torrent being seeded: metadata, open content, the piece layout and
@@ -65,6 +66,8 @@ impl ServedTorrent {
 pub struct Catalog {
     torrents: Vec<Arc<ServedTorrent>>,
     by_hash: HashMap<[u8; 20], u32>,
+    /// MSE: HASH('req2', info-hash) for every info-hash we answer to.
+    skeys: SkeyIndex,
 }
 
 impl Catalog {
@@ -83,14 +86,21 @@ impl Catalog {
             }
             list.push(Arc::new(t));
         }
+        let skeys = by_hash.keys().copied().collect();
         Self {
             torrents: list,
             by_hash,
+            skeys,
         }
     }
 
     pub fn get(&self, id: TorrentId) -> Option<&Arc<ServedTorrent>> {
         self.torrents.get(id.0 as usize)
+    }
+
+    /// The MSE SKEY index (v1 and truncated v2 info-hashes).
+    pub fn skeys(&self) -> &SkeyIndex {
+        &self.skeys
     }
 
     pub fn torrents(&self) -> &[Arc<ServedTorrent>] {

@@ -53,6 +53,11 @@ pub struct Conn {
     pub accepted_at: Instant,
     /// The handshake-to-unchoke latency was recorded.
     pub unchoke_recorded: bool,
+    /// Plaintext / MSE handshake / RC4.
+    pub stream: super::stream::StreamMode,
+    /// Bytes that must go out before anything `peer` queues (the MSE
+    /// handshake reply).
+    pub pre_tx: Vec<u8>,
     /// Why the peer state machine asked to close, if it did.
     pub last_reason: Option<crate::wire::CloseReason>,
 }
@@ -84,6 +89,8 @@ impl Conn {
             accepted_at: now,
             unchoke_recorded: false,
             last_reason: None,
+            stream: super::stream::StreamMode::Detect(Vec::new()),
+            pre_tx: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod prepare;
 pub mod shard;
 pub mod stats;
+pub mod stream;
 pub mod uring;
 
 use std::io;

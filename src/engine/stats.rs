@@ -118,6 +118,12 @@ pub struct ShardStats {
     pub unchoked: AtomicI64,
     pub optimistic_unchokes: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// MSE handshakes that selected plaintext (zero-copy path kept).
+    pub mse_plaintext: AtomicU64,
+    /// MSE handshakes that selected RC4 (copying path).
+    pub mse_rc4: AtomicU64,
+    /// MSE handshakes that failed (junk, unknown torrent, no common method).
+    pub mse_failed: AtomicU64,
     /// Rejections by [`RejectReason`] (index as in `RejectReason::ALL`);
     /// `rejected` stays the total. Use [`ShardStats::reject`].
     pub rejected_by: [AtomicU64; 4],

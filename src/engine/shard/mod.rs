@@ -31,6 +31,7 @@ use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatal
 use super::catalog::Catalog;
 use super::conn::Conn;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
+use super::stream::{self, FeedError, MseOutcome};
 use super::uring::user_data::next_generation;
 use super::uring::{sys, OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
@@ -47,6 +48,8 @@ pub struct ShardConfig {
     /// Connections from one IP this shard accepts at most.
     pub max_per_ip: u32,
     pub send_zc: bool,
+    /// What to accept after an MSE handshake (`--encryption`).
+    pub encryption: crate::wire::mse::EncryptionPolicy,
     pub ring: RingConfig,
     /// Receive buffers (provided buffer ring): count and size in bytes.
     pub recv_buffers: u16,
@@ -65,6 +68,7 @@ impl Default for ShardConfig {
             max_connections: 10_000,
             max_per_ip: 1000,
             send_zc: false,
+            encryption: crate::wire::mse::EncryptionPolicy::default(),
             ring: RingConfig::default(),
             recv_buffers: 1024,
             recv_buffer_size: 4096,
@@ -408,10 +412,29 @@ impl Shard {
             if let Some(bid) = bid {
                 if conn.closing.is_none() {
                     let data = self.bufs.data(bid, res as usize);
-                    if let Err(reason) = conn.peer.handle_bytes(now, data, catalog.as_ref()) {
-                        conn.last_reason = Some(reason);
-                        tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
-                        outcome = Err(close_kind(reason));
+                    match stream::feed(
+                        &mut conn.stream,
+                        &mut conn.peer,
+                        &mut conn.pre_tx,
+                        now,
+                        data,
+                        catalog.as_ref(),
+                        self.cfg.encryption,
+                    ) {
+                        Ok(MseOutcome::None) => {}
+                        Ok(MseOutcome::Plaintext) => ShardStats::add(&self.stats.mse_plaintext, 1),
+                        Ok(MseOutcome::Rc4) => ShardStats::add(&self.stats.mse_rc4, 1),
+                        Err(FeedError::Peer(reason)) => {
+                            conn.last_reason = Some(reason);
+                            tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
+                            outcome = Err(close_kind(reason));
+                        }
+                        Err(FeedError::Mse(e)) => {
+                            ShardStats::add(&self.stats.mse_failed, 1);
+                            conn.last_reason = Some(CloseReason::BadHandshake);
+                            tracing::debug!(peer = %conn.remote, error = %e, "MSE handshake failed");
+                            outcome = Err(CloseKind::ProtocolError);
+                        }
                     }
                 }
                 self.bufs.recycle(bid);

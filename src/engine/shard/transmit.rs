@@ -15,6 +15,7 @@ use crate::wire::{piece_header, BlockRequest};
 use super::super::catalog::ServedTorrent;
 use super::super::conn::{Conn, ReadyBlock};
 use super::super::stats::{CloseKind, ShardStats};
+use super::super::stream::StreamMode;
 use super::super::uring::{sys, OpKind, ReadPool, Ring, SentBlock, UserData, READ_BUF_SIZE};
 use super::{ColdRead, Shard};
 
@@ -48,10 +49,19 @@ impl Shard {
             return Ok(());
         }
         let (slot_id, mut slot) = self.sends.take((idx, conn.generation));
-        let ctl = conn.peer.poll_transmit();
-        let ctl_len = ctl.len();
-        slot.set_control(ctl);
-        conn.peer.advance_transmit(ctl_len);
+        if conn.pre_tx.is_empty() {
+            let ctl = conn.peer.poll_transmit();
+            let ctl_len = ctl.len();
+            slot.set_control(ctl);
+            conn.peer.advance_transmit(ctl_len);
+        } else {
+            // The MSE handshake reply goes first.
+            let mut ctl = std::mem::take(&mut conn.pre_tx);
+            ctl.extend_from_slice(conn.peer.poll_transmit());
+            let n = conn.peer.poll_transmit().len();
+            conn.peer.advance_transmit(n);
+            slot.set_control(&ctl);
+        }
 
         if let Some(t) = conn.torrent.clone() {
             // Blocks already read from disk go first.
@@ -169,6 +179,10 @@ impl Shard {
         if slot.is_empty() {
             self.sends.put_back(slot_id, slot);
             return Ok(());
+        }
+        if let StreamMode::Rc4(rc4) = &mut conn.stream {
+            // The copying path: RC4 must see every byte in order.
+            slot.flatten_and_transform(|bytes| rc4.encrypt(bytes));
         }
         conn.send_slot = Some(slot_id);
         let fd = types::Fd(conn.raw_fd());

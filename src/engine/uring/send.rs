@@ -193,6 +193,32 @@ impl SendSlot {
         }
     }
 
+    /// Copy the whole batch into the slot's own buffer and let `f` rewrite
+    /// it in place (RC4 encryption for the rare peer that insists on it).
+    /// The iovecs then describe only that buffer; block bookkeeping stays.
+    /// Call before submitting.
+    pub fn flatten_and_transform(&mut self, f: impl FnOnce(&mut [u8])) {
+        let mut flat = Vec::with_capacity(self.total);
+        for iov in &self.iov {
+            // SAFETY: every iovec points into memory this slot owns or keeps
+            // alive (`push_owned`, its own buffers, reserved read-pool
+            // buffers, the static zero page), valid for `iov_len` bytes.
+            flat.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
+            });
+        }
+        f(&mut flat);
+        self.iov.clear();
+        self.control = flat;
+        self.total = self.control.len();
+        if !self.control.is_empty() {
+            self.iov.push(libc::iovec {
+                iov_base: self.control.as_ptr() as *mut _,
+                iov_len: self.control.len(),
+            });
+        }
+    }
+
     pub fn total_len(&self) -> usize {
         self.total
     }
