@@ -581,7 +581,27 @@ fn libtorrent_joins_by_magnet_link_v1_v2_hybrid() {
     assert!(made[0].2.info_bytes.len() > METADATA_PIECE_LEN);
     let (addr, served) = start_seeder(cat);
 
-    for (version, dir, t) in &made {
+    // The hybrid once more by its v2 info-hash alone: a v2 connection, so
+    // libtorrent fetches the piece layers by hash request there too.
+    let mut runs: Vec<(String, &Path, &Torrent, Magnet, bool)> = made
+        .iter()
+        .map(|(v, d, t)| {
+            let hashes = *v == MetaVersion::V2;
+            (
+                format!("{v:?}"),
+                d.as_path(),
+                t,
+                Magnet::for_torrent(t),
+                hashes,
+            )
+        })
+        .collect();
+    let (_, d, t) = &made[2];
+    let mut v2_only = Magnet::for_torrent(t);
+    v2_only.info_hash_v1 = None;
+    runs.push(("Hybrid via btmh".into(), d.as_path(), t, v2_only, true));
+
+    for (version, dir, t, magnet, needs_hashes) in &runs {
         let (done_before, metadata_before, hashes_before) = {
             let s = served.lock().unwrap();
             (
@@ -590,9 +610,11 @@ fn libtorrent_joins_by_magnet_link_v1_v2_hybrid() {
                 s.hash_requests_served,
             )
         };
-        let save = tmp.path().join(format!("save-{version:?}"));
+        let save = tmp
+            .path()
+            .join(format!("save-{}", version.replace(' ', "-")));
         std::fs::create_dir_all(&save).unwrap();
-        let uri = Magnet::for_torrent(t).to_uri();
+        let uri = magnet.to_uri();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
         let out = Command::new("python3")
             .arg(script)
@@ -604,11 +626,11 @@ fn libtorrent_joins_by_magnet_link_v1_v2_hybrid() {
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
             panic!(
-                "{version:?}: lt_download.py output {text:?} ({e}); stderr: {}",
+                "{version}: lt_download.py output {text:?} ({e}); stderr: {}",
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-        assert_eq!(v[0]["completed"], true, "{version:?} by magnet: {v}");
+        assert_eq!(v[0]["completed"], true, "{version} by magnet: {v}");
         assert_same_tree(dir, &save.join(&t.name));
         // The leecher has exited: wait for the seeder to see the close.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -616,22 +638,63 @@ fn libtorrent_joins_by_magnet_link_v1_v2_hybrid() {
             thread::sleep(Duration::from_millis(20));
         }
         let s = served.lock().unwrap();
-        eprintln!("{version:?} by magnet: {}; seeder: {s:?}", v[0]);
+        eprintln!("{version} by magnet: {}; seeder: {s:?}", v[0]);
         assert!(s.closes.is_empty(), "the seeder closed libtorrent: {s:?}");
         assert!(
             s.metadata_pieces > metadata_before,
-            "{version:?}: no metadata served"
+            "{version}: no metadata served"
         );
-        // A hybrid joined by magnet connects with the v1 info-hash (we do
-        // not upgrade the connection to v2), so libtorrent verifies with
-        // SHA-1 and sends no hash requests; a v2 torrent must fetch its
-        // piece layers by hash request.
-        if *version == MetaVersion::V2 {
+        // A hybrid joined by a magnet with both hashes connects with the v1
+        // info-hash (we do not upgrade the connection to v2), so libtorrent
+        // verifies with SHA-1 and sends no hash requests; on a v2
+        // connection it must fetch the piece layers by hash request.
+        if *needs_hashes {
             assert!(
                 s.hash_requests_served >= hashes_before + 2,
-                "{version:?}: piece layer not fetched by hash requests: {s:?}"
+                "{version}: piece layer not fetched by hash requests: {s:?}"
             );
         }
         assert_eq!(s.hash_requests_rejected, 0, "{s:?}");
+    }
+}
+
+// ---- never panics ---------------------------------------------------------
+
+use proptest::prelude::*;
+
+/// One hostile input: a raw ut_metadata payload, or a hash request.
+fn hostile() -> impl Strategy<Value = (Option<Vec<u8>>, [u32; 4])> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|p| (Some(p), [0; 4])),
+        (0u32..4, 0u32..16, 0u32..1100, 0u32..12)
+            .prop_map(|(b, i, l, pl)| (None, [b, i * 2, l, pl])),
+    ]
+}
+
+proptest! {
+    /// Arbitrary ut_metadata payloads and hash requests, after a valid
+    /// handshake, against a torrent with metadata and v2 layers: never a
+    /// panic, and the control backlog stays bounded.
+    #[test]
+    fn metadata_and_hash_requests_never_panic(msgs in proptest::collection::vec(hostile(), 0..40)) {
+        let (mut t, root, _) = v2_torrent(37);
+        t.info_bytes = Some(info_of(3 * METADATA_PIECE_LEN + 3));
+        let mut h = Harness::new(t, b"d1:md11:ut_metadatai7eee");
+        for (meta, [base, index, length, proof]) in msgs {
+            let r = match meta {
+                Some(payload) => h.send(Message::Extended { id: 1, payload: &payload }),
+                None => h.send(Message::HashRequest(HashRequest {
+                    pieces_root: root,
+                    base_layer: base,
+                    index,
+                    length,
+                    proof_layers: proof,
+                })),
+            };
+            if r.is_err() {
+                break;
+            }
+            prop_assert!(h.peer.poll_transmit().len() < 512 * 1024);
+        }
     }
 }
