@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::metainfo::Torrent;
 use crate::storage::{Content, PieceLayout};
 use crate::wire::mse::SkeyIndex;
-use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView};
+use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView, V2Layers};
 
 /// One torrent being seeded: metadata, open content, the piece layout and
 /// the pieces that passed verification (only those are advertised/served).
@@ -20,6 +20,10 @@ pub struct ServedTorrent {
     pub have: Bitfield,
     piece_length: u32,
     last_piece_len: u32,
+    /// BEP 52 piece layers by pieces root, with the trees above them, for
+    /// hash requests from peers that joined by magnet link. `None` for v1
+    /// torrents (and if the layers were unknown or inconsistent).
+    v2_layers: Option<V2Layers>,
 }
 
 impl ServedTorrent {
@@ -37,6 +41,12 @@ impl ServedTorrent {
         } else {
             u32::try_from(torrent.piece_len(torrent.num_pieces - 1)).unwrap_or(u32::MAX)
         };
+        // The metainfo parser already checked every layer against its root,
+        // so an error here is a bug; serve without hashes rather than fail.
+        let v2_layers = V2Layers::from_torrent(&torrent).unwrap_or_else(|e| {
+            tracing::warn!(torrent = %torrent.name, error = %e, "not serving v2 hash requests");
+            None
+        });
         Ok(Self {
             id: TorrentId(id),
             torrent,
@@ -45,6 +55,7 @@ impl ServedTorrent {
             have,
             piece_length,
             last_piece_len,
+            v2_layers,
         })
     }
 
@@ -56,7 +67,10 @@ impl ServedTorrent {
             last_piece_len: self.last_piece_len,
             have: &self.have,
             has_v2: self.torrent.info_hash_v2.is_some(),
-            metadata_size: None,
+            // Like libtorrent, no ut_metadata for private torrents.
+            info_bytes: (!self.torrent.private && !self.torrent.info_bytes.is_empty())
+                .then_some(self.torrent.info_bytes.as_slice()),
+            v2: self.v2_layers.as_ref(),
         }
     }
 }

@@ -414,6 +414,24 @@ impl Message<'_> {
     }
 }
 
+/// Size of a `hashes` message header: length prefix, id, and the echoed request.
+pub const HASHES_HEADER_LEN: usize = 5 + HASH_REQUEST_PAYLOAD_LEN;
+
+/// The header of a `hashes` message answering `r` and carrying
+/// `hash_bytes` bytes of hashes (which the caller appends).
+pub fn hashes_header(r: &HashRequest, hash_bytes: usize) -> [u8; HASHES_HEADER_LEN] {
+    let mut out = Vec::with_capacity(HASHES_HEADER_LEN);
+    put_header(
+        &mut out,
+        MSG_ID_HASHES,
+        HASH_REQUEST_PAYLOAD_LEN + hash_bytes,
+    );
+    put_hash_request(&mut out, r);
+    let mut h = [0u8; HASHES_HEADER_LEN];
+    h.copy_from_slice(&out);
+    h
+}
+
 /// The 13-byte header of a piece message carrying `len` bytes of block data,
 /// for the zero-copy send path: the engine sends `[header, file slice]`.
 pub fn piece_header(index: u32, begin: u32, len: u32) -> [u8; PIECE_HEADER_LEN] {

@@ -29,9 +29,15 @@
 //! receives (bounded by `max_message_len`); whole messages are decoded in
 //! place from the caller's bytes without allocating.
 //!
-//! Not handled here (yet): BEP 9 metadata requests and BEP 52 hash requests
-//! (hash requests are answered with hash reject), super-seeding, allowed-fast
-//! sets. Requests for pieces we lost (not in `have`) are rejected for fast
+//! BEP 9 `ut_metadata` requests are answered from
+//! [`TorrentView::info_bytes`] (sent to the peer's own `ut_metadata` id),
+//! BEP 52 hash requests from [`TorrentView::v2`]; both replies are control
+//! bytes, at most [`MAX_PENDING_REPLIES`] of them unsent at a time (more:
+//! [`CloseReason::RequestFlood`]). Metadata `data`/`reject` and `hashes`/
+//! `hash reject` sent to us are counted and ignored (a seed asks for
+//! nothing).
+//!
+//! Not handled here (yet): super-seeding, allowed-fast sets. Requests for pieces we lost (not in `have`) are rejected for fast
 //! peers and silently dropped for others, since losing them is our doing.
 
 use std::collections::VecDeque;
@@ -39,11 +45,15 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::bitfield::{bitfield_len, Bitfield};
+use super::codec::HashRequest;
 use super::codec::{
     decode, BlockRequest, Decoded, Handshake, HandshakeDecoded, Message, ReservedFlags, WireError,
     HANDSHAKE_LEN,
 };
-use super::ext::{encode_ext_handshake, parse_ext_handshake, OurExtHandshake, PeerExtHandshake};
+use super::ext::{
+    encode_ext_handshake, parse_ext_handshake, OurExtHandshake, PeerExtHandshake, UT_METADATA_ID,
+};
+use super::metadata::{self, MetadataMessage};
 use super::types::{
     CloseReason, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog, TorrentId,
     TorrentKey, TorrentView,
@@ -52,6 +62,10 @@ use super::types::{
 /// Control bytes we let pile up (beyond the initial bitfield) before
 /// deciding the peer does not read; only rejects and hash rejects can grow it.
 const CONTROL_BACKLOG_LIMIT: usize = 64 * 1024;
+/// Metadata pieces and hash replies (up to ~17 KiB each) waiting in the
+/// control buffer. libtorrent keeps at most 2 metadata requests and a few
+/// hash requests outstanding, so a peer above this asks without reading.
+pub const MAX_PENDING_REPLIES: usize = 16;
 /// Buffers larger than this are released once drained, so idle connections
 /// stay small after a large bitfield.
 const SHRINK_ABOVE: usize = 16 * 1024;
@@ -92,6 +106,11 @@ pub struct PeerState {
     rx: Vec<u8>,
     tx: Vec<u8>,
     tx_pos: usize,
+    /// Replies (metadata pieces, hashes) in `tx` not yet handed to the
+    /// engine: `(end offset in tx, length)`, oldest first.
+    replies: VecDeque<(usize, usize)>,
+    /// Sum of the lengths in `replies`.
+    reply_bytes: usize,
     /// Queued requests with the time the bytes carrying them arrived.
     queue: VecDeque<(BlockRequest, Instant)>,
     /// `now` of the current `handle_bytes` call.
@@ -123,6 +142,8 @@ impl PeerState {
             rx: Vec::new(),
             tx: Vec::new(),
             tx_pos: 0,
+            replies: VecDeque::new(),
+            reply_bytes: 0,
             queue: VecDeque::new(),
             input_at: now,
             created: now,
@@ -275,7 +296,7 @@ impl PeerState {
                     reqq: self.cfg.reqq,
                     listen_port: self.cfg.listen_port,
                     yourip: Some(self.remote.ip()),
-                    metadata_size: view.metadata_size,
+                    metadata_size: view.metadata_size(),
                 },
             );
         }
@@ -356,14 +377,93 @@ impl PeerState {
                 let ext = parse_ext_handshake(payload).map_err(|_| CloseReason::BadExtension)?;
                 self.peer_ext = Some(ext);
             }
+            Message::Extended {
+                id: UT_METADATA_ID,
+                payload,
+            } => self.on_metadata(payload, view)?,
             Message::Extended { .. } => self.counters.extended_ignored += 1,
-            Message::HashRequest(r) => {
-                self.counters.hash_requests_rejected += 1;
-                self.queue_control(Message::HashReject(r), view)?;
-            }
+            Message::HashRequest(r) => self.on_hash_request(r, view)?,
             Message::Hashes { .. } | Message::HashReject(_) | Message::Unknown { .. } => {
                 self.counters.unknown_messages += 1
             }
+        }
+        Ok(())
+    }
+
+    /// A `ut_metadata` message sent to our id.
+    fn on_metadata(&mut self, payload: &[u8], view: &TorrentView<'_>) -> Result<(), CloseReason> {
+        let msg = metadata::parse_metadata_message(payload)
+            .map_err(|_| CloseReason::BadMetadataMessage)?;
+        let piece = match msg {
+            MetadataMessage::Request { piece } => piece,
+            MetadataMessage::Data { .. } | MetadataMessage::Reject { .. } => {
+                self.counters.metadata_unsolicited += 1;
+                return Ok(());
+            }
+            MetadataMessage::Other { .. } => {
+                self.counters.extended_ignored += 1;
+                return Ok(());
+            }
+        };
+        self.counters.metadata_requests += 1;
+        // The reply goes to the id the peer gave in its extension handshake.
+        let Some(ext_id) = self
+            .peer_ext
+            .and_then(|e| e.ut_metadata)
+            .filter(|&id| id != 0)
+        else {
+            self.counters.extended_ignored += 1;
+            return Ok(());
+        };
+        let info = view
+            .info_bytes
+            .filter(|i| metadata::metadata_piece(i, piece).is_some());
+        match info {
+            Some(info) => {
+                self.counters.metadata_pieces_sent += 1;
+                self.queue_reply(|tx| {
+                    metadata::encode_data(tx, ext_id, piece, info);
+                })
+            }
+            None => {
+                self.counters.metadata_rejected += 1;
+                let mut msg = Vec::with_capacity(48);
+                metadata::encode_reject(&mut msg, ext_id, piece);
+                self.queue_control_bytes(&msg, view)
+            }
+        }
+    }
+
+    fn on_hash_request(
+        &mut self,
+        r: HashRequest,
+        view: &TorrentView<'_>,
+    ) -> Result<(), CloseReason> {
+        let valid = view.v2.map(|layers| (layers, layers.validate(&r)));
+        match valid {
+            Some((layers, Ok(v))) => {
+                self.counters.hash_requests_served += 1;
+                self.queue_reply(|tx| layers.encode_hashes(&v, tx))
+            }
+            _ => {
+                self.counters.hash_requests_rejected += 1;
+                self.queue_control(Message::HashReject(r), view)
+            }
+        }
+    }
+
+    /// Appends a large reply the peer asked for (metadata piece, hashes),
+    /// closing a peer with more than [`MAX_PENDING_REPLIES`] unsent.
+    fn queue_reply(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), CloseReason> {
+        if self.replies.len() >= MAX_PENDING_REPLIES {
+            return Err(CloseReason::RequestFlood);
+        }
+        let start = self.tx.len();
+        encode(&mut self.tx);
+        let len = self.tx.len() - start;
+        if len > 0 {
+            self.replies.push_back((self.tx.len(), len));
+            self.reply_bytes += len;
         }
         Ok(())
     }
@@ -430,11 +530,30 @@ impl PeerState {
         msg: Message<'_>,
         view: &TorrentView<'_>,
     ) -> Result<(), CloseReason> {
+        self.check_backlog(msg.encoded_len(), view)?;
+        msg.encode(&mut self.tx);
+        Ok(())
+    }
+
+    /// [`PeerState::queue_control`] for an already encoded message.
+    fn queue_control_bytes(
+        &mut self,
+        msg: &[u8],
+        view: &TorrentView<'_>,
+    ) -> Result<(), CloseReason> {
+        self.check_backlog(msg.len(), view)?;
+        self.tx.extend_from_slice(msg);
+        Ok(())
+    }
+
+    /// Unsent control bytes, not counting replies (bounded by count), may
+    /// not exceed the limit.
+    fn check_backlog(&self, adding: usize, view: &TorrentView<'_>) -> Result<(), CloseReason> {
         let limit = CONTROL_BACKLOG_LIMIT + bitfield_len(view.num_pieces);
-        if self.tx.len() - self.tx_pos + msg.encoded_len() > limit {
+        let unsent = (self.tx.len() - self.tx_pos).saturating_sub(self.reply_bytes);
+        if unsent + adding > limit {
             return Err(CloseReason::SendBacklog);
         }
-        msg.encode(&mut self.tx);
         Ok(())
     }
 
@@ -510,6 +629,13 @@ impl PeerState {
         self.tx_pos += n;
         self.counters.protocol_bytes_sent += n as u64;
         self.sent_since_tick = true;
+        while let Some(&(end, len)) = self.replies.front() {
+            if end > self.tx_pos {
+                break;
+            }
+            self.replies.pop_front();
+            self.reply_bytes -= len;
+        }
         if self.tx_pos == self.tx.len() {
             self.tx_pos = 0;
             self.tx.clear();
@@ -533,6 +659,11 @@ impl PeerState {
             self.sent_since_tick = true;
         }
         r
+    }
+
+    /// Metadata and hash replies in the control bytes not yet handed over.
+    pub fn pending_replies(&self) -> usize {
+        self.replies.len()
     }
 
     /// Requests queued and not yet popped.

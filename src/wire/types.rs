@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::bitfield::Bitfield;
 use super::codec::{BlockRequest, MAX_BLOCK_LEN};
+use super::hashes::V2Layers;
 
 /// A shard-local handle for a torrent in the engine's catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,8 +42,14 @@ pub struct TorrentView<'a> {
     pub have: &'a Bitfield,
     /// The torrent has a v2 part (v2-only or hybrid): we set the upgrade bit.
     pub has_v2: bool,
-    /// Size of the info dictionary when we can serve it (BEP 9).
-    pub metadata_size: Option<u32>,
+    /// The exact bytes of the info dictionary, when we serve it to peers
+    /// that joined by magnet link (BEP 9). `None` disables `ut_metadata`
+    /// (the engine passes `None` for private torrents, as libtorrent does).
+    pub info_bytes: Option<&'a [u8]>,
+    /// The v2 piece layers by pieces root, for BEP 52 hash requests. `None`
+    /// (v1 torrents, or layers unknown) answers every hash request with a
+    /// hash reject.
+    pub v2: Option<&'a V2Layers>,
 }
 
 /// Why a request is not valid for a torrent.
@@ -59,6 +66,14 @@ pub enum RequestError {
 }
 
 impl TorrentView<'_> {
+    /// Size of the info dictionary we advertise as `metadata_size` (BEP 9),
+    /// when we serve it.
+    pub fn metadata_size(&self) -> Option<u32> {
+        self.info_bytes
+            .and_then(|b| u32::try_from(b.len()).ok())
+            .filter(|&n| n > 0)
+    }
+
     /// Length of `piece`, `None` when out of range.
     pub fn piece_len(&self, piece: u32) -> Option<u32> {
         if piece >= self.num_pieces {
@@ -175,10 +190,16 @@ pub enum CloseReason {
     TorrentRemoved,
     #[error("peer does not read what we send (control backlog over the limit)")]
     SendBacklog,
+    #[error("malformed ut_metadata (BEP 9) message")]
+    BadMetadataMessage,
+    #[error(
+        "too many metadata/hash replies waiting to be sent: the peer asks faster than it reads"
+    )]
+    RequestFlood,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::UnknownInfoHash,
         CloseReason::BadHandshake,
         CloseReason::MessageTooLong,
@@ -193,6 +214,8 @@ impl CloseReason {
         CloseReason::IdleTimeout,
         CloseReason::TorrentRemoved,
         CloseReason::SendBacklog,
+        CloseReason::BadMetadataMessage,
+        CloseReason::RequestFlood,
     ];
 
     /// Stable metric label.
@@ -212,6 +235,8 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::TorrentRemoved => "torrent_removed",
             CloseReason::SendBacklog => "send_backlog",
+            CloseReason::BadMetadataMessage => "bad_metadata_message",
+            CloseReason::RequestFlood => "request_flood",
         }
     }
 }
@@ -276,11 +301,24 @@ pub struct PeerCounters {
     pub protocol_bytes_sent: u64,
     /// Piece messages from the peer (we are a seed; they are dropped).
     pub unexpected_pieces: u64,
-    /// Extended messages other than the handshake (not handled yet).
+    /// Extended messages we do not handle (unknown extended ids,
+    /// `ut_metadata` types BEP 9 does not define, metadata requests from a
+    /// peer that gave no `ut_metadata` id to answer to).
     pub extended_ignored: u64,
-    /// Messages with ids we do not know, and hash requests we rejected.
+    /// Messages with ids we do not know, and hashes / hash rejects sent to us.
     pub unknown_messages: u64,
+    /// BEP 52 hash requests answered with hashes.
+    pub hash_requests_served: u64,
+    /// BEP 52 hash requests answered with hash reject.
     pub hash_requests_rejected: u64,
+    /// BEP 9 requests received.
+    pub metadata_requests: u64,
+    /// BEP 9 data messages sent.
+    pub metadata_pieces_sent: u64,
+    /// BEP 9 requests rejected (out of range, or no metadata to serve).
+    pub metadata_rejected: u64,
+    /// BEP 9 data and reject messages sent to us (a seed asks for nothing).
+    pub metadata_unsolicited: u64,
 }
 
 impl PeerCounters {

@@ -1,6 +1,6 @@
 //! An in-memory torrent catalogue for driving `PeerState` in tests.
 
-use ringseed::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView};
+use ringseed::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView, V2Layers};
 
 pub struct MemTorrent {
     pub v1: Option<[u8; 20]>,
@@ -9,7 +9,10 @@ pub struct MemTorrent {
     pub piece_length: u32,
     pub total_len: u64,
     pub have: Bitfield,
-    pub metadata_size: Option<u32>,
+    /// The info dictionary served by BEP 9 (`None`: no ut_metadata).
+    pub info_bytes: Option<Vec<u8>>,
+    /// BEP 52 piece layers served to hash requests.
+    pub v2_layers: Option<V2Layers>,
     /// The piece space, for fake seeders.
     pub data: Vec<u8>,
 }
@@ -24,7 +27,8 @@ impl MemTorrent {
             piece_length,
             total_len,
             have: Bitfield::full(n),
-            metadata_size: None,
+            info_bytes: None,
+            v2_layers: None,
             data: (0..total_len).map(|i| (i * 31 + i / 7) as u8).collect(),
         }
     }
@@ -60,7 +64,8 @@ impl MemCatalog {
             last_piece_len: last as u32,
             have: &t.have,
             has_v2: t.v2.is_some(),
-            metadata_size: t.metadata_size,
+            info_bytes: t.info_bytes.as_deref(),
+            v2: t.v2_layers.as_ref(),
         })
     }
 }
