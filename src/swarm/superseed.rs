@@ -9,16 +9,22 @@
 //! that every byte the origin uploads is one the swarm did not have yet and
 //! the peers trade the rest among themselves.
 //!
-//! **Which piece.** A peer is offered a piece it lacks, that we have and that
-//! we have not offered it before, choosing, in order:
-//! 1. the fewest copies: peers of this shard seen to have it (have, bitfield,
-//!    have_all) plus offers of it still outstanding to other peers (a piece
-//!    on its way counts as a copy, so two peers are not sent the same piece
-//!    while another is unsent; libtorrent does the same by ranking pieces
-//!    being super-seeded as unavailable);
-//! 2. then the fewest offers ever made (the least sent);
-//! 3. ties broken by scanning from a per-peer offset, so simultaneous
-//!    newcomers get different pieces, deterministically.
+//! **Which piece.** A peer is offered a piece it lacks, that we have, that
+//! we have not announced to it before and that has **no copy** yet: no peer
+//! of this shard is seen to have it (have, bitfield, have_all) and no offer
+//! of it is outstanding (a piece on its way counts as a copy, as libtorrent
+//! ranks pieces being super-seeded as unavailable). Among those: the least
+//! offered first, ties broken by scanning from a per-peer offset so that
+//! simultaneous newcomers get different pieces, deterministically.
+//!
+//! Once every piece has a copy the seed stops injecting: the swarm has the
+//! whole file and trades it. A copy (the rarest piece the peer lacks: fewest
+//! seen + in flight, then least offered) is offered only
+//! - to a newcomer, at connect, so that nobody starts with nothing to trade;
+//! - to a *starving* peer: it holds no offer and has announced no new piece
+//!   for [`SuperSeedConfig::forward_timeout`] (its neighbours do not serve
+//!   it, or it has none). A peer that keeps completing pieces from the swarm
+//!   is not starving and costs the origin nothing.
 //!
 //! **When a peer gets its next piece** (the release rule). An outstanding
 //! offer of piece `p` to peer `P` is released, freeing `P`'s offer slot, when
