@@ -5,6 +5,11 @@
 //!   state machine: the engine feeds it connection, interest and upload
 //!   events with `now` passed in, and applies the [`choker::ChokeDecision`]s
 //!   it hands back by sending `choke` / `unchoke` messages.
+//! - [`superseed`]: super-seeding (BEP 16), one selector per torrent per
+//!   shard: which piece to offer each peer, and when, so that the origin
+//!   sends each piece about once and peers trade the rest.
+//! - [`ratelimit`]: the egress cap (`--upload-rate-limit`): a token bucket
+//!   per shard shared fairly among its connections, and the rate parser.
 //!
 //! What it deliberately does not do:
 //! - No I/O, no clock, no threads, no global state: everything is driven by
@@ -14,8 +19,9 @@
 //! - No cross-shard coordination: each shard chokes its own connections with
 //!   its own share of the upload slots (`upload_slots / shards`, see
 //!   [`crate::config::ServeConfig::choker_config`]).
-//! - No super-seeding (BEP 16) or piece offers: those come with their own
-//!   issue and will live beside the choker here.
-//! - No rate limiting: an egress cap is a separate policy (own issue).
+//! - No cross-shard coordination for super-seeding or rate limits either:
+//!   each shard gets `1/shards` of the rate and sees only its own peers.
 
 pub mod choker;
+pub mod ratelimit;
+pub mod superseed;

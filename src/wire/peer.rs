@@ -37,7 +37,14 @@
 //! `hash reject` sent to us are counted and ignored (a seed asks for
 //! nothing).
 //!
-//! Not handled here (yet): super-seeding, allowed-fast sets. Requests for pieces we lost (not in `have`) are rejected for fast
+//! Super-seeding (BEP 16): when [`TorrentCatalog::super_seed`] says so at the
+//! handshake, no bitfield/have_all is sent (have_none to fast peers), pieces
+//! are announced one by one with [`PeerState::offer_piece`] as the selector
+//! ([`crate::swarm::superseed`]) decides, requests for pieces not announced
+//! are refused like pieces we lack, and the peer's haves are reported through
+//! [`PeerState::poll_have_event`] / [`PeerState::peer_haves`].
+//!
+//! Not handled here (yet): allowed-fast sets. Requests for pieces we lost (not in `have`) are rejected for fast
 //! peers and silently dropped for others, since losing them is our doing.
 
 use std::collections::VecDeque;
@@ -55,8 +62,8 @@ use super::ext::{
 };
 use super::metadata::{self, MetadataMessage};
 use super::types::{
-    CloseReason, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog, TorrentId,
-    TorrentKey, TorrentView,
+    CloseReason, HaveEvent, PeerConfig, PeerCounters, PeerHaves, RejectReason, RequestError,
+    TorrentCatalog, TorrentId, TorrentKey, TorrentView,
 };
 
 /// Control bytes we let pile up (beyond the initial bitfield) before
@@ -69,6 +76,9 @@ pub const MAX_PENDING_REPLIES: usize = 16;
 /// Buffers larger than this are released once drained, so idle connections
 /// stay small after a large bitfield.
 const SHRINK_ABOVE: usize = 16 * 1024;
+/// Have events queued beyond this collapse into one [`HaveEvent::Replaced`],
+/// so a peer flooding `have`s cannot grow the queue.
+const HAVE_EVENTS_LIMIT: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -122,6 +132,17 @@ pub struct PeerState {
     sent_since_tick: bool,
     last_wire_error: Option<WireError>,
     counters: PeerCounters,
+    /// Super-seed mode (BEP 16), decided at the handshake.
+    super_seed: Option<Box<SuperSeedPeer>>,
+}
+
+/// Per-connection super-seed state, allocated only in super-seed mode.
+#[derive(Debug)]
+struct SuperSeedPeer {
+    /// Pieces announced to the peer with `have`: the only ones it may request.
+    announced: Bitfield,
+    /// Changes of the peer's haves for the engine to forward to the selector.
+    events: VecDeque<HaveEvent>,
 }
 
 impl PeerState {
@@ -153,6 +174,7 @@ impl PeerState {
             sent_since_tick: false,
             last_wire_error: None,
             counters: PeerCounters::default(),
+            super_seed: None,
         }
     }
 
@@ -244,7 +266,8 @@ impl PeerState {
                     let v = catalog
                         .lookup(TorrentKey::InfoHash(&h.info_hash))
                         .ok_or(CloseReason::UnknownInfoHash)?;
-                    self.on_handshake(now, &h, &v);
+                    let super_seed = catalog.super_seed(v.id);
+                    self.on_handshake(now, &h, &v, super_seed);
                     *view = Some(v);
                     Ok(Step::Consumed(HANDSHAKE_LEN))
                 }
@@ -267,7 +290,13 @@ impl PeerState {
         }
     }
 
-    fn on_handshake(&mut self, now: Instant, h: &Handshake, view: &TorrentView<'_>) {
+    fn on_handshake(
+        &mut self,
+        now: Instant,
+        h: &Handshake,
+        view: &TorrentView<'_>,
+        super_seed: bool,
+    ) {
         self.phase = Phase::Active;
         self.handshake_at = Some(now);
         self.torrent = Some(view.id);
@@ -301,7 +330,17 @@ impl PeerState {
             );
         }
         let fast = self.peer_flags.fast;
-        if fast && view.have.is_full() {
+        if super_seed {
+            // BEP 16: advertise nothing; offers follow as `have`s. Without the
+            // fast extension, sending no bitfield means "nothing" (BEP 3).
+            self.super_seed = Some(Box::new(SuperSeedPeer {
+                announced: Bitfield::new(view.num_pieces),
+                events: VecDeque::new(),
+            }));
+            if fast {
+                Message::HaveNone.encode(&mut self.tx);
+            }
+        } else if fast && view.have.is_full() {
             Message::HaveAll.encode(&mut self.tx);
         } else if view.have.count() == 0 {
             if fast {
@@ -324,6 +363,7 @@ impl PeerState {
                 if i >= view.num_pieces {
                     return Err(CloseReason::BadHave);
                 }
+                self.push_have_event(HaveEvent::Have(i));
                 match &mut self.peer_has {
                     PeerHas::All => {}
                     PeerHas::Some(b) => {
@@ -353,9 +393,16 @@ impl PeerState {
                 } else {
                     PeerHas::Some(b)
                 };
+                self.push_have_event(HaveEvent::Replaced);
             }
-            Message::HaveAll => self.peer_has = PeerHas::All,
-            Message::HaveNone => self.peer_has = PeerHas::Nothing,
+            Message::HaveAll => {
+                self.peer_has = PeerHas::All;
+                self.push_have_event(HaveEvent::Replaced);
+            }
+            Message::HaveNone => {
+                self.peer_has = PeerHas::Nothing;
+                self.push_have_event(HaveEvent::Replaced);
+            }
             Message::Request(r) => self.on_request(r, view)?,
             Message::Cancel(r) => {
                 self.counters.cancels += 1;
@@ -491,6 +538,12 @@ impl PeerState {
             }
             Err(RequestError::NotHave) => return self.refuse(r, RejectReason::NotHave, None, view),
         }
+        if let Some(ss) = &self.super_seed {
+            if !ss.announced.get(r.piece) {
+                // Super-seeding: as far as the peer knows we lack this piece.
+                return self.refuse(r, RejectReason::NotHave, None, view);
+            }
+        }
         if self.am_choking {
             return self.refuse(r, RejectReason::Choked, None, view);
         }
@@ -555,6 +608,18 @@ impl PeerState {
             return Err(CloseReason::SendBacklog);
         }
         Ok(())
+    }
+
+    fn push_have_event(&mut self, event: HaveEvent) {
+        let Some(ss) = &mut self.super_seed else {
+            return;
+        };
+        if ss.events.len() >= HAVE_EVENTS_LIMIT || event == HaveEvent::Replaced {
+            ss.events.clear();
+            ss.events.push_back(HaveEvent::Replaced);
+        } else {
+            ss.events.push_back(event);
+        }
     }
 
     /// Chokes or unchokes the peer. Choking drops its queued requests
@@ -734,6 +799,73 @@ impl PeerState {
             PeerHas::All => piece < self.num_pieces,
             PeerHas::Some(b) => b.get(piece),
         }
+    }
+
+    /// Everything the peer has announced (have, bitfield, have_all/none).
+    pub fn peer_haves(&self) -> PeerHaves<'_> {
+        match &self.peer_has {
+            PeerHas::Nothing => PeerHaves::None,
+            PeerHas::All => PeerHaves::All,
+            PeerHas::Some(b) => PeerHaves::Some(b),
+        }
+    }
+
+    /// The connection is in super-seed mode (decided at the handshake by
+    /// [`TorrentCatalog::super_seed`]).
+    pub fn is_super_seeding(&self) -> bool {
+        self.super_seed.is_some()
+    }
+
+    /// Super-seed mode: the next change of the peer's haves, oldest first,
+    /// to forward to [`crate::swarm::superseed::SuperSeeder`]. Drain it after
+    /// every `handle_bytes`. Always `None` outside super-seed mode.
+    pub fn poll_have_event(&mut self) -> Option<HaveEvent> {
+        self.super_seed.as_mut()?.events.pop_front()
+    }
+
+    /// Announces `piece` to the peer with a `have`, queued behind the
+    /// control bytes already waiting (so right after the handshake reply
+    /// when called in the same flush). In super-seed mode this is the
+    /// offer that makes the piece requestable; each piece is announced at
+    /// most once. Outside super-seed mode it announces a piece that became
+    /// available (e.g. re-verified). Returns whether a `have` was queued:
+    /// `false` before the handshake, out of range, or already announced.
+    pub fn offer_piece(&mut self, piece: u32) -> bool {
+        if self.phase != Phase::Active || piece >= self.num_pieces {
+            return false;
+        }
+        if let Some(ss) = &mut self.super_seed {
+            if ss.announced.get(piece) {
+                return false;
+            }
+            ss.announced.set(piece);
+        }
+        Message::Have(piece).encode(&mut self.tx);
+        true
+    }
+
+    /// Sends BEP 6 `suggest_piece` for `piece` to a peer that speaks the
+    /// fast extension; `false` (nothing queued) for others, before the
+    /// handshake, out of range, or for a piece not offered in super-seed
+    /// mode (suggesting a piece the peer cannot request would only confuse).
+    pub fn suggest_piece(&mut self, piece: u32) -> bool {
+        if self.phase != Phase::Active || !self.peer_flags.fast || piece >= self.num_pieces {
+            return false;
+        }
+        if let Some(ss) = &self.super_seed {
+            if !ss.announced.get(piece) {
+                return false;
+            }
+        }
+        Message::Suggest(piece).encode(&mut self.tx);
+        true
+    }
+
+    /// Pieces announced in super-seed mode so far (0 outside it).
+    pub fn offered_piece_count(&self) -> u32 {
+        self.super_seed
+            .as_ref()
+            .map_or(0, |ss| ss.announced.count())
     }
 
     /// The codec error behind the last `BadHandshake`/`MalformedMessage`/

@@ -27,6 +27,35 @@ pub enum TorrentKey<'k> {
 pub trait TorrentCatalog {
     /// `None`: no such torrent (unknown info-hash, or removed since).
     fn lookup(&self, key: TorrentKey<'_>) -> Option<TorrentView<'_>>;
+
+    /// Whether connections to torrent `id` start in super-seed mode (BEP 16:
+    /// no bitfield, pieces offered one at a time, see
+    /// [`super::peer::PeerState::offer_piece`]). Asked once per connection,
+    /// at the handshake. Default: no.
+    fn super_seed(&self, id: TorrentId) -> bool {
+        let _ = id;
+        false
+    }
+}
+
+/// What a peer has announced, as [`super::peer::PeerState::peer_haves`]
+/// reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerHaves<'a> {
+    None,
+    All,
+    Some(&'a Bitfield),
+}
+
+/// A change of a super-seeding peer's haves, from
+/// [`super::peer::PeerState::poll_have_event`], in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaveEvent {
+    /// A `have` for this piece (redundant ones included).
+    Have(u32),
+    /// The whole set changed (bitfield, have_all, have_none, or too many
+    /// events to queue): read [`super::peer::PeerState::peer_haves`].
+    Replaced,
 }
 
 /// What a peer state machine needs to know about one torrent.
