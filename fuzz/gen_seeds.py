@@ -83,6 +83,20 @@ def session_messages():
     return out
 
 
+def skip(data, i):
+    """Index just past the bencoded value starting at i."""
+    c = data[i:i + 1]
+    if c == b"i":
+        return data.index(b"e", i) + 1
+    if c in (b"l", b"d"):
+        i += 1
+        while data[i:i + 1] != b"e":
+            i = skip(data, i)
+        return i + 1
+    colon = data.index(b":", i)
+    return colon + 1 + int(data[i:colon])
+
+
 def main():
     if os.path.isdir(SEEDS):
         shutil.rmtree(SEEDS)
@@ -92,29 +106,8 @@ def main():
         write("metainfo_parse", name, data)
         write("bencode_decode", name, data)
         # The bare info dictionary, for Torrent::from_info_bytes.
-        start = data.find(b"4:infod") + 6
-        for end in range(start + 2, len(data) + 1):
-            try:
-                depth, i = 0, start
-                # Cheap bencode skip to find the end of the info dict.
-                def skip(i):
-                    c = data[i:i + 1]
-                    if c == b"i":
-                        return data.index(b"e", i) + 1
-                    if c in (b"l", b"d"):
-                        i += 1
-                        while data[i:i + 1] != b"e":
-                            i = skip(i)
-                        return i + 1
-                    colon = data.index(b":", i)
-                    return colon + 1 + int(data[i:colon])
-                end = skip(start)
-                break
-            except Exception:
-                end = None
-                break
-        if end:
-            write("metainfo_parse", "info_" + name, data[start:end])
+        start = data.find(b"4:infod") + len(b"4:info")
+        write("metainfo_parse", "info_" + name, data[start:skip(data, start)])
     for i, v in enumerate([b"i-42e", b"le", b"de", b"d1:ai1e1:bl3:xyzi0eee", b"4:spam", LT_EXT]):
         write("bencode_decode", "small_%d" % i, v)
 
