@@ -138,7 +138,8 @@ fn parse_btih(s: &str) -> Option<InfoHashV1> {
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.is_ascii() {
+    // `from_str_radix` alone would accept a sign ("+f" parses as 15).
+    if s.len() != N * 2 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; N];
@@ -190,7 +191,11 @@ fn percent_decode(s: &str) -> Option<String> {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'%' => {
+                // Exactly two hex digits: `from_str_radix` alone would take "+2".
                 let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
