@@ -98,6 +98,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         served.push(p.served);
     }
     let catalog = Arc::new(Catalog::new(served));
+    // Files changed on disk: withdraw, re-verify, restore (storage::watch).
+    let data_watch = catalog.watch_data();
     let engine =
         Engine::start_observed(engine_cfg, catalog, observers).context("starting the engine")?;
     for info in &infos {
@@ -118,6 +120,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down");
     engine.shutdown();
     let result = engine.join();
+    drop(data_watch);
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     if let Some(m) = metrics {
         m.shutdown();

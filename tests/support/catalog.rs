@@ -61,6 +61,7 @@ impl MemCatalog {
             have: &t.have,
             has_v2: t.v2.is_some(),
             metadata_size: t.metadata_size,
+            live: None,
         })
     }
 }
