@@ -195,11 +195,15 @@ impl DataWatch {
                     let m = f.metadata()?;
                     st.id = Some((m.dev(), m.ino()));
                     let path = cf.path();
-                    let wd = watches.add(path, file_mask).map_err(|e| with_path(e, path))?;
+                    let wd = watches
+                        .add(path, file_mask)
+                        .map_err(|e| with_path(e, path))?;
                     routes.files.entry(wd.clone()).or_default().push((ti, fi));
                     wds.push(wd);
                     if let (Some(dir), Some(name)) = (parent_dir(path), path.file_name()) {
-                        let wd = watches.add(&dir, dir_mask).map_err(|e| with_path(e, &dir))?;
+                        let wd = watches
+                            .add(&dir, dir_mask)
+                            .map_err(|e| with_path(e, &dir))?;
                         routes
                             .dirs
                             .entry(wd.clone())
@@ -341,7 +345,9 @@ fn events_loop(shared: &Shared, inotify: &mut Inotify, routes: &Routes, tx: &Sen
         let mut touched: Vec<((usize, usize), Change)> = Vec::new();
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                tracing::warn!("inotify queue overflowed: withdrawing and re-verifying every served file");
+                tracing::warn!(
+                    "inotify queue overflowed: withdrawing and re-verifying every served file"
+                );
                 for tf in enumerate_files(shared) {
                     touched.push((tf, Change::Unknown));
                 }
@@ -485,7 +491,11 @@ fn on_change(shared: &Shared, tx: Option<&Sender<Msg>>, ti: usize, fi: usize, ki
             path.display(),
             t.torrent().name,
             piece_span(&range),
-            if short { " (file is now shorter than the torrent says)" } else { "" }
+            if short {
+                " (file is now shorter than the torrent says)"
+            } else {
+                ""
+            }
         );
     }
     if was_quiet {
@@ -604,11 +614,13 @@ fn reverify_file(shared: &Shared, ti: usize, fi: usize, seq: u64) {
         // stale or gone; the other file's re-verification covers it later.
         let others_quiet = t.layout().piece_segments(p).all(|seg| match seg {
             Segment::Zero { .. } => true,
-            Segment::File { file_index, .. } => files
-                .get(ti)
-                .and_then(|f| f.get(file_index))
-                .is_some_and(|o| o.seq == o.verified_seq && !o.gone)
-                && !avail.is_file_stale(file_index),
+            Segment::File { file_index, .. } => {
+                files
+                    .get(ti)
+                    .and_then(|f| f.get(file_index))
+                    .is_some_and(|o| o.seq == o.verified_seq && !o.gone)
+                    && !avail.is_file_stale(file_index)
+            }
         });
         if others_quiet {
             avail.restore(p);
@@ -619,10 +631,7 @@ fn reverify_file(shared: &Shared, ti: usize, fi: usize, seq: u64) {
     DataChangeStats::add(&stats.pieces_reverified_ok, ok);
     DataChangeStats::add(&stats.pieces_reverified_failed, bad.len() as u64);
     if bad.is_empty() {
-        tracing::info!(
-            "{} re-verified: {ok} piece(s) good again",
-            path.display()
-        );
+        tracing::info!("{} re-verified: {ok} piece(s) good again", path.display());
     } else {
         tracing::warn!(
             "{} re-verified: {ok} piece(s) good again, {} bad and withdrawn (first: {:?}); restore the file or run `ringseed verify`",

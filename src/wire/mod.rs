@@ -19,6 +19,6 @@ pub use codec::{
 };
 pub use peer::PeerState;
 pub use types::{
-    CloseReason, LivePieces, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog, TorrentId,
-    TorrentKey, TorrentView,
+    CloseReason, LivePieces, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog,
+    TorrentId, TorrentKey, TorrentView,
 };
