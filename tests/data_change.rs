@@ -258,13 +258,16 @@ fn hash_failures(t: &Torrent, round: &Round) -> Vec<u32> {
     bad
 }
 
+/// A round with hash failures: started, ended, the bad pieces.
+type BadRound = (Instant, Instant, Vec<u32>);
+
 /// Leechers downloading every piece in a loop until stopped.
 struct Swarm {
     stop: Arc<AtomicBool>,
     rounds: Arc<AtomicU64>,
     pieces_checked: Arc<AtomicU64>,
     /// Per round: when it started and ended, and its hash failures.
-    failures: Arc<Mutex<Vec<(Instant, Instant, Vec<u32>)>>>,
+    failures: Arc<Mutex<Vec<BadRound>>>,
     errors: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -336,8 +339,7 @@ impl Swarm {
     }
 
     /// Stop, join; returns (pieces checked, rounds with hash failures, errors).
-    #[allow(clippy::type_complexity)]
-    fn finish(self) -> (u64, Vec<(Instant, Instant, Vec<u32>)>, Vec<String>) {
+    fn finish(self) -> (u64, Vec<BadRound>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().expect("leecher thread");

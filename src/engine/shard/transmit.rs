@@ -361,6 +361,7 @@ impl Shard {
 }
 
 /// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start_cold_read(
     ring: &mut Ring,
     reads: &mut ReadPool,
