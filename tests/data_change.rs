@@ -451,6 +451,29 @@ fn rewrite_in_the_middle_withdraws_reverifies_and_restores() {
     }
     swarm.wait_rounds(3);
 
+    // A peer that connects now is not told about the bad pieces ...
+    let ih = s.torrent.info_hash_v1.unwrap().0;
+    let stream = TcpStream::connect(s.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut watcher_peer = Reader::new(stream);
+    watcher_peer
+        .stream()
+        .write_all(&handshake_bytes(ih, true, false))
+        .unwrap();
+    watcher_peer.read_handshake().unwrap();
+    let advertised = watcher_peer
+        .next(|m| match m {
+            Message::Bitfield(b) => Some(Bitfield::from_wire(b, s.torrent.num_pieces).unwrap()),
+            _ => None,
+        })
+        .unwrap()
+        .expect("a bitfield, not have_all, while pieces are withdrawn");
+    for p in bad_first..=bad_last {
+        assert!(!advertised.get(p), "withdrawn piece {p} advertised");
+    }
+
     // Put the original bytes back: everything is live again.
     overwrite(&s.a, offset, &original);
     assert!(
@@ -459,6 +482,23 @@ fn rewrite_in_the_middle_withdraws_reverifies_and_restores() {
             && s.watch.as_ref().unwrap().pending_files() == 0),
         "a.bin's pieces did not come back after its content was restored"
     );
+    // ... and is told with `have` once they are back.
+    let mut announced = HashSet::new();
+    while announced.len() < (bad_last - bad_first + 1) as usize {
+        if let Some(p) = watcher_peer
+            .next(|m| match m {
+                Message::Have(p) => Some(p),
+                _ => None,
+            })
+            .expect("have messages for the restored pieces")
+        {
+            assert!(
+                (bad_first..=bad_last).contains(&p),
+                "have {p} was advertised already"
+            );
+            announced.insert(p);
+        }
+    }
     swarm.wait_rounds(3);
     let (checked, failures, _errors) = swarm.finish();
     assert!(checked > 0);
