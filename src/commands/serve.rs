@@ -196,6 +196,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         served.push(p.served);
     }
     let catalog = Arc::new(Catalog::new(served));
+    // Files changed on disk: withdraw, re-verify, restore (storage::watch).
+    let data_watch = catalog.watch_data();
     let peer_id = engine_peer_id;
     let engine = bound
         .start(catalog, observers)
@@ -236,6 +238,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         t.shutdown();
     }
     let result = engine.join();
+    drop(data_watch);
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     if let Some(m) = metrics {
         m.shutdown();

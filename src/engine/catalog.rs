@@ -1,23 +1,31 @@
 //! The torrents a server seeds, as the shards see them: read-only, shared by
 //! `Arc`, built off the shards (after verification) and never locked on the
-//! hot path.
+//! hot path. The one thing that changes at run time is each torrent's
+//! [`Availability`]: the data watcher withdraws pieces whose files changed on
+//! disk and restores them after re-verification; the shards read it with one
+//! relaxed atomic load per request and per block.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::metainfo::Torrent;
+use crate::storage::availability::Availability;
+use crate::storage::watch::{DataWatch, Watched};
 use crate::storage::{Content, PieceLayout};
 use crate::wire::mse::SkeyIndex;
 use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView, V2Layers};
 
 /// One torrent being seeded: metadata, open content, the piece layout and
-/// the pieces that passed verification (only those are advertised/served).
+/// the pieces that passed verification (only those are advertised/served,
+/// and only while `availability` says they are live).
 pub struct ServedTorrent {
     pub id: TorrentId,
     pub torrent: Torrent,
     pub content: Content,
     pub layout: PieceLayout,
     pub have: Bitfield,
+    /// `have` minus the pieces withdrawn because their data changed on disk.
+    pub availability: Availability,
     piece_length: u32,
     last_piece_len: u32,
     /// BEP 52 piece layers by pieces root, with the trees above them, for
@@ -47,12 +55,14 @@ impl ServedTorrent {
             tracing::warn!(torrent = %torrent.name, error = %e, "not serving v2 hash requests");
             None
         });
+        let availability = Availability::new(&have, torrent.files.len());
         Ok(Self {
             id: TorrentId(id),
             torrent,
             content,
             layout,
             have,
+            availability,
             piece_length,
             last_piece_len,
             v2_layers,
@@ -71,7 +81,32 @@ impl ServedTorrent {
             info_bytes: (!self.torrent.private && !self.torrent.info_bytes.is_empty())
                 .then_some(self.torrent.info_bytes.as_slice()),
             v2: self.v2_layers.as_ref(),
+            live: Some(&self.availability),
         }
+    }
+
+    /// Whether `piece` may be served right now (one relaxed load).
+    #[inline]
+    pub fn is_live(&self, piece: u32) -> bool {
+        self.availability.is_live(piece)
+    }
+}
+
+impl Watched for ServedTorrent {
+    fn torrent(&self) -> &Torrent {
+        &self.torrent
+    }
+    fn content(&self) -> &Content {
+        &self.content
+    }
+    fn layout(&self) -> &PieceLayout {
+        &self.layout
+    }
+    fn have(&self) -> &Bitfield {
+        &self.have
+    }
+    fn availability(&self) -> &Availability {
+        &self.availability
     }
 }
 
@@ -119,6 +154,26 @@ impl Catalog {
 
     pub fn torrents(&self) -> &[Arc<ServedTorrent>] {
         &self.torrents
+    }
+
+    /// Start watching every served file for changes on disk (see
+    /// `storage::watch`). On failure (no inotify, watch limit) the server
+    /// keeps serving without it, and says so.
+    pub fn watch_data(&self) -> Option<DataWatch> {
+        let list: Vec<Arc<dyn Watched>> = self
+            .torrents
+            .iter()
+            .map(|t| Arc::clone(t) as Arc<dyn Watched>)
+            .collect();
+        match DataWatch::start(list) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch the served files for changes ({e}); files changed on disk will not be noticed until a restart: raise fs.inotify.max_user_watches / max_user_instances"
+                );
+                None
+            }
+        }
     }
 }
 

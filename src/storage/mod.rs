@@ -13,11 +13,14 @@
 //! - [`verify`]: check every piece against v1 and v2 hashes.
 //! - [`resume`]: "data unchanged since the last full verification" records.
 //! - [`progress`]: a progress bar on a terminal, plain lines otherwise.
+//! - [`availability`]: the pieces that may be served right now (lock-free).
+//! - [`watch`]: inotify on the served files; withdraw, re-verify, restore.
 //!
 //! What does not live here: parsing `.torrent` files (see `metainfo`) and
 //! anything that talks to the network. Nothing in this module panics on file
 //! contents or sizes found on disk.
 
+pub mod availability;
 mod error;
 pub mod files;
 pub mod hash;
@@ -27,6 +30,7 @@ pub mod progress;
 mod reader;
 pub mod resume;
 pub mod verify;
+pub mod watch;
 
 pub use error::StorageError;
 pub use files::{resolve_data_root, Content, ContentFile, FileStatus};

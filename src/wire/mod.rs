@@ -26,6 +26,6 @@ pub use codec::{
 pub use hashes::{HashRejectReason, V2Layers};
 pub use peer::PeerState;
 pub use types::{
-    CloseReason, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog, TorrentId,
-    TorrentKey, TorrentView,
+    CloseReason, LivePieces, PeerConfig, PeerCounters, RejectReason, RequestError, TorrentCatalog,
+    TorrentId, TorrentKey, TorrentView,
 };

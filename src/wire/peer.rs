@@ -44,8 +44,11 @@
 //! are refused like pieces we lack, and the peer's haves are reported through
 //! [`PeerState::poll_have_event`] / [`PeerState::peer_haves`].
 //!
-//! Not handled here (yet): allowed-fast sets. Requests for pieces we lost (not in `have`) are rejected for fast
+//! Not handled here (yet): allowed-fast sets. Requests for pieces we lost (not in `have`, or withdrawn because
+//! their data changed on disk: [`TorrentView::live`]) are rejected for fast
 //! peers and silently dropped for others, since losing them is our doing.
+//! Pieces withdrawn at handshake time are left out of our bitfield and
+//! announced with `have` once live again ([`PeerState::announce_restored`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -132,6 +135,9 @@ pub struct PeerState {
     sent_since_tick: bool,
     last_wire_error: Option<WireError>,
     counters: PeerCounters,
+    /// Verified pieces left out of our bitfield because they were withdrawn
+    /// at handshake time; announced with `have` once live again.
+    withheld: Option<Bitfield>,
     /// Super-seed mode (BEP 16), decided at the handshake.
     super_seed: Option<Box<SuperSeedPeer>>,
 }
@@ -175,6 +181,7 @@ impl PeerState {
             last_wire_error: None,
             counters: PeerCounters::default(),
             super_seed: None,
+            withheld: None,
         }
     }
 
@@ -340,6 +347,25 @@ impl PeerState {
             if fast {
                 Message::HaveNone.encode(&mut self.tx);
             }
+        } else if view.live.is_some_and(|l| l.withdrawn() > 0) {
+            // Some verified pieces are withdrawn (data changed on disk):
+            // advertise the live ones, announce the rest when they return.
+            let mut live = view.have.clone();
+            let mut withheld = Bitfield::new(view.num_pieces);
+            for i in 0..view.num_pieces {
+                if view.have.get(i) && !view.is_live(i) {
+                    live.unset(i);
+                    withheld.set(i);
+                }
+            }
+            if live.count() == 0 {
+                if fast {
+                    Message::HaveNone.encode(&mut self.tx);
+                }
+            } else {
+                Message::Bitfield(live.as_bytes()).encode(&mut self.tx);
+            }
+            self.withheld = (withheld.count() > 0).then_some(withheld);
         } else if fast && view.have.is_full() {
             Message::HaveAll.encode(&mut self.tx);
         } else if view.have.count() == 0 {
@@ -729,6 +755,35 @@ impl PeerState {
     /// Metadata and hash replies in the control bytes not yet handed over.
     pub fn pending_replies(&self) -> usize {
         self.replies.len()
+    }
+
+    /// A request popped with [`PeerState::pop_block_timed`] cannot be
+    /// served after all (its piece was withdrawn since it was queued): reject
+    /// it for fast peers (it goes out with the next send's control bytes),
+    /// drop it for others. Bounded: every popped request was queued once.
+    pub fn reject_popped(&mut self, r: BlockRequest) {
+        self.counters.count_reject(RejectReason::NotHave);
+        if self.peer_flags.fast {
+            Message::Reject(r).encode(&mut self.tx);
+        }
+    }
+
+    /// Announces (with `have`) the pieces left out of our bitfield at
+    /// handshake time that are live again. Cheap when nothing was withheld;
+    /// call it from time to time (the engine does on its tick).
+    pub fn announce_restored(&mut self, view: &TorrentView<'_>) {
+        let Some(withheld) = self.withheld.as_mut() else {
+            return;
+        };
+        for i in 0..withheld.len() {
+            if withheld.get(i) && view.is_live(i) {
+                withheld.unset(i);
+                Message::Have(i).encode(&mut self.tx);
+            }
+        }
+        if withheld.count() == 0 {
+            self.withheld = None;
+        }
     }
 
     /// Requests queued and not yet popped.

@@ -79,6 +79,19 @@ pub struct TorrentView<'a> {
     /// (v1 torrents, or layers unknown) answers every hash request with a
     /// hash reject.
     pub v2: Option<&'a V2Layers>,
+    /// Pieces of `have` that may be served right now (`None`: all of
+    /// them). The engine withdraws pieces whose data changed on disk.
+    pub live: Option<&'a dyn LivePieces>,
+}
+
+/// An overlay on [`TorrentView::have`] that can change between calls: the
+/// pieces the engine may serve right now (data that changed on disk is
+/// withdrawn until it is re-verified).
+pub trait LivePieces: std::fmt::Debug + Sync {
+    /// Whether `piece` may be served now (cheap: called per request).
+    fn is_live(&self, piece: u32) -> bool;
+    /// How many pieces of `have` are withdrawn now (0 on the common path).
+    fn withdrawn(&self) -> u32;
 }
 
 /// Why a request is not valid for a torrent.
@@ -114,6 +127,11 @@ impl TorrentView<'_> {
         }
     }
 
+    /// Whether `piece` is not withdrawn (see [`TorrentView::live`]).
+    pub fn is_live(&self, piece: u32) -> bool {
+        self.live.is_none_or(|l| l.is_live(piece))
+    }
+
     /// Checks a block request against the torrent's shape and our haves.
     pub fn validate_request(&self, r: &BlockRequest) -> Result<(), RequestError> {
         if r.len > MAX_BLOCK_LEN {
@@ -127,7 +145,7 @@ impl TorrentView<'_> {
         if end > u64::from(piece_len) {
             return Err(RequestError::OutOfRange);
         }
-        if !self.have.get(r.piece) {
+        if !self.have.get(r.piece) || !self.is_live(r.piece) {
             return Err(RequestError::NotHave);
         }
         Ok(())

@@ -66,6 +66,7 @@ impl MemCatalog {
             has_v2: t.v2.is_some(),
             info_bytes: t.info_bytes.as_deref(),
             v2: t.v2_layers.as_ref(),
+            live: None,
         })
     }
 }

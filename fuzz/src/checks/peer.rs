@@ -90,6 +90,8 @@ impl PeerSetup {
 struct OneTorrent {
     setup: PeerSetup,
     have: Bitfield,
+    /// Stand-in info dictionary of `setup.metadata_size` bytes.
+    info: Vec<u8>,
 }
 
 impl OneTorrent {
@@ -101,7 +103,9 @@ impl OneTorrent {
             last_piece_len: self.setup.last_piece_len,
             have: &self.have,
             has_v2: self.setup.has_v2,
-            metadata_size: self.setup.metadata_size,
+            info_bytes: self.setup.metadata_size.map(|_| self.info.as_slice()),
+            v2: None,
+            live: None,
         }
     }
 }
@@ -541,6 +545,7 @@ impl PeerHarness {
         }
         PeerHarness {
             torrent: OneTorrent {
+                info: vec![b'x'; setup.metadata_size.unwrap_or(0) as usize],
                 setup: setup.clone(),
                 have,
             },

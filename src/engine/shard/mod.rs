@@ -91,6 +91,10 @@ struct ColdRead {
     at: Instant,
     ops_left: u32,
     failed: bool,
+    /// File bytes read so far and expected: a short read (file truncated
+    /// under us) is never served.
+    bytes_read: u64,
+    bytes_expected: u64,
 }
 
 pub struct Shard {
@@ -539,6 +543,9 @@ impl Shard {
                 continue;
             }
             fold_counters(&self.stats, &mut c.peer);
+            if let Some(t) = &c.torrent {
+                c.peer.announce_restored(&t.view());
+            }
             if let Err(reason) = c.peer.handle_tick(now) {
                 c.last_reason = Some(reason);
                 to_close.push((idx as u32, close_kind(reason)));

@@ -63,12 +63,21 @@ impl Shard {
             slot.set_control(&ctl);
         }
 
+        // Requests whose piece was withdrawn (data changed on disk) since
+        // they were queued: their rejects go out with the next send.
+        let mut withdrawn = false;
         if let Some(t) = conn.torrent.clone() {
             // Blocks already read from disk go first.
             while slot.has_room(1) {
                 let Some(rb) = conn.ready.pop_front() else {
                     break;
                 };
+                if !t.is_live(rb.req.piece) {
+                    self.reads.release(rb.buf);
+                    conn.peer.reject_popped(rb.req);
+                    withdrawn = true;
+                    continue;
+                }
                 slot.push_block(
                     piece_header(rb.req.piece, rb.req.begin, rb.req.len),
                     SentBlock {
@@ -94,6 +103,11 @@ impl Shard {
                         None => break,
                     },
                 };
+                if !t.is_live(req.piece) {
+                    conn.peer.reject_popped(req);
+                    withdrawn = true;
+                    continue;
+                }
                 let resident = t
                     .layout
                     .segments(req.piece, u64::from(req.begin), u64::from(req.len))
@@ -176,6 +190,10 @@ impl Shard {
             }
         }
 
+        if withdrawn && !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(idx);
+        }
         if slot.is_empty() {
             self.sends.put_back(slot_id, slot);
             return Ok(());
@@ -309,6 +327,8 @@ impl Shard {
         };
         if res < 0 {
             cold.failed = true;
+        } else {
+            cold.bytes_read += res as u64;
         }
         cold.ops_left = cold.ops_left.saturating_sub(1);
         if cold.ops_left > 0 {
@@ -324,6 +344,14 @@ impl Shard {
         if conn.closing.is_some() {
             self.reads.release(buf);
             self.try_release(cidx);
+            return Ok(());
+        }
+        if cold.bytes_read < cold.bytes_expected {
+            // Short read: the file shrank under us. Never serve the rest of
+            // the buffer; the watcher withdraws the piece.
+            conn.peer.reject_popped(cold.req);
+            self.reads.release(buf);
+            self.mark_dirty(cidx);
             return Ok(());
         }
         if cold.failed {
@@ -346,6 +374,7 @@ impl Shard {
 }
 
 /// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start_cold_read(
     ring: &mut Ring,
     reads: &mut ReadPool,
@@ -400,6 +429,8 @@ pub(super) fn start_cold_read(
         at,
         ops_left: ops,
         failed: false,
+        bytes_read: 0,
+        bytes_expected: segs.iter().map(|s| u64::from(s.2)).sum(),
     });
     conn.reads_inflight += 1;
     for (fd, off, len, dest) in segs {
