@@ -230,7 +230,7 @@ fn encode_with_trackers(torrent: &Torrent) -> Vec<u8> {
             .filter(|(_, l)| !l.is_empty())
             .filter_map(|(f, l)| f.pieces_root.map(|r| (r, l)))
             .collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         entries.dedup_by(|a, b| a.0 == b.0);
         let mut pl = DictBuilder::new();
         for (root, layer) in entries {
