@@ -305,3 +305,126 @@ fn libtorrent_given_only_the_torrent_finds_the_seed_via_the_embedded_tracker() {
     assert_same_tree(&single, &save.join("single.bin"));
     assert_same_tree(&multi, &save.join("multi"));
 }
+
+/// Runs a libtorrent helper script, returning its JSON output.
+fn run_script(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{script} output {text:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The magnet links `serve` prints, by torrent name.
+fn magnets(server_stdout: &str) -> Vec<String> {
+    server_stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("magnet"))
+        .map(|m| m.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn libtorrent_joins_by_magnet_link_and_through_mse_and_rc4() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    let (single, multi) = make_content(&content);
+    let mut args: Vec<String> = Vec::new();
+    let mut kinds = Vec::new();
+    for kind in ["--v1", "--v2", "--hybrid"] {
+        let t = dir.path().join(format!("multi{kind}.torrent"));
+        create(&multi, &t, kind);
+        args.extend([
+            "--torrent".into(),
+            t.display().to_string(),
+            "--data".into(),
+            multi.display().to_string(),
+        ]);
+        kinds.push((kind, t));
+    }
+    // Capture the magnet links from the server's output.
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(&args)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--metrics",
+            "off",
+            "--tracker-listen",
+            "off",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = rest.split_whitespace().next().unwrap().to_string();
+            break;
+        }
+        lines.push(line);
+    }
+    let server = Server { child, addr };
+    let links = magnets(&lines.join("\n"));
+    assert_eq!(links.len(), 3, "one magnet per torrent: {lines:?}");
+    for (i, link) in links.iter().enumerate() {
+        assert!(link.contains("x.pe="), "magnet carries our address: {link}");
+        let save = dir.path().join(format!("magnet{i}"));
+        std::fs::create_dir_all(&save).unwrap();
+        // No --peer: the x.pe hint in the link is all libtorrent gets.
+        let r = lt_download_only(&save, &["--magnet", link]);
+        assert_eq!(r[0]["completed"], true, "magnet {link}: {r}");
+        assert_same_tree(&multi, &save.join("multi"));
+    }
+    // MSE: libtorrent's default settings try the encrypted handshake first;
+    // we select plaintext, so there is no fallback delay.
+    for enc in ["default", "plaintext", "rc4"] {
+        let save = dir.path().join(format!("enc-{enc}"));
+        std::fs::create_dir_all(&save).unwrap();
+        let t = kinds[2].1.to_str().unwrap();
+        let r = run_script(
+            "lt_mse_first_byte.py",
+            &[
+                "--peer",
+                &server.addr,
+                "--save",
+                save.to_str().unwrap(),
+                "--torrent",
+                t,
+                "--enc",
+                enc,
+            ],
+        );
+        eprintln!("encryption {enc}: {r}");
+        assert_eq!(r["completed"], true, "{enc}: {r}");
+        assert_same_tree(&multi, &save.join("multi"));
+        let first = r["first_byte_seconds"].as_f64().expect("first byte time");
+        if enc != "rc4" {
+            assert!(
+                first < 0.5,
+                "{enc}: first payload byte after {first:.3} s (target < 0.5 s)"
+            );
+        }
+    }
+    let _ = single;
+}
