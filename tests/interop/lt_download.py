@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--magnet", action="append", default=[])
     ap.add_argument("--enc", default="plaintext")
     ap.add_argument("--debug", action="store_true", help="print libtorrent alerts to stderr")
+    ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     args = ap.parse_args()
 
     settings = {
@@ -43,6 +44,8 @@ def main():
     elif args.enc == "rc4":
         settings["out_enc_policy"] = lt.enc_policy.forced
         settings["allowed_enc_level"] = lt.enc_level.rc4
+    if args.download_limit:
+        settings["download_rate_limit"] = args.download_limit
     ses = lt.session(settings)
 
     handles = []
@@ -103,6 +106,7 @@ def main():
             "v2": str(ih.v2) if ih.has_v2() else None,
             "state": str(s.state),
             "errors": str(s.errc.message()) if s.errc.value() else None,
+            "peers": sorted({f"{p.ip[0]}:{p.ip[1]}" for p in h.get_peer_info()}),
         })
     json.dump(out, sys.stdout)
     print()
