@@ -1,22 +1,19 @@
 //! A real Prometheus (Debian's `prometheus` package; `.ci/run` installs it)
-//! scrapes a `MetricsServer` every second while fake shards keep moving; then
-//! every dashboard panel's query, variables filled in, must return data, and
-//! the histograms as Prometheus stored them must be consistent.
-//!
-//! The data source is a fake load for now; it is meant to become a real
-//! `ringseed serve` under the load generator.
+//! scrapes a real `ringseed serve` every second while the load generator
+//! (`ringseed-loadtest`) floods it; then every dashboard panel's query,
+//! variables filled in, must return data, and the histograms as Prometheus
+//! stored them must be consistent.
 
 mod dashboard_support;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashboard_support::*;
-use ringseed::metrics::MetricsServer;
 use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -111,20 +108,39 @@ fn prometheus_scrapes_and_every_panel_query_returns_data() {
         return;
     }
 
-    let mut load = FakeLoad::new(2);
-    let server =
-        MetricsServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), load.sources.clone()).unwrap();
-    let target = server.local_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                load.step();
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    });
+    // A real server seeding a directory, with its metrics on a free port.
+    let data = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(data.path().join("update.bin"), &content).unwrap();
+    let (server, peer_addr, target) = start_serve(data.path());
+    let torrent = data.path().join(".ringseed/update.bin.torrent");
+    // The load generator keeps it busy while Prometheus scrapes.
+    let load = Proc(
+        Command::new(loadtest_bin())
+            .args([
+                "--target",
+                &peer_addr,
+                "--torrent",
+                torrent.to_str().unwrap(),
+            ])
+            .args([
+                "--connections",
+                "16",
+                "--pipeline",
+                "16",
+                "--duration",
+                "120s",
+                "--churn",
+                "4",
+                "--quiet",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ringseed-loadtest"),
+    );
 
     let prom = start_prometheus(target);
     // Wait for at least 6 scrapes of our target (bounded).
@@ -207,8 +223,77 @@ fn prometheus_scrapes_and_every_panel_query_returns_data() {
         queries.len()
     );
 
-    stop.store(true, Ordering::Relaxed);
-    feeder.join().unwrap();
+    drop(load);
     drop(prom);
-    server.shutdown();
+    drop(server);
+}
+
+/// A child process killed (by its PID) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ringseed serve DIR` with metrics on a free port: (process, peer address,
+/// metrics address).
+fn start_serve(dir: &Path) -> (Proc, String, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringseed"))
+        .arg("serve")
+        .arg(dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--metrics",
+            "127.0.0.1:0",
+            "--tracker-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ringseed serve");
+    let out = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let mut metrics = None;
+    let mut peer = None;
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("metrics on http://") {
+            metrics = rest.trim_end_matches("/metrics").parse().ok();
+        }
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            peer = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    (
+        proc,
+        peer.expect("serve printed its address"),
+        metrics.expect("serve printed its metrics address"),
+    )
+}
+
+/// The load generator binary of this workspace, built if missing.
+fn loadtest_bin() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringseed")).with_file_name("ringseed-loadtest");
+    if !exe.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "ringseed-loadtest",
+                "--bin",
+                "ringseed-loadtest",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "building ringseed-loadtest failed");
+    }
+    exe
 }

@@ -269,6 +269,9 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                         "127.0.0.1:0",
                         "--shards",
                         "1",
+                        // Metrics on (as deployed), on a free port.
+                        "--metrics",
+                        "127.0.0.1:0",
                     ]);
                     c
                 }

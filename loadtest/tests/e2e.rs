@@ -129,6 +129,10 @@ fn against_ringseed_serve() {
         "127.0.0.1:0",
         "--shards",
         "1",
+        "--metrics",
+        "off",
+        "--tracker-listen",
+        "off",
     ]);
     let (_server, addr) = start(cmd);
     let torrent = data.join(".ringseed/f.bin.torrent");

@@ -358,7 +358,7 @@ pub fn generate_dashboard() -> Value {
         8,
         timeseries(
             "Verification throughput",
-            "Bytes hashed per second, and per hashing thread (bytes / thread-seconds).",
+            "Bytes hashed per second now, and the per-thread hash rate over the process's life (bytes / thread-seconds; verification mostly runs at start-up, so a rate over a short window is often 0/0).",
             "Bps",
             vec![
                 target(
@@ -372,9 +372,7 @@ pub fn generate_dashboard() -> Value {
                 target(
                     "B",
                     format!(
-                        "sum by (instance) ({}) / sum by (instance) ({})",
-                        rate("ringseed_verify_bytes_total"),
-                        rate("ringseed_verify_seconds_total")
+                        "sum by (instance) (ringseed_verify_bytes_total{I}) / sum by (instance) (ringseed_verify_seconds_total{I} > 0)"
                     ),
                     "{{instance}} per thread",
                 ),
