@@ -108,6 +108,9 @@ pub struct Shard {
     cold: Vec<Option<ColdRead>>,
     listener: socket2::Socket,
     accepting: bool,
+    /// Accept stopped on resource exhaustion; re-armed by the next tick.
+    accept_backoff: bool,
+    last_accept_warning: Option<Instant>,
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free_conns: Vec<u32>,
@@ -152,6 +155,8 @@ impl Shard {
             reads,
             listener,
             accepting: false,
+            accept_backoff: false,
+            last_accept_warning: None,
             conns: Vec::new(),
             generations: Vec::new(),
             free_conns: Vec::new(),
@@ -299,20 +304,41 @@ impl Shard {
 
     fn on_accept(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
         let res = cqe.result();
+        let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&-res);
+        if res < 0 && res != -libc::ECANCELED {
+            ShardStats::add(&self.stats.accept_errors, 1);
+            // Logged once per interval, not per failure.
+            let now = Instant::now();
+            if self
+                .last_accept_warning
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            {
+                self.last_accept_warning = Some(now);
+                tracing::warn!(
+                    shard = self.cfg.index,
+                    error = %io::Error::from_raw_os_error(-res),
+                    "accept failed{}",
+                    if exhausted {
+                        "; out of descriptors or memory: backing off for a second (raise LimitNOFILE / ulimit -n, or lower --max-connections)"
+                    } else {
+                        "; re-arming"
+                    }
+                );
+            }
+        }
         if !cqueue::more(cqe.flags()) {
             self.accepting = false;
             if !self.shutdown.load(Ordering::Relaxed) {
-                if res < 0 && res != -libc::ECANCELED {
-                    ShardStats::add(&self.stats.accept_errors, 1);
-                    tracing::warn!(shard = self.cfg.index, error = %io::Error::from_raw_os_error(-res), "accept failed; re-arming");
+                if exhausted {
+                    // Re-arming at once would spin on the same error: the
+                    // tick re-arms after a pause; peers wait in the backlog.
+                    self.accept_backoff = true;
+                } else {
+                    self.arm_accept()?;
                 }
-                self.arm_accept()?;
             }
         }
         if res < 0 {
-            if res != -libc::ECANCELED && res != -libc::EINVAL {
-                ShardStats::add(&self.stats.accept_errors, 1);
-            }
             return Ok(());
         }
         let Some(fd) = sys::fd_from_accept(res) else {
@@ -536,6 +562,10 @@ impl Shard {
     // ---- timers and teardown -------------------------------------------
 
     fn tick(&mut self, now: Instant) -> io::Result<()> {
+        if self.accept_backoff && !self.shutdown.load(Ordering::Relaxed) {
+            self.accept_backoff = false;
+            self.arm_accept()?;
+        }
         let mut to_close = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c.as_mut() else { continue };
