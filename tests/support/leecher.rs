@@ -45,7 +45,13 @@ impl Reader {
             self.start = 0;
         }
         let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
+        let read = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(0) => Err("seeder closed the connection".into()),
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
@@ -317,7 +323,11 @@ pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>>
             Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
                 return Ok(all)
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(format!("read: {e}")),
         }
     }
