@@ -201,8 +201,9 @@ impl Leecher {
         &self.torrent
     }
 
-    /// The TCP connection is up: queue our handshake (fast, extension and
-    /// v2 upgrade bits set).
+    /// The TCP connection is up: queue our handshake (fast and extension
+    /// bits; the v2 upgrade bit only for torrents with a v2 part:
+    /// libtorrent drops a peer that asks to upgrade a v1-only torrent).
     pub fn on_connected(&mut self, now: Instant) {
         self.connected_at = Some(now);
         self.last_rx = Some(now);
@@ -210,7 +211,7 @@ impl Leecher {
             reserved: ReservedFlags {
                 fast: true,
                 extension: true,
-                v2: true,
+                v2: self.torrent.torrent.info_hash_v2.is_some(),
                 dht: false,
             }
             .to_bytes(),

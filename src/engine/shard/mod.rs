@@ -305,7 +305,8 @@ impl Shard {
     fn on_accept(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
         let res = cqe.result();
         let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&-res);
-        if res < 0 && res != -libc::ECANCELED {
+        let stopping = self.shutdown.load(Ordering::Relaxed);
+        if res < 0 && res != -libc::ECANCELED && !stopping {
             ShardStats::add(&self.stats.accept_errors, 1);
             // Logged once per interval, not per failure.
             let now = Instant::now();
