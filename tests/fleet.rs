@@ -3,13 +3,15 @@
 //! libtorrent leecher given only the `.torrent` finds both through the
 //! tracker and receives payload from both.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringseed");
+mod support;
+
+use support::serve::{metric, ServeProc, BIN};
+
 const OPENTRACKER: &str = "/usr/bin/opentracker";
 
 fn required(what: &str, ok: bool, install: &str) -> bool {
@@ -40,49 +42,21 @@ fn free_port() -> u16 {
     }
 }
 
-/// Starts `ringseed serve`, returns the process and its metrics address.
-fn seed(torrent: &Path, data: &Path) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--torrent")
-        .arg(torrent)
-        .arg("--data")
-        .arg(data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--metrics",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ringseed serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut metrics = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("metrics on http://") {
-            metrics = rest.trim_end_matches("/metrics").to_string();
-        }
-        if line.starts_with("listening on ") {
-            break;
-        }
-    }
-    (Proc(child), metrics)
-}
-
-fn payload_sent(metrics_addr: &str) -> u64 {
-    let mut s = TcpStream::connect(metrics_addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with("ringseed_payload_bytes_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// `ringseed serve --torrent T --data D` with metrics on a free port.
+fn seed(torrent: &Path, data: &Path) -> ServeProc {
+    let (t, d) = (torrent.to_str().unwrap(), data.to_str().unwrap());
+    ServeProc::start(&[
+        "--torrent",
+        t,
+        "--data",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ])
 }
 
 #[test]
@@ -149,8 +123,8 @@ fn two_ringseed_boxes_announce_to_opentracker_and_both_serve_one_leecher() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let (_a, metrics_a) = seed(&torrent, &data);
-    let (_b, metrics_b) = seed(&torrent, &data);
+    let seed_a = seed(&torrent, &data);
+    let seed_b = seed(&torrent, &data);
     // Both announce `started` right after start; give them a moment.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -174,7 +148,13 @@ fn two_ringseed_boxes_announce_to_opentracker_and_both_serve_one_leecher() {
         std::fs::read(save.join("update.bin")).unwrap() == bytes,
         "data differs"
     );
-    let (a, b) = (payload_sent(&metrics_a), payload_sent(&metrics_b));
+    let sent = |s: &ServeProc| {
+        metric(
+            s.metrics.as_deref().unwrap(),
+            "ringseed_payload_bytes_total",
+        ) as u64
+    };
+    let (a, b) = (sent(&seed_a), sent(&seed_b));
     eprintln!("seed A sent {a} bytes, seed B sent {b} bytes");
     assert!(
         a > 0 && b > 0,

@@ -5,8 +5,8 @@
 //! stored them must be consistent.
 
 mod dashboard_support;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use dashboard_support::*;
 use serde_json::Value;
+use support::serve::ServeProc;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -240,47 +241,31 @@ impl Drop for Proc {
 
 /// `ringseed serve DIR` with metrics on a free port: (process, peer address,
 /// metrics address).
-fn start_serve(dir: &Path) -> (Proc, String, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringseed"))
-        .arg("serve")
-        .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--metrics",
-            "127.0.0.1:0",
-            "--tracker-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ringseed serve");
-    let out = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let mut metrics = None;
-    let mut peer = None;
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("metrics on http://") {
-            metrics = rest.trim_end_matches("/metrics").parse().ok();
-        }
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            peer = rest.split_whitespace().next().map(str::to_string);
-            break;
-        }
-    }
-    (
-        proc,
-        peer.expect("serve printed its address"),
-        metrics.expect("serve printed its metrics address"),
-    )
+fn start_serve(dir: &Path) -> (ServeProc, String, SocketAddr) {
+    let d = dir.to_str().unwrap();
+    let serve = ServeProc::start(&[
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+        "--tracker-listen",
+        "127.0.0.1:0",
+    ]);
+    let peer = serve.addr.clone();
+    let metrics = serve
+        .metrics
+        .as_deref()
+        .and_then(|m| m.parse().ok())
+        .expect("serve printed its metrics address");
+    (serve, peer, metrics)
 }
 
 /// The load generator binary of this workspace, built if missing.
 fn loadtest_bin() -> PathBuf {
-    let exe = Path::new(env!("CARGO_BIN_EXE_ringseed")).with_file_name("ringseed-loadtest");
+    let exe = Path::new(support::serve::BIN).with_file_name("ringseed-loadtest");
     if !exe.exists() {
         let st = Command::new(env!("CARGO"))
             .args([

@@ -4,35 +4,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::leecher;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringseed");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn metric(addr: &str, name: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return -1.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use support::serve::{metric, BIN};
 
 #[test]
 fn out_of_descriptors_backs_off_and_recovers() {
@@ -44,15 +22,12 @@ fn out_of_descriptors_backs_off_and_recovers() {
         "ulimit -n 96 && exec {BIN} serve {} --listen 127.0.0.1:0 --shards 1 --metrics 127.0.0.1:0 --tracker-listen off",
         dir.path().display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]).stderr(Stdio::piped());
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let err = child.stderr.take().unwrap();
-    let server = Proc(child);
+    let out = child.stdout.take().unwrap();
+    let server = ProcGuard(child);
     let (mut addr, mut metrics) = (String::new(), String::new());
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         if let Some(m) = line.strip_prefix("metrics on http://") {
@@ -107,4 +82,14 @@ fn out_of_descriptors_backs_off_and_recovers() {
         (1..=5).contains(&n),
         "accept failures are logged once per interval, not per failure: {n} lines"
     );
+}
+
+/// The `sh` child (which exec'd `ringseed serve`), killed by PID on drop.
+struct ProcGuard(Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

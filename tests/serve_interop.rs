@@ -2,26 +2,29 @@
 //! the `ringseed serve` binary on loopback, told about it with
 //! `connect_peer` (no tracker). Files must match byte for byte.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringseed");
+mod support;
 
-/// libtorrent's Python bindings, or a loud skip (a failure under CI=true).
-fn libtorrent_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import libtorrent, sys; sys.exit(0 if libtorrent.__version__.startswith('2.1') else 1)"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("libtorrent 2.1.x Python bindings are required under CI=true (pip install libtorrent==2.1.1)");
-        }
-        eprintln!("\n**** SKIP: libtorrent Python bindings missing; run `python3 -m pip install libtorrent==2.1.1` ****\n");
-    }
-    ok
+use support::serve::{libtorrent_available, ServeProc, BIN};
+
+/// `ringseed serve ARGS` on loopback, 2 shards, no metrics, embedded
+/// tracker on a free port.
+fn start_serve(args: &[&str]) -> ServeProc {
+    let mut all = args.to_vec();
+    all.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--metrics",
+        "off",
+        "--tracker-listen",
+        "127.0.0.1:0",
+    ]);
+    ServeProc::start(&all)
 }
 
 fn data(seed: u64, len: usize) -> Vec<u8> {
@@ -34,78 +37,6 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// A `ringseed serve` child process, killed (by its PID) on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--metrics",
-                "off",
-                "--tracker-listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringseed serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ringseed serve printed its listen address");
-        Server { child, addr }
-    }
-
-    /// SIGTERM, and how long the process took to exit.
-    fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
-        let start = Instant::now();
-        // SAFETY-free: `kill` on the PID of our own child.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (start.elapsed(), status);
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                panic!("ringseed serve did not exit within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn create(path: &Path, out: &Path, kind: &str) {
@@ -194,7 +125,7 @@ fn libtorrent_downloads_v1_v2_hybrid_single_and_multi_file() {
         }
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&argv);
+    let server = start_serve(&argv);
     // One libtorrent session per torrent kind, so each save dir holds one copy.
     for (i, pair) in torrents.chunks(2).enumerate() {
         let save = dir.path().join(format!("dl{i}"));
@@ -220,7 +151,7 @@ fn four_libtorrent_leechers_at_once_from_serve_dir() {
     let content = dir.path().join("content");
     std::fs::create_dir_all(&content).unwrap();
     let (single, multi) = make_content(&content);
-    let server = Server::start(&[content.to_str().unwrap()]);
+    let server = start_serve(&[content.to_str().unwrap()]);
     let torrents = vec![
         content.join(".ringseed/single.bin.torrent"),
         content.join(".ringseed/multi.torrent"),
@@ -247,7 +178,7 @@ fn four_libtorrent_leechers_at_once_from_serve_dir() {
     }
     drop(server);
     // A restart reuses the torrents and the resume record (no re-hashing).
-    let server = Server::start(&[content.to_str().unwrap()]);
+    let server = start_serve(&[content.to_str().unwrap()]);
     let save = dir.path().join("after-restart");
     std::fs::create_dir_all(&save).unwrap();
     let result = lt_download(&server.addr, &save, &torrents, &[]);
@@ -283,7 +214,7 @@ fn libtorrent_given_only_the_torrent_finds_the_seed_via_the_embedded_tracker() {
     let content = dir.path().join("content");
     std::fs::create_dir_all(&content).unwrap();
     let (single, multi) = make_content(&content);
-    let _server = Server::start(&[content.to_str().unwrap()]);
+    let _server = start_serve(&[content.to_str().unwrap()]);
     let save = dir.path().join("dl");
     std::fs::create_dir_all(&save).unwrap();
     // No --peer: libtorrent must learn our address from the tracker URL
@@ -356,35 +287,19 @@ fn libtorrent_joins_by_magnet_link_and_through_mse_and_rc4() {
         ]);
         kinds.push((kind, t));
     }
-    // Capture the magnet links from the server's output.
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(&args)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--metrics",
-            "off",
-            "--tracker-listen",
-            "off",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = rest.split_whitespace().next().unwrap().to_string();
-            break;
-        }
-        lines.push(line);
-    }
-    let server = Server { child, addr };
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--metrics",
+        "off",
+        "--tracker-listen",
+        "off",
+    ]);
+    let server = ServeProc::start(&all);
+    let lines = server.banner.clone();
     let links = magnets(&lines.join("\n"));
     assert_eq!(links.len(), 3, "one magnet per torrent: {lines:?}");
     for (i, link) in links.iter().enumerate() {

@@ -1,0 +1,128 @@
+//! Running the `ringseed` binary from integration tests: a `serve` child
+//! process (killed by its PID on drop) with the addresses it printed, the
+//! libtorrent availability check, and a `/metrics` reader.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringseed");
+
+/// A `ringseed serve` child process.
+pub struct ServeProc {
+    pub child: Child,
+    /// Peer address (`listening on ADDR`).
+    pub addr: String,
+    /// Metrics address (`metrics on http://ADDR/metrics`), if enabled.
+    pub metrics: Option<String>,
+    /// Everything printed on stdout before `listening on` (torrents, magnets).
+    pub banner: Vec<String>,
+}
+
+impl ServeProc {
+    /// `ringseed serve ARGS...`, waiting (bounded) for its listen address.
+    pub fn start(args: &[&str]) -> ServeProc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Any command that ends up exec'ing `ringseed serve` (e.g. under
+    /// `sh -c 'ulimit ...; exec ...'`).
+    pub fn spawn(mut cmd: Command) -> ServeProc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringseed serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = Vec::new();
+            let mut metrics = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(m) = line.strip_prefix("metrics on http://") {
+                    metrics = Some(m.trim_end_matches("/metrics").to_string());
+                }
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send((addr, metrics.clone(), std::mem::take(&mut banner)));
+                    continue;
+                }
+                banner.push(line);
+            }
+        });
+        let (addr, metrics, banner) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("ringseed serve printed its listen address");
+        ServeProc {
+            child,
+            addr,
+            metrics,
+            banner,
+        }
+    }
+
+    /// SIGTERM (by PID) and how long the process took to exit.
+    pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+        let start = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (start.elapsed(), status);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!("ringseed serve did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// libtorrent 2.1's Python bindings, or a loud skip (a failure under CI=true).
+pub fn libtorrent_available() -> bool {
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "import libtorrent, sys; sys.exit(0 if libtorrent.__version__.startswith('2.1') else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("libtorrent 2.1.x Python bindings are required under CI=true (pip install libtorrent==2.1.1)");
+        }
+        eprintln!("\n**** SKIP: libtorrent Python bindings missing; run `python3 -m pip install libtorrent==2.1.1` ****\n");
+    }
+    ok
+}
+
+/// The sum of every sample of metric family `name` (prefix match, e.g.
+/// `ringseed_connections{`) on a `/metrics` endpoint; -1 if unreachable.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
