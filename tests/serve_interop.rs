@@ -50,24 +50,12 @@ fn create(path: &Path, out: &Path, kind: &str) {
 }
 
 fn lt_download(addr: &str, save: &Path, torrents: &[PathBuf], extra: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script)
-        .args(["--peer", addr, "--timeout", "60", "--save"])
-        .arg(save)
-        .args(extra);
+    let mut args: Vec<&str> = vec!["--peer", addr];
+    args.extend(extra);
     for t in torrents {
-        cmd.arg("--torrent").arg(t);
+        args.extend(["--torrent", t.to_str().unwrap()]);
     }
-    let out = cmd.output().expect("run lt_download.py");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "lt_download.py output {text:?} ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    v
+    lt_download_only(save, &args)
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
@@ -187,22 +175,11 @@ fn four_libtorrent_leechers_at_once_from_serve_dir() {
     }
 }
 
+/// `lt_download.py` with `extra` arguments (no `--peer` unless given).
 fn lt_download_only(save: &Path, extra: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lt_download.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(["--timeout", "60", "--save"])
-        .arg(save)
-        .args(extra)
-        .output()
-        .expect("run lt_download.py");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "lt_download.py output {text:?} ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut args = vec!["--timeout", "60", "--save", save.to_str().unwrap()];
+    args.extend(extra);
+    run_script("lt_download.py", &args)
 }
 
 #[test]
