@@ -48,6 +48,8 @@ pub struct Conn {
     pub dirty: bool,
     /// Registered with the choker (handshake done).
     pub in_choker: bool,
+    /// The last piece found entirely in the page cache (see `flush`).
+    pub resident_piece: Option<u32>,
     /// Last interest state passed to the choker.
     pub interested: bool,
     pub accepted_at: Instant,
@@ -86,6 +88,7 @@ impl Conn {
             dirty: false,
             in_choker: false,
             interested: false,
+            resident_piece: None,
             accepted_at: now,
             unchoke_recorded: false,
             last_reason: None,

@@ -108,20 +108,21 @@ impl Shard {
                     withdrawn = true;
                     continue;
                 }
-                let resident = t
-                    .layout
-                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-                    .all(|seg| match seg {
-                        Segment::Zero { .. } => true,
-                        Segment::File {
-                            file_index,
-                            file_offset,
-                            len,
-                        } => t
-                            .content
-                            .file_bytes(file_index, file_offset, len)
-                            .is_some_and(sys::is_resident),
-                    });
+                // One mincore per piece, not per block: peers request the
+                // blocks of a piece one after another, so the connection
+                // remembers the last piece found resident (eviction within
+                // that window costs at most a minor stall, never wrong data).
+                let resident = conn.resident_piece == Some(req.piece)
+                    || if resident(&t, t.layout.piece_segments(req.piece)) {
+                        conn.resident_piece = Some(req.piece);
+                        true
+                    } else {
+                        resident(
+                            &t,
+                            t.layout
+                                .segments(req.piece, u64::from(req.begin), u64::from(req.len)),
+                        )
+                    };
                 if !resident {
                     if conn.reads_inflight > 0 {
                         // One cold block per connection at a time.
@@ -371,6 +372,21 @@ impl Shard {
         self.mark_dirty(cidx);
         Ok(())
     }
+}
+
+/// Whether every file byte of `segs` is in the page cache.
+fn resident(t: &ServedTorrent, mut segs: crate::storage::Segments<'_>) -> bool {
+    segs.all(|seg| match seg {
+        Segment::Zero { .. } => true,
+        Segment::File {
+            file_index,
+            file_offset,
+            len,
+        } => t
+            .content
+            .file_bytes(file_index, file_offset, len)
+            .is_some_and(sys::is_resident),
+    })
 }
 
 /// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
