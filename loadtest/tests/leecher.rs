@@ -60,7 +60,9 @@ impl Script {
             match Handshake::decode(&self.sent).unwrap() {
                 HandshakeDecoded::Complete(h) => {
                     assert_eq!(h.info_hash, self.t.handshake_hash);
-                    assert!(h.supports_fast() && h.supports_extensions() && h.supports_v2());
+                    assert!(h.supports_fast() && h.supports_extensions());
+                    // The v2 upgrade bit only for torrents with a v2 part.
+                    assert_eq!(h.supports_v2(), self.t.torrent.info_hash_v2.is_some());
                     pos = 68;
                     self.saw_handshake = true;
                 }
