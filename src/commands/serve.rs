@@ -15,6 +15,7 @@ use crate::engine::prepare::prepare_all;
 use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, ShardConfig};
 use crate::metainfo::magnet::Magnet;
 use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, VerifyStats};
+use crate::storage::watch::DataChangeStats;
 use crate::tracker::client::{AnnounceConfig, AnnounceTarget, Announcer};
 use crate::tracker::server::{EmbeddedTracker, SeedPeer, TrackerConfig};
 use crate::wire::PeerConfig;
@@ -56,6 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // shows verification progress) from the start.
     let observers = EngineObservers::new(cfg.shards);
     let verify_stats = Arc::new(VerifyStats::default());
+    let data_stats = Arc::new(DataChangeStats::default());
     let metrics = match cfg.metrics {
         MetricsEndpoint::Off => None,
         MetricsEndpoint::Listen(addr) => {
@@ -63,6 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 shards: observers.stats.clone(),
                 histograms: observers.histograms.clone(),
                 verify: verify_stats.clone(),
+                data: data_stats.clone(),
                 build: BuildInfo::current(),
             };
             let server = MetricsServer::start(addr, sources).with_context(|| {
@@ -197,7 +200,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let catalog = Arc::new(Catalog::new(served));
     // Files changed on disk: withdraw, re-verify, restore (storage::watch).
-    let data_watch = catalog.watch_data();
+    let data_watch = catalog.watch_data(data_stats);
     let peer_id = engine_peer_id;
     let engine = bound
         .start(catalog, observers)

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::metainfo::Torrent;
 use crate::storage::availability::Availability;
-use crate::storage::watch::{DataWatch, Watched};
+use crate::storage::fence::SendFence;
+use crate::storage::watch::{DataChangeStats, DataWatch, Watched};
 use crate::storage::{Content, PieceLayout};
 use crate::wire::mse::SkeyIndex;
 use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView, V2Layers};
@@ -117,6 +118,8 @@ pub struct Catalog {
     by_hash: HashMap<[u8; 20], u32>,
     /// MSE: HASH('req2', info-hash) for every info-hash we answer to.
     skeys: SkeyIndex,
+    /// Shards' in-flight sends vs. withdrawn pieces (see `storage::fence`).
+    fence: Arc<SendFence>,
 }
 
 impl Catalog {
@@ -140,6 +143,7 @@ impl Catalog {
             torrents: list,
             by_hash,
             skeys,
+            fence: Arc::new(SendFence::new()),
         }
     }
 
@@ -156,16 +160,21 @@ impl Catalog {
         &self.torrents
     }
 
+    /// The fence every shard serving this catalog registers with.
+    pub fn fence(&self) -> &Arc<SendFence> {
+        &self.fence
+    }
+
     /// Start watching every served file for changes on disk (see
     /// `storage::watch`). On failure (no inotify, watch limit) the server
     /// keeps serving without it, and says so.
-    pub fn watch_data(&self) -> Option<DataWatch> {
+    pub fn watch_data(&self, stats: Arc<DataChangeStats>) -> Option<DataWatch> {
         let list: Vec<Arc<dyn Watched>> = self
             .torrents
             .iter()
             .map(|t| Arc::clone(t) as Arc<dyn Watched>)
             .collect();
-        match DataWatch::start(list) {
+        match DataWatch::start(list, Some(Arc::clone(&self.fence)), stats) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(

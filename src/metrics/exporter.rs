@@ -27,6 +27,7 @@ use super::names;
 use super::process::{ProcessStats, VerifyStats};
 use super::BuildInfo;
 use crate::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
+use crate::storage::watch::DataChangeStats;
 
 /// Everything the exporter reads at scrape time.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct MetricsSources {
     pub shards: Vec<Arc<ShardStats>>,
     pub histograms: SharedHistograms,
     pub verify: Arc<VerifyStats>,
+    /// Files changed on disk, leases (`storage::watch`).
+    pub data: Arc<DataChangeStats>,
     pub build: BuildInfo,
 }
 
@@ -46,6 +49,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads one counter out of a shard's stats.
 type ReadStat = fn(&ShardStats) -> u64;
+/// Reads one counter out of the data-change stats.
+type ReadData = fn(&DataChangeStats) -> u64;
 
 /// Counter and gauge handles of one shard, registered once.
 struct ShardHandles {
@@ -70,13 +75,16 @@ pub struct Renderer {
     failed: Counter,
     pending: Gauge,
     verify_bytes: Counter,
+    /// (counter, reader) pairs of `DataChangeStats`.
+    data: Vec<(Counter, ReadData)>,
+    files_leased: Gauge,
 }
 
 impl Renderer {
     pub fn new(sources: MetricsSources) -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         let build = sources.build.clone();
-        let (shards, verified, failed, pending, verify_bytes) =
+        let (shards, verified, failed, pending, verify_bytes, data, files_leased) =
             metrics::with_local_recorder(&recorder, || {
                 describe_all();
                 gauge!(names::BUILD_INFO, "version" => build.version, "commit" => build.commit)
@@ -88,6 +96,8 @@ impl Renderer {
                     counter!(names::PIECES_FAILED),
                     gauge!(names::PIECES_PENDING),
                     counter!(names::VERIFY_BYTES),
+                    data_counters(),
+                    gauge!(names::DATA_FILES_LEASED),
                 )
             });
         Renderer {
@@ -98,6 +108,8 @@ impl Renderer {
             failed,
             pending,
             verify_bytes,
+            data,
+            files_leased,
         }
     }
 
@@ -131,6 +143,11 @@ impl Renderer {
         self.failed.absolute(load(&v.pieces_failed));
         self.pending.set(v.pending() as f64);
         self.verify_bytes.absolute(load(&v.bytes));
+        for (counter, read) in &self.data {
+            counter.absolute(read(&self.sources.data));
+        }
+        self.files_leased
+            .set(load(&self.sources.data.files_leased) as f64);
 
         let mut out = self.recorder.handle().render();
         if !out.is_empty() && !out.ends_with('\n') {
@@ -225,6 +242,25 @@ fn register_shard(index: usize) -> ShardHandles {
     }
 }
 
+fn data_counters() -> Vec<(Counter, ReadData)> {
+    use names::*;
+    vec![
+        (counter!(DATA_FILES_CHANGED), |d| load(&d.files_changed)),
+        (counter!(DATA_PIECES_WITHDRAWN), |d| {
+            load(&d.pieces_withdrawn)
+        }),
+        (counter!(DATA_PIECES_REVERIFIED, "result" => "ok"), |d| {
+            load(&d.pieces_reverified_ok)
+        }),
+        (
+            counter!(DATA_PIECES_REVERIFIED, "result" => "failed"),
+            |d| load(&d.pieces_reverified_failed),
+        ),
+        (counter!(DATA_LEASE_BREAKS), |d| load(&d.lease_breaks)),
+        (counter!(DATA_FENCES_FORCED), |d| load(&d.fences_forced)),
+    ]
+}
+
 fn describe_all() {
     use names::*;
     describe_counter!(PAYLOAD_BYTES, "Piece payload bytes handed to the kernel.");
@@ -253,6 +289,30 @@ fn describe_all() {
         "Pieces queued for verification, not checked yet."
     );
     describe_counter!(VERIFY_BYTES, "Bytes hashed by verification.");
+    describe_counter!(
+        DATA_FILES_CHANGED,
+        "Served files found changed on disk (one per burst)."
+    );
+    describe_counter!(
+        DATA_PIECES_WITHDRAWN,
+        "Live pieces withdrawn because their file changed."
+    );
+    describe_counter!(
+        DATA_PIECES_REVERIFIED,
+        "Withdrawn pieces re-verified, by result."
+    );
+    describe_gauge!(
+        DATA_FILES_LEASED,
+        "Served files under a read lease (writers wait until their pieces are withdrawn)."
+    );
+    describe_counter!(
+        DATA_LEASE_BREAKS,
+        "Another process opened a served file for writing."
+    );
+    describe_counter!(
+        DATA_FENCES_FORCED,
+        "Lease breaks that closed slow peers' connections to let the writer go."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which build this is.");
 }
 

@@ -49,6 +49,21 @@ pub const UNCHOKED_PEERS: &str = "ringseed_unchoked_peers";
 /// Optimistic unchokes performed.
 pub const OPTIMISTIC_UNCHOKES: &str = "ringseed_optimistic_unchokes_total";
 
+// Data changing on disk (process-wide, storage::watch).
+/// Served files found changed on disk (one per burst of changes).
+pub const DATA_FILES_CHANGED: &str = "ringseed_data_files_changed_total";
+/// Live pieces withdrawn because their file changed.
+pub const DATA_PIECES_WITHDRAWN: &str = "ringseed_data_pieces_withdrawn_total";
+/// Withdrawn pieces re-verified, by `result` (ok: live again, failed).
+pub const DATA_PIECES_REVERIFIED: &str = "ringseed_data_pieces_reverified_total";
+/// Served files under a read lease (writers wait for us) (gauge).
+pub const DATA_FILES_LEASED: &str = "ringseed_data_files_leased";
+/// Lease breaks: another process opened a served file for writing.
+pub const DATA_LEASE_BREAKS: &str = "ringseed_data_lease_breaks_total";
+/// Lease breaks that had to close slow peers' connections to let the
+/// writer go.
+pub const DATA_FENCES_FORCED: &str = "ringseed_data_fences_forced_total";
+
 // Data verification (process-wide).
 /// Pieces that passed their hash check.
 pub const PIECES_VERIFIED: &str = "ringseed_pieces_verified_total";
@@ -99,6 +114,12 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     UNCHOKED_PEERS,
     OPTIMISTIC_UNCHOKES,
+    DATA_FILES_CHANGED,
+    DATA_PIECES_WITHDRAWN,
+    DATA_PIECES_REVERIFIED,
+    DATA_FILES_LEASED,
+    DATA_LEASE_BREAKS,
+    DATA_FENCES_FORCED,
     PIECES_VERIFIED,
     PIECES_FAILED,
     PIECES_PENDING,
@@ -130,6 +151,11 @@ pub const COUNTERS: &[&str] = &[
     HANDSHAKE_FAILURES,
     ACCEPT_ERRORS,
     OPTIMISTIC_UNCHOKES,
+    DATA_FILES_CHANGED,
+    DATA_PIECES_WITHDRAWN,
+    DATA_PIECES_REVERIFIED,
+    DATA_LEASE_BREAKS,
+    DATA_FENCES_FORCED,
     PIECES_VERIFIED,
     PIECES_FAILED,
     VERIFY_BYTES,

@@ -182,6 +182,34 @@ pub struct ContentFile {
     path: PathBuf,
     file: Option<File>,
     map: Option<Mmap>,
+    /// The file as it was when opened, before verification.
+    stamp: Option<FileStamp>,
+}
+
+/// Identity, size and change times of an open file: if any differs later,
+/// the file may have been written since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// `fstat` the open file.
+    pub fn of(file: &File) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl ContentFile {
@@ -193,6 +221,11 @@ impl ContentFile {
     /// The open file (None for an empty file that does not exist on disk).
     pub fn file(&self) -> Option<&File> {
         self.file.as_ref()
+    }
+
+    /// [`FileStamp`] taken when the file was opened (None if not opened).
+    pub fn stamp_at_open(&self) -> Option<FileStamp> {
+        self.stamp
     }
 
     /// The mapped bytes (empty for an empty file).
@@ -234,6 +267,7 @@ impl Content {
         let opened = open_strict(root, files, multi_file)?;
         let mut out = Vec::with_capacity(opened.len());
         for (entry, src) in files.iter().zip(opened) {
+            let stamp = src.file.as_ref().and_then(|f| FileStamp::of(f).ok());
             let map = match &src.file {
                 Some(f) if entry.length > 0 => {
                     // SAFETY: the mapping is read-only and private to this
@@ -253,6 +287,7 @@ impl Content {
                 path: src.path,
                 file: src.file,
                 map,
+                stamp,
             });
         }
         Ok(Self {

@@ -15,6 +15,8 @@
 //! - [`progress`]: a progress bar on a terminal, plain lines otherwise.
 //! - [`availability`]: the pieces that may be served right now (lock-free).
 //! - [`watch`]: inotify on the served files; withdraw, re-verify, restore.
+//! - [`lease`]: read leases, so writers to a served file wait until its
+//!   pieces are withdrawn; [`fence`]: knowing when in-flight sends are done.
 //!
 //! What does not live here: parsing `.torrent` files (see `metainfo`) and
 //! anything that talks to the network. Nothing in this module panics on file
@@ -22,9 +24,11 @@
 
 pub mod availability;
 mod error;
+pub mod fence;
 pub mod files;
 pub mod hash;
 pub mod layout;
+pub mod lease;
 pub mod merkle;
 pub mod progress;
 mod reader;
@@ -33,7 +37,7 @@ pub mod verify;
 pub mod watch;
 
 pub use error::StorageError;
-pub use files::{resolve_data_root, Content, ContentFile, FileStatus};
+pub use files::{resolve_data_root, Content, ContentFile, FileStamp, FileStatus};
 pub use hash::{hash_files, ContentHashes, FileHashes};
 pub use layout::{BlockError, LayoutError, PieceLayout, Segment, Segments, BLOCK_SIZE};
 pub use verify::{verify, verify_content, BadPiece, FileProblem, VerifyReport};

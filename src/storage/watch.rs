@@ -35,13 +35,23 @@
 //! change during re-verification always wins. The shards never take the
 //! mutex.
 //!
-//! What it cannot do: a block already handed to the kernel, or built in the
-//! microseconds between a write landing in the page cache and the event
-//! being read, carries whatever the page cache held (zero-copy sends read
-//! the shared mapping). Writes through another process's shared mmap raise
-//! no inotify event until that file is closed. Renaming a directory above a
-//! file's parent is not seen (the data is unchanged). See the tests in
-//! `tests/data_change.rs`.
+//! Writes in place never reach a peer: a third thread, `watch-leases`,
+//! holds a read lease ([`super::lease`]) on every served file. A process
+//! that opens one for writing (or truncates it) is held by the kernel until
+//! that thread has withdrawn the file's pieces and the shards have finished
+//! every send and disk read started before ([`super::fence`]); only then is
+//! the lease released and the writer let go. Re-verification takes the
+//! lease again first (a file still open for writing elsewhere stays
+//! withdrawn until it is closed), so what is verified is what is served.
+//! Files changed between the start-up verification and taking the lease
+//! are caught by comparing size and change times with those seen when the
+//! file was opened. Where leases are unavailable (another owner without
+//! `CAP_LEASE`, NFS, `fs.leases-enable=0`) the watcher says so and works on
+//! inotify alone: then a block built in the moment between a write landing
+//! in the page cache and its event being read carries the new bytes.
+//!
+//! Not covered: renaming a directory above a file's parent (the data is
+//! unchanged). See the tests in `tests/data_change.rs`.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -57,14 +67,21 @@ use std::time::{Duration, Instant};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use super::availability::Availability;
+use super::fence::SendFence;
 use super::hash::{PieceCheck, PieceVerifier};
 use super::layout::{PieceLayout, Segment};
-use super::Content;
+use super::lease::{self, LeaseError};
+use super::{Content, FileStamp};
 use crate::metainfo::Torrent;
 use crate::wire::Bitfield;
 
 /// A changed file is re-verified once it has had no event for this long.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// How long a lease break waits for the shards' in-flight sends before
+/// closing the connections that hold them (and as long again after that).
+/// Far below the kernel's `lease-break-time` (45 s by default).
+pub const FENCE_WAIT: Duration = Duration::from_secs(3);
 
 /// A torrent the watcher looks after (the engine's `ServedTorrent`).
 pub trait Watched: Send + Sync + 'static {
@@ -89,6 +106,15 @@ pub struct DataChangeStats {
     pub pieces_reverified_ok: AtomicU64,
     /// Pieces that failed re-verification (or whose file is too short).
     pub pieces_reverified_failed: AtomicU64,
+    /// Files held under a read lease right now.
+    pub files_leased: AtomicU64,
+    /// Files on which a lease cannot be taken (inotify only).
+    pub files_unleased: AtomicU64,
+    /// Lease breaks: a process opened a served file for writing.
+    pub lease_breaks: AtomicU64,
+    /// Lease breaks whose in-flight sends did not finish within
+    /// [`FENCE_WAIT`]: their connections were closed.
+    pub fences_forced: AtomicU64,
 }
 
 impl DataChangeStats {
@@ -97,6 +123,9 @@ impl DataChangeStats {
     }
     fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(c: &AtomicU64, n: u64) {
+        c.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -113,6 +142,22 @@ struct FileState {
     gone: bool,
     /// (dev, ino) of the file we have open.
     id: Option<(u64, u64)>,
+    lease: LeaseState,
+    /// "open for writing elsewhere" was logged for the current change.
+    busy_logged: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum LeaseState {
+    /// Not leased (no file, or the watcher has not tried yet).
+    #[default]
+    None,
+    /// A read lease is held: nobody can write the file.
+    Held,
+    /// Released after a break; taken again before re-verification.
+    Released,
+    /// Leases do not work for this file: inotify only.
+    Unsupported,
 }
 
 struct Shared {
@@ -121,6 +166,8 @@ struct Shared {
     files: Mutex<Vec<Vec<FileState>>>,
     stats: Arc<DataChangeStats>,
     stop: AtomicBool,
+    /// The shards' fence (None when no engine serves these torrents).
+    fence: Option<Arc<SendFence>>,
 }
 
 impl Shared {
@@ -167,9 +214,16 @@ struct Routes {
 }
 
 impl DataWatch {
-    /// Watch every non-empty file of `torrents`. Fails if inotify is not
-    /// available or a watch cannot be added (e.g. `fs.inotify.max_user_watches`).
-    pub fn start(torrents: Vec<Arc<dyn Watched>>) -> io::Result<Self> {
+    /// Watch every non-empty file of `torrents` and take a read lease on
+    /// each; `fence` is the shards' (see [`super::fence`]). Fails if inotify
+    /// is not available or a watch cannot be added (e.g.
+    /// `fs.inotify.max_user_watches`); a lease that cannot be taken is
+    /// logged, not fatal.
+    pub fn start(
+        torrents: Vec<Arc<dyn Watched>>,
+        fence: Option<Arc<SendFence>>,
+        stats: Arc<DataChangeStats>,
+    ) -> io::Result<Self> {
         let mut inotify = Inotify::init()?;
         let mut watches = inotify.watches();
         let mut routes = Routes::default();
@@ -221,11 +275,14 @@ impl DataWatch {
         let shared = Arc::new(Shared {
             torrents,
             files: Mutex::new(states),
-            stats: Arc::new(DataChangeStats::default()),
+            stats,
             stop: AtomicBool::new(false),
+            fence,
         });
-        // Anything that changed between verification and now.
+        // Leases first, then: anything that changed between opening the
+        // file (before verification) and now.
         let all: Vec<(usize, usize)> = enumerate_files(&shared);
+        let leased = take_leases_at_start(&shared, &all);
         for &(ti, fi) in &all {
             if !size_and_identity_ok(&shared, ti, fi) {
                 on_change(&shared, None, ti, fi, Change::Unknown);
@@ -241,6 +298,15 @@ impl DataWatch {
                 std::thread::Builder::new()
                     .name("watch-events".into())
                     .spawn(move || events_loop(&s, &mut inotify, &routes, &tx2))?,
+            );
+        }
+        if leased {
+            let s = Arc::clone(&shared);
+            let tx2 = tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("watch-leases".into())
+                    .spawn(move || lease_loop(&s, &tx2))?,
             );
         }
         let s = Arc::clone(&shared);
@@ -293,7 +359,198 @@ impl Drop for DataWatch {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // No thread answers lease breaks any more: do not hold writers up.
+        let files = self.shared.lock();
+        for (ti, fs) in files.iter().enumerate() {
+            for (fi, st) in fs.iter().enumerate() {
+                if st.lease == LeaseState::Held {
+                    if let Some(f) = open_file(&self.shared, ti, fi) {
+                        let _ = lease::release(f);
+                    }
+                }
+            }
+        }
     }
+}
+
+fn open_file(shared: &Shared, ti: usize, fi: usize) -> Option<&std::fs::File> {
+    shared.torrents.get(ti)?.content().files().get(fi)?.file()
+}
+
+// ---- leases -------------------------------------------------------------
+
+/// Take a lease on every file; withdraw the ones that changed since they
+/// were opened or that are open for writing elsewhere. True if any file
+/// can be leased (the lease thread is needed).
+fn take_leases_at_start(shared: &Shared, all: &[(usize, usize)]) -> bool {
+    let mut any = false;
+    let mut unsupported: Vec<(PathBuf, String)> = Vec::new();
+    for &(ti, fi) in all {
+        let Some(cf) = shared.torrents[ti].content().files().get(fi) else {
+            continue;
+        };
+        let Some(f) = cf.file() else { continue };
+        let (state, changed) = match lease::take(f) {
+            Ok(()) => {
+                DataChangeStats::add(&shared.stats.files_leased, 1);
+                let now = FileStamp::of(f).ok();
+                (LeaseState::Held, now.is_none() || now != cf.stamp_at_open())
+            }
+            Err(LeaseError::Busy) => {
+                tracing::warn!(
+                    "{} is open for writing by another process: its pieces stay withdrawn until it is closed",
+                    cf.path().display()
+                );
+                (LeaseState::Released, true)
+            }
+            Err(LeaseError::Unsupported(why)) => {
+                DataChangeStats::add(&shared.stats.files_unleased, 1);
+                unsupported.push((cf.path().to_path_buf(), why));
+                (LeaseState::Unsupported, false)
+            }
+        };
+        any |= state != LeaseState::Unsupported;
+        {
+            let mut files = shared.lock();
+            files[ti][fi].lease = state;
+            files[ti][fi].busy_logged = state == LeaseState::Released;
+        }
+        if changed {
+            on_change(shared, None, ti, fi, Change::Unknown);
+        }
+    }
+    if let Some((path, why)) = unsupported.first() {
+        tracing::warn!(
+            "cannot take a read lease on {} ({why}) and {} other file(s): a write in place to them may reach peers in the moment before it is noticed",
+            path.display(),
+            unsupported.len() - 1
+        );
+    }
+    any
+}
+
+/// Answer lease breaks: withdraw, wait for the shards, release.
+fn lease_loop(shared: &Shared, tx: &Sender<Msg>) {
+    let mut seen = lease::breaks_seen();
+    let mut last_scan = Instant::now();
+    loop {
+        lease::wait_for_break(seen, Duration::from_millis(100));
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let now_seen = lease::breaks_seen();
+        // A signal, or a periodic check in case one was missed.
+        if now_seen == seen && last_scan.elapsed() < Duration::from_secs(2) {
+            continue;
+        }
+        seen = now_seen;
+        last_scan = Instant::now();
+        let held: Vec<(usize, usize)> = {
+            let files = shared.lock();
+            let mut v = Vec::new();
+            for (ti, fs) in files.iter().enumerate() {
+                for (fi, st) in fs.iter().enumerate() {
+                    if st.lease == LeaseState::Held {
+                        v.push((ti, fi));
+                    }
+                }
+            }
+            v
+        };
+        let broken: Vec<(usize, usize)> = held
+            .into_iter()
+            .filter(|&(ti, fi)| open_file(shared, ti, fi).is_some_and(|f| !lease::held(f)))
+            .collect();
+        if broken.is_empty() {
+            continue;
+        }
+        // 1. Withdraw: from here on no new send touches these files.
+        for &(ti, fi) in &broken {
+            DataChangeStats::add(&shared.stats.lease_breaks, 1);
+            on_change(shared, Some(tx), ti, fi, Change::Content);
+        }
+        // 2. Wait for sends and reads started before the withdrawal.
+        if let Some(fence) = &shared.fence {
+            let epoch = fence.raise();
+            if !fence.wait(epoch, FENCE_WAIT) {
+                DataChangeStats::add(&shared.stats.fences_forced, 1);
+                tracing::warn!(
+                    "sends to slow peers still hold pages of a file being opened for writing after {FENCE_WAIT:?}: closing those connections"
+                );
+                fence.force(epoch);
+                if !fence.wait(epoch, FENCE_WAIT) {
+                    tracing::error!("in-flight sends did not finish; letting the writer go anyway");
+                }
+            }
+        }
+        // 3. Let the writer go.
+        let mut files = shared.lock();
+        for &(ti, fi) in &broken {
+            if let Some(f) = open_file(shared, ti, fi) {
+                if let Err(e) = lease::release(f) {
+                    tracing::warn!("releasing a read lease failed: {e}");
+                }
+            }
+            files[ti][fi].lease = LeaseState::Released;
+            files[ti][fi].busy_logged = false;
+            DataChangeStats::sub(&shared.stats.files_leased, 1);
+        }
+    }
+}
+
+/// Before re-verifying file `fi`: make sure nobody can write it while we
+/// read and after. False: open for writing elsewhere; try again later.
+fn lease_for_verify(shared: &Shared, ti: usize, fi: usize) -> bool {
+    let mut files = shared.lock();
+    let st = &mut files[ti][fi];
+    let Some(f) = open_file(shared, ti, fi) else {
+        return true;
+    };
+    if st.lease == LeaseState::Held && !lease::held(f) {
+        // Being broken: the lease thread withdraws and releases it; a
+        // verification now would restore pieces a writer is about to change.
+        st.last_event = Some(Instant::now());
+        return false;
+    }
+    if st.lease != LeaseState::Released {
+        return true;
+    }
+    match lease::take(f) {
+        Ok(()) => {
+            st.lease = LeaseState::Held;
+            DataChangeStats::add(&shared.stats.files_leased, 1);
+            true
+        }
+        Err(LeaseError::Busy) => {
+            // Retry once the file has been quiet for another DEBOUNCE.
+            st.last_event = Some(Instant::now());
+            if !st.busy_logged {
+                st.busy_logged = true;
+                tracing::info!(
+                    "{} is still open for writing by another process: its pieces stay withdrawn until it is closed",
+                    open_path(shared, ti, fi).display()
+                );
+            }
+            false
+        }
+        Err(LeaseError::Unsupported(why)) => {
+            st.lease = LeaseState::Unsupported;
+            DataChangeStats::add(&shared.stats.files_unleased, 1);
+            tracing::warn!(
+                "cannot take a read lease on {} again ({why}): watching it with inotify only",
+                open_path(shared, ti, fi).display()
+            );
+            true
+        }
+    }
+}
+
+fn open_path(shared: &Shared, ti: usize, fi: usize) -> PathBuf {
+    shared.torrents[ti]
+        .content()
+        .files()
+        .get(fi)
+        .map_or_else(PathBuf::new, |f| f.path().to_path_buf())
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -544,7 +801,9 @@ fn verify_loop(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
             if shared.stop.load(Ordering::SeqCst) {
                 return;
             }
-            reverify_file(shared, ti, fi, seq);
+            if lease_for_verify(shared, ti, fi) {
+                reverify_file(shared, ti, fi, seq);
+            }
         }
     }
 }
@@ -586,6 +845,12 @@ fn reverify_file(shared: &Shared, ti: usize, fi: usize, seq: u64) {
     };
     if st.seq != seq {
         // Changed again while we read: the next round decides.
+        return;
+    }
+    if st.lease == LeaseState::Held && open_file(shared, ti, fi).is_some_and(|f| !lease::held(f)) {
+        // A writer is waiting for the lease: do not restore now; the lease
+        // thread withdraws, and the next round verifies what it wrote.
+        st.last_event = Some(Instant::now());
         return;
     }
     st.verified_seq = seq;

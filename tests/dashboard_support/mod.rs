@@ -580,6 +580,7 @@ impl FakeLoad {
                 .collect(),
             histograms,
             verify: Arc::new(VerifyStats::default()),
+            data: Default::default(),
             build: BuildInfo::current(),
         };
         sources.verify.queue(1_000_000);

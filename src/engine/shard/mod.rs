@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, types};
 
 use crate::metrics::ShardHistograms;
+use crate::storage::fence::FenceTracker;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
@@ -95,6 +96,8 @@ struct ColdRead {
     /// under us) is never served.
     bytes_read: u64,
     bytes_expected: u64,
+    /// Fence epoch the read was started under.
+    epoch: u64,
 }
 
 pub struct Shard {
@@ -126,6 +129,9 @@ pub struct Shard {
     hist: ShardHistograms,
     shutdown: Arc<AtomicBool>,
     last_tick: Instant,
+    /// Tags sends and disk reads so a lease break knows when the pages of
+    /// a withdrawn file are no longer in flight (`storage::fence`).
+    fence: FenceTracker,
 }
 
 impl Shard {
@@ -148,7 +154,9 @@ impl Shard {
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
+        let fence = catalog.fence().register();
         Ok(Self {
+            fence,
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
             ring,
             bufs,
@@ -193,9 +201,12 @@ impl Shard {
                 }
                 Err(e) => return Err(e),
             }
+            // Before building any send: see pieces withdrawn since.
+            self.fence.observe(self.catalog.fence());
             self.reap()?;
             self.flush_dirty()?;
             self.rearm_recvs()?;
+            self.fence_turn();
 
             let now = Instant::now();
             self.hist.publish_if_due(now);
@@ -561,6 +572,29 @@ impl Shard {
     }
 
     // ---- timers and teardown -------------------------------------------
+
+    /// End of a loop turn: tell a waiting lease break how far we are; if it
+    /// has waited too long, close the connections whose sends (started
+    /// before the withdrawal) are stuck behind a peer that stopped reading.
+    fn fence_turn(&mut self) {
+        let forced = self.catalog.fence().forced();
+        if self.fence.oldest().is_some_and(|o| o < forced) {
+            let stale: Vec<u32> = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let slot = c.as_ref()?.send_slot?;
+                    let epoch = self.sends.get_mut(slot)?.epoch;
+                    (epoch < forced).then_some(i as u32)
+                })
+                .collect();
+            for idx in stale {
+                self.close(idx, CloseKind::IoError);
+            }
+        }
+        self.fence.publish();
+    }
 
     fn tick(&mut self, now: Instant) -> io::Result<()> {
         if self.accept_backoff && !self.shutdown.load(Ordering::Relaxed) {

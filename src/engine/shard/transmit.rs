@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{cqueue, types};
 
+use crate::storage::fence::FenceTracker;
 use crate::storage::Segment;
 use crate::swarm::choker::PeerId;
 use crate::wire::{piece_header, BlockRequest};
@@ -133,6 +134,7 @@ impl Shard {
                         &mut self.ring,
                         &mut self.reads,
                         &mut self.cold,
+                        &mut self.fence,
                         &t,
                         idx,
                         conn,
@@ -204,6 +206,7 @@ impl Shard {
             slot.flatten_and_transform(|bytes| rc4.encrypt(bytes));
         }
         conn.send_slot = Some(slot_id);
+        slot.epoch = self.fence.begin();
         let fd = types::Fd(conn.raw_fd());
         let ud = UserData::new(OpKind::Send, 0, slot_id).encode();
         ShardStats::add(&self.stats.sends, 1);
@@ -309,6 +312,7 @@ impl Shard {
     /// After a slot's last CQE: release its read buffers and recycle it.
     pub(super) fn free_slot(&mut self, slot_id: u32) {
         if let Some(slot) = self.sends.release(slot_id) {
+            self.fence.end(slot.epoch);
             for b in &slot.blocks {
                 if let Some(buf) = b.read_buf {
                     self.reads.release(buf);
@@ -336,6 +340,7 @@ impl Shard {
             return Ok(());
         }
         let cold = self.cold[buf as usize].take().expect("present");
+        self.fence.end(cold.epoch);
         let (cidx, cgen) = (cold.conn, cold.generation);
         let Some(conn) = self.conn_mut(cidx, cgen) else {
             self.reads.release(buf);
@@ -395,6 +400,7 @@ pub(super) fn start_cold_read(
     ring: &mut Ring,
     reads: &mut ReadPool,
     cold: &mut [Option<ColdRead>],
+    fence: &mut FenceTracker,
     t: &ServedTorrent,
     idx: u32,
     conn: &mut Conn,
@@ -447,6 +453,7 @@ pub(super) fn start_cold_read(
         failed: false,
         bytes_read: 0,
         bytes_expected: segs.iter().map(|s| u64::from(s.2)).sum(),
+        epoch: fence.begin(),
     });
     conn.reads_inflight += 1;
     for (fd, off, len, dest) in segs {

@@ -56,6 +56,8 @@ pub struct SendSlot {
     pub finished: bool,
     /// Protocol (non-payload) bytes in this batch.
     pub control_len: usize,
+    /// Fence epoch the batch was built under (`storage::fence`).
+    pub epoch: u64,
 }
 
 // SAFETY: the raw pointers inside `msghdr`/`iov` point into this slot's own
@@ -85,6 +87,7 @@ impl SendSlot {
             notifs: 0,
             finished: false,
             control_len: 0,
+            epoch: 0,
         }
     }
 
