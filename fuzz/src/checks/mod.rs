@@ -11,6 +11,7 @@
 
 mod formats;
 mod peer;
+mod tracker;
 mod wire;
 
 pub use formats::{check_bencode, check_magnet, check_metainfo};
@@ -18,4 +19,5 @@ pub use peer::{
     check_peer_input, decode_peer_input, run_peer, PeerOp, PeerSetup, UNKNOWN_HASH, V1_HASH,
     V2_HASH,
 };
+pub use tracker::check_tracker;
 pub use wire::{check_ext_handshake, check_handshake, check_wire_stream};
