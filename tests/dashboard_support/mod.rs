@@ -388,6 +388,23 @@ pub fn generate_dashboard() -> Value {
             target("B", format!("sum by (instance) (ringseed_pieces_pending{I})"), "{{instance}} pending"),
         ],
     ));
+    l.panel(12, timeseries(
+        "Files changed on disk",
+        "Pieces withdrawn because their file changed, and re-verified (ok: live again). Lease breaks: another process opened a served file for writing (it waits until the pieces are withdrawn); forced: slow peers' connections closed to let it go.",
+        "short",
+        vec![
+            target("A", format!("sum by (instance) (increase(ringseed_data_pieces_withdrawn_total{I}[$__rate_interval]))"), "{{instance}} withdrawn"),
+            target("B", format!("sum by (instance, result) (increase(ringseed_data_pieces_reverified_total{I}[$__rate_interval]))"), "{{instance}} re-verified {{result}}"),
+            target("C", format!("sum by (instance) (increase(ringseed_data_lease_breaks_total{I}[$__rate_interval]))"), "{{instance}} lease breaks"),
+            target("D", format!("sum by (instance) (increase(ringseed_data_fences_forced_total{I}[$__rate_interval]))"), "{{instance}} forced"),
+        ],
+    ));
+    l.panel(12, timeseries(
+        "Files under a read lease",
+        "Served files whose writers wait for ringseed to withdraw their pieces first. Fewer than the files served means some are watched by inotify alone (see the log).",
+        "short",
+        vec![target("A", format!("sum by (instance) (ringseed_data_files_leased{I})"), "{{instance}} leased")],
+    ));
 
     l.row("Process");
     l.panel(
