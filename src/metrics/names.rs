@@ -49,6 +49,20 @@ pub const UNCHOKED_PEERS: &str = "ringseed_unchoked_peers";
 /// Optimistic unchokes performed.
 pub const OPTIMISTIC_UNCHOKES: &str = "ringseed_optimistic_unchokes_total";
 
+// Super-seeding (counters, per shard).
+/// Pieces offered to super-seeded peers (one `have` each).
+pub const SUPERSEED_OFFERS: &str = "ringseed_superseed_offers_total";
+/// BEP 6 `suggest_piece` messages sent with super-seed offers.
+pub const SUPERSEED_SUGGESTS: &str = "ringseed_superseed_suggests_total";
+
+// Upload cap (per shard).
+/// This shard's share of the box-wide upload cap; 0 = unlimited (gauge).
+pub const UPLOAD_LIMIT: &str = "ringseed_upload_limit_bytes_per_second";
+/// Connections waiting for upload tokens now (gauge).
+pub const UPLOAD_THROTTLED_CONNECTIONS: &str = "ringseed_upload_throttled_connections";
+/// Seconds connections spent waiting for upload tokens, summed.
+pub const UPLOAD_THROTTLE_WAIT_SECONDS: &str = "ringseed_upload_throttle_wait_seconds_total";
+
 // Data verification (process-wide).
 /// Pieces that passed their hash check.
 pub const PIECES_VERIFIED: &str = "ringseed_pieces_verified_total";
@@ -99,6 +113,11 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     UNCHOKED_PEERS,
     OPTIMISTIC_UNCHOKES,
+    SUPERSEED_OFFERS,
+    SUPERSEED_SUGGESTS,
+    UPLOAD_LIMIT,
+    UPLOAD_THROTTLED_CONNECTIONS,
+    UPLOAD_THROTTLE_WAIT_SECONDS,
     PIECES_VERIFIED,
     PIECES_FAILED,
     PIECES_PENDING,
@@ -130,6 +149,9 @@ pub const COUNTERS: &[&str] = &[
     HANDSHAKE_FAILURES,
     ACCEPT_ERRORS,
     OPTIMISTIC_UNCHOKES,
+    SUPERSEED_OFFERS,
+    SUPERSEED_SUGGESTS,
+    UPLOAD_THROTTLE_WAIT_SECONDS,
     PIECES_VERIFIED,
     PIECES_FAILED,
     VERIFY_BYTES,
