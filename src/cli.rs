@@ -205,4 +205,15 @@ pub struct ServeArgs {
     /// each is a BEP 12 tier, commas put URLs in one tier).
     #[arg(long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
+    /// Super-seed (BEP 16): advertise no pieces, offer each peer one piece
+    /// at a time and the next once it has spread (or after 5 s). Per
+    /// torrent: `[per_torrent."NAME"] super_seed = true` in --config.
+    #[arg(long)]
+    pub super_seed: bool,
+    /// Upload cap for the whole box, e.g. `5MB/s`, `40MiB/s`, `1Gbit`, or
+    /// `unlimited` (default). Counts piece messages; split evenly across
+    /// shards and fairly among peers. Per torrent: `[per_torrent."NAME"]
+    /// upload_rate_limit = "..."` in --config.
+    #[arg(long, value_name = "RATE")]
+    pub upload_rate_limit: Option<String>,
 }

@@ -6,8 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringseed::cli::ServeArgs;
-use ringseed::config::{parse_duration, MetricsEndpoint, ServeConfig, TorrentEntry};
+use ringseed::config::{
+    parse_duration, MetricsEndpoint, ServeConfig, TorrentEntry, TorrentOverrides,
+};
+use ringseed::engine::TorrentSettings;
+use ringseed::metainfo::create::{create, CreateOptions};
+use ringseed::metainfo::Torrent;
 use ringseed::swarm::choker::ChokerMode;
+use ringseed::swarm::ratelimit::Rate;
 
 fn args_with_dir() -> ServeArgs {
     ServeArgs {
@@ -54,6 +60,9 @@ fn defaults_are_the_documented_ones() {
         MetricsEndpoint::Listen("127.0.0.1:9100".parse().unwrap())
     );
     assert_eq!(c.log_level, "info");
+    assert!(!c.super_seed);
+    assert!(c.upload_rate_limit.is_unlimited());
+    assert!(c.per_torrent.is_empty());
     assert_eq!(
         c.effective_state_dir(),
         Some(PathBuf::from("/srv/seed/.ringseed"))
@@ -285,6 +294,188 @@ fn config_round_trips_through_toml() {
         torrent: "x.torrent".into(),
         data: "x".into(),
     });
+    c.super_seed = true;
+    c.upload_rate_limit = "40MiB/s".parse().unwrap();
+    c.per_torrent.insert(
+        "x".into(),
+        TorrentOverrides {
+            super_seed: Some(true),
+            upload_rate_limit: Some("5MB/s".parse().unwrap()),
+        },
+    );
+    c.per_torrent
+        .insert("y".into(), TorrentOverrides::default());
     let text = toml::to_string(&c).unwrap();
     assert_eq!(ServeConfig::from_toml_str(&text).unwrap(), c);
+}
+
+#[test]
+fn super_seed_and_upload_caps_from_file_and_flags() {
+    let (_tmp, path) = write_config(
+        r#"
+        dir = "/srv"
+        super_seed = true
+        upload_rate_limit = "40MiB/s"
+
+        [per_torrent."big.iso"]
+        super_seed = false
+        upload_rate_limit = "5MB/s"
+
+        [per_torrent.0123456789ABCDEF0123456789abcdef01234567]
+        upload_rate_limit = 1000000
+        "#,
+    );
+    let mut args = ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    };
+    let c = ServeConfig::load(&args).unwrap();
+    assert!(c.super_seed);
+    assert_eq!(c.upload_rate_limit.bytes_per_sec(), Some(40 << 20));
+    assert_eq!(
+        c.per_torrent["big.iso"],
+        TorrentOverrides {
+            super_seed: Some(false),
+            upload_rate_limit: Some("5MB/s".parse().unwrap()),
+        }
+    );
+    let by_hash = &c.per_torrent["0123456789ABCDEF0123456789abcdef01234567"];
+    assert_eq!(by_hash.super_seed, None);
+    assert_eq!(
+        by_hash.upload_rate_limit,
+        Some(Rate::from_bytes_per_sec(1_000_000))
+    );
+
+    args.upload_rate_limit = Some("unlimited".into());
+    let c = ServeConfig::load(&args).unwrap();
+    assert!(c.upload_rate_limit.is_unlimited(), "the flag wins");
+
+    let args = ServeArgs {
+        super_seed: true,
+        upload_rate_limit: Some("5MB/s".into()),
+        ..args_with_dir()
+    };
+    let c = ServeConfig::load(&args).unwrap();
+    assert!(c.super_seed);
+    assert_eq!(c.upload_rate_limit.bytes_per_sec(), Some(5_000_000));
+}
+
+#[test]
+fn bad_rates_and_per_torrent_tables_are_rejected_clearly() {
+    let args = ServeArgs {
+        upload_rate_limit: Some("fast".into()),
+        ..args_with_dir()
+    };
+    let msg = chain(&ServeConfig::load(&args).unwrap_err());
+    assert!(
+        msg.starts_with("--upload-rate-limit \"fast\": no number") && msg.contains("\"5MB/s\""),
+        "{msg}"
+    );
+    for (text, needle) in [
+        ("upload_rate_limit = \"10 furlongs\"", "unknown unit"),
+        (
+            "[per_torrent.x]\nsuperseed = true\n",
+            "unknown field `superseed`",
+        ),
+        (
+            "[per_torrent.x]\nupload_rate_limit = \"1 parsec\"\n",
+            "unknown unit",
+        ),
+        ("super_seed = \"yes\"", "super_seed"),
+    ] {
+        let err = ServeConfig::from_toml_str(text).unwrap_err();
+        let msg = chain(&anyhow::Error::from(err));
+        assert!(msg.contains(needle), "{text:?}: {msg}");
+    }
+    let mut c =
+        ServeConfig::from_toml_str("dir = \"/x\"\n[per_torrent.\" \"]\nsuper_seed = true\n")
+            .unwrap();
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("an empty key names no torrent"), "{msg}");
+    c.per_torrent.clear();
+    c.validate().unwrap();
+}
+
+/// A tiny real torrent named `name` (its content in `dir`).
+fn tiny_torrent(dir: &std::path::Path, name: &str, seed: u8) -> Torrent {
+    let path = dir.join(name);
+    std::fs::write(&path, vec![seed; 40_000]).unwrap();
+    let opts = CreateOptions {
+        threads: 1,
+        ..CreateOptions::default()
+    };
+    create(&path, &opts, &|_| {}).unwrap().torrent
+}
+
+#[test]
+fn per_torrent_tables_name_served_torrents_by_name_or_info_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tiny_torrent(tmp.path(), "a.bin", 1);
+    let b = tiny_torrent(tmp.path(), "b.bin", 2);
+    let other = tempfile::tempdir().unwrap();
+    let b_again = tiny_torrent(other.path(), "b.bin", 3);
+    let v1_upper = a.info_hash_v1.unwrap().to_string().to_uppercase();
+    let v2 = b.info_hash_v2.unwrap().to_string();
+
+    let mut c = ServeConfig {
+        super_seed: true,
+        ..ServeConfig::default()
+    };
+    c.per_torrent.insert(
+        v1_upper.clone(),
+        TorrentOverrides {
+            super_seed: None,
+            upload_rate_limit: Some("2MB/s".parse().unwrap()),
+        },
+    );
+    c.per_torrent.insert(
+        v2,
+        TorrentOverrides {
+            super_seed: Some(false),
+            upload_rate_limit: None,
+        },
+    );
+    let got = c.torrent_settings(&[&a, &b]).unwrap();
+    assert_eq!(
+        got,
+        [
+            TorrentSettings {
+                super_seed: true,
+                upload_rate_limit: Rate::from_bytes_per_sec(2_000_000),
+            },
+            TorrentSettings {
+                super_seed: false,
+                upload_rate_limit: Rate::UNLIMITED,
+            },
+        ]
+    );
+
+    // By name; a name that matches nothing lists what is served.
+    let mut c = ServeConfig::default();
+    c.per_torrent
+        .insert("a.bin".into(), TorrentOverrides::default());
+    c.per_torrent
+        .insert("typo.bin".into(), TorrentOverrides::default());
+    let msg = c.torrent_settings(&[&a, &b]).unwrap_err().to_string();
+    assert!(
+        msg.contains(r#"[per_torrent."typo.bin"] names no served torrent"#)
+            && msg.contains(r#""a.bin" (v1 "#)
+            && msg.contains(r#""b.bin" (v1 "#),
+        "{msg}"
+    );
+
+    // A name two torrents share must be an info-hash instead.
+    let mut c = ServeConfig::default();
+    c.per_torrent
+        .insert("b.bin".into(), TorrentOverrides::default());
+    let msg = c.torrent_settings(&[&b, &b_again]).unwrap_err().to_string();
+    assert!(msg.contains("matches 2 served torrents"), "{msg}");
+
+    // One torrent, two tables.
+    let mut c = ServeConfig::default();
+    c.per_torrent
+        .insert("a.bin".into(), TorrentOverrides::default());
+    c.per_torrent.insert(v1_upper, TorrentOverrides::default());
+    let msg = c.torrent_settings(&[&a]).unwrap_err().to_string();
+    assert!(msg.contains("configured twice"), "{msg}");
 }

@@ -9,89 +9,23 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringseed::engine::{
-    Catalog, CloseKind, Engine, EngineConfig, ServedTorrent, ShardConfig, ShardStats,
+use ringseed::engine::{CloseKind, Engine, ServedTorrent, ShardConfig, ShardStats};
+use ringseed::metainfo::MetaVersion;
+use ringseed::wire::PeerConfig;
+use support::engine::{
+    data, info_hash, make_torrent, served, start_engine, total, wait_until, Fixture,
 };
-use ringseed::metainfo::create::{create, CreateOptions};
-use ringseed::metainfo::{MetaVersion, Torrent};
-use ringseed::storage::Content;
-use ringseed::wire::{Bitfield, PeerConfig};
 use support::leecher;
 
-/// Deterministic pseudo-random bytes.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-struct Fixture {
-    torrent: Torrent,
-    /// The piece space as a leecher must receive it (pad bytes are zeros).
-    piece_space: Vec<u8>,
-}
-
-fn make_torrent(root: &Path, version: MetaVersion, piece_length: Option<u64>) -> Fixture {
-    let opts = CreateOptions {
-        version,
-        piece_length,
-        threads: 2,
-        ..CreateOptions::default()
-    };
-    let created = create(root, &opts, &|_| {}).expect("create torrent");
-    let t = created.torrent;
-    let mut space = vec![0u8; t.piece_space_len as usize];
-    for f in &t.files {
-        let path = if t.multi_file {
-            f.path.iter().fold(root.to_path_buf(), |p, c| p.join(c))
-        } else {
-            root.to_path_buf()
-        };
-        let bytes = std::fs::read(&path).unwrap();
-        space[f.offset as usize..f.offset as usize + bytes.len()].copy_from_slice(&bytes);
-    }
-    Fixture {
-        torrent: t,
-        piece_space: space,
-    }
-}
-
-fn served(fix: &Fixture, root: &Path) -> ServedTorrent {
-    let content = Content::open(&fix.torrent, root).expect("open content");
-    let mut have = Bitfield::new(fix.torrent.num_pieces);
-    for i in 0..fix.torrent.num_pieces {
-        have.set(i);
-    }
-    ServedTorrent::new(0, fix.torrent.clone(), content, have).expect("layout")
-}
-
 fn start(torrents: Vec<ServedTorrent>, shards: usize, peer: PeerConfig) -> Engine {
-    let cfg = EngineConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    start_engine(
+        torrents,
         shards,
-        pin: false,
-        max_connections: 5000,
-        max_per_ip: 5000,
-        shard: ShardConfig {
+        ShardConfig {
             peer,
             ..ShardConfig::default()
         },
-    };
-    Engine::start(cfg, Arc::new(Catalog::new(torrents))).expect("engine starts")
-}
-
-fn info_hash(t: &Torrent) -> [u8; 20] {
-    t.info_hash_v1
-        .map(|h| h.0)
-        .unwrap_or_else(|| t.info_hash_v2.unwrap().truncated())
+    )
 }
 
 fn fetch(addr: SocketAddr, fix: &Fixture, pipeline: usize) -> Vec<u8> {
@@ -107,23 +41,8 @@ fn fetch(addr: SocketAddr, fix: &Fixture, pipeline: usize) -> Vec<u8> {
     .unwrap_or_else(|e| panic!("download of {} failed: {e}", t.name))
 }
 
-fn total(stats: &[Arc<ShardStats>], f: impl Fn(&ShardStats) -> u64) -> u64 {
-    stats.iter().map(|s| f(s)).sum()
-}
-
 fn closed(stats: &[Arc<ShardStats>], kind: CloseKind) -> u64 {
     total(stats, |s| ShardStats::get(s.closed(kind)))
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }
 
 fn two_torrents(dir: &Path) -> (Fixture, Fixture, std::path::PathBuf, std::path::PathBuf) {

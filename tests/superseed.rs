@@ -128,12 +128,20 @@ fn a_lone_leecher_is_never_stalled() {
     let mut out = Vec::new();
     s.peer_connected(now, PeerId(7), PeerHaves::None, &mut out);
     let mut got = BTreeSet::new();
-    while let Some(o) = out.pop() {
-        assert!(out.is_empty());
-        assert!(got.insert(o.piece));
-        now += SEC;
-        // Nobody else lacks the piece: the next offer comes at once.
-        s.peer_have(now, PeerId(7), o.piece, &mut out);
+    while !out.is_empty() {
+        let batch: Vec<u32> = out.drain(..).map(|o| o.piece).collect();
+        // One at a time, except that the last piece comes with the one
+        // before it (see the_last_unannounced_piece_goes_out_with_the_one_before).
+        assert!(
+            batch.len() == 1 || (batch.len() == 2 && got.len() == 3),
+            "{batch:?} after {got:?}"
+        );
+        for p in batch {
+            assert!(got.insert(p));
+            now += SEC;
+            // Nobody else lacks the piece: the next offer comes at once.
+            s.peer_have(now, PeerId(7), p, &mut out);
+        }
     }
     assert_eq!(got.len(), 5);
 }
@@ -215,7 +223,7 @@ fn seeds_get_no_offers_and_a_bitfield_releases_offers() {
 #[test]
 fn a_peer_stuck_without_progress_gets_a_copy_after_the_timeout() {
     let mut now = Instant::now();
-    let mut s = SuperSeeder::new(config(1), &Bitfield::full(2));
+    let mut s = SuperSeeder::new(config(1), &Bitfield::full(4));
     let mut out = Vec::new();
     s.peer_connected(now, PeerId(1), PeerHaves::None, &mut out);
     s.peer_connected(now, PeerId(2), PeerHaves::None, &mut out);
@@ -225,17 +233,30 @@ fn a_peer_stuck_without_progress_gets_a_copy_after_the_timeout() {
     s.peer_have(now, PeerId(1), a, &mut out);
     s.peer_have(now, PeerId(2), b, &mut out);
     assert!(out.is_empty());
-    // The forward timeout releases both offers; no piece without a copy is
-    // left, so each waits (starving) rather than getting a copy at once.
+    // The forward timeout releases both offers: the two fresh pieces left.
+    now += Duration::from_secs(5);
+    s.tick(now, &mut out);
+    let (c, d) = (pieces(&out, 1)[0], pieces(&out, 2)[0]);
+    assert_eq!(BTreeSet::from([a, b, c, d]).len(), 4, "{out:?}");
+    out.clear();
+    s.peer_have(now, PeerId(1), c, &mut out);
+    s.peer_have(now, PeerId(2), d, &mut out);
+    // Released again; no piece without a copy is left, so each waits
+    // (starving) rather than getting a copy at once.
     now += Duration::from_secs(5);
     s.tick(now, &mut out);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(s.next_timeout(), Some(now + Duration::from_secs(5)));
-    // Still no trading between them after another timeout: copies go out.
+    // Still no trading between them after another timeout: copies go out
+    // (with the last piece right behind, as always).
     now += Duration::from_secs(5);
     s.tick(now, &mut out);
-    assert_eq!(pieces(&out, 1), [b]);
-    assert_eq!(pieces(&out, 2), [a]);
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(pieces(&out, 1)), sorted(vec![b, d]));
+    assert_eq!(sorted(pieces(&out, 2)), sorted(vec![a, c]));
 }
 
 #[test]
@@ -406,4 +427,32 @@ fn swarm_completes_with_the_seed_sending_about_one_copy() {
         // Not a target here (round granularity is coarse), a regression guard.
         assert!(f64::from(r.rounds) <= 1.5 * bound, "{} rounds", r.rounds);
     }
+}
+
+#[test]
+fn the_last_unannounced_piece_goes_out_with_the_one_before() {
+    // A lone peer with one offer at a time: each completed piece releases
+    // the next. The offer that leaves one piece unannounced brings that
+    // piece along, so the peer is still interested (in the other) when we
+    // start to look like a seed.
+    let now = Instant::now();
+    let mut s = SuperSeeder::new(config(1), &Bitfield::full(4));
+    let mut out = Vec::new();
+    s.peer_connected(now, PeerId(0), PeerHaves::None, &mut out);
+    let mut rounds = vec![pieces(&out, 0)];
+    while rounds.iter().map(Vec::len).sum::<usize>() < 4 {
+        let last = *rounds.last().unwrap().last().unwrap();
+        for p in rounds.last().unwrap().clone() {
+            out.clear();
+            s.peer_have(now, PeerId(0), p, &mut out);
+            if p == last {
+                rounds.push(pieces(&out, 0));
+            }
+        }
+        assert!(rounds.len() <= 4, "{rounds:?}");
+    }
+    let sizes: Vec<usize> = rounds.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 1, 2], "{rounds:?}");
+    let all: BTreeSet<u32> = rounds.into_iter().flatten().collect();
+    assert_eq!(all.len(), 4);
 }

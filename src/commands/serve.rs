@@ -89,6 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         choker: cfg.choker_config(),
         send_zc: cfg.send_zc,
         encryption: cfg.encryption,
+        upload_rate_limit: cfg.upload_rate_limit,
         ..ShardConfig::default()
     };
     let engine_cfg = EngineConfig {
@@ -145,6 +146,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if prepared.is_empty() {
         anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
     }
+    // `super_seed` and `[per_torrent]`: every table must name one torrent.
+    let settings = {
+        let list: Vec<&crate::metainfo::Torrent> =
+            prepared.iter().map(|p| &p.served.torrent).collect();
+        cfg.torrent_settings(&list)?
+    };
     // The address peers should use, as a magnet `x.pe` hint.
     let hint_ip = cfg
         .announce_ip
@@ -154,12 +161,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut infos = Vec::new();
     let mut targets = Vec::new();
     let mut served = Vec::new();
-    for p in prepared {
+    for (p, settings) in prepared.into_iter().zip(settings) {
         let t = &p.served.torrent;
         let have = p.served.have.count();
+        let mut modes = Vec::new();
+        if settings.super_seed {
+            modes.push("super-seeding".to_owned());
+        }
+        if !settings.upload_rate_limit.is_unlimited() {
+            modes.push(format!("upload cap {}", settings.upload_rate_limit));
+        }
         infos.push(format!(
-            "torrent {name}\n  size      {size} bytes in {files} file(s), {pieces} pieces of {plen} bytes ({have} verified, {bad} bad; {src})\n  v1        {v1}\n  v2        {v2}\n  file      {path}\n  magnet    {magnet}",
+            "torrent {name}{modes}\n  size      {size} bytes in {files} file(s), {pieces} pieces of {plen} bytes ({have} verified, {bad} bad; {src})\n  v1        {v1}\n  v2        {v2}\n  file      {path}\n  magnet    {magnet}",
             name = t.name,
+            modes = if modes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", modes.join(", "))
+            },
             size = t.total_size,
             files = t.files.len(),
             pieces = t.num_pieces,
@@ -196,7 +215,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if !target.tiers.is_empty() {
             targets.push(target);
         }
-        served.push(p.served);
+        served.push(p.served.with_settings(settings));
     }
     let catalog = Arc::new(Catalog::new(served));
     // Files changed on disk: withdraw, re-verify, restore (storage::watch).
@@ -218,6 +237,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     for info in &infos {
         println!("{info}");
+    }
+    if !cfg.upload_rate_limit.is_unlimited() {
+        println!(
+            "upload cap {} for the box ({} per shard)",
+            cfg.upload_rate_limit,
+            cfg.upload_rate_limit.per_shard(cfg.shards as u32, 0)
+        );
     }
     println!(
         "listening on {} with {} shard(s)",

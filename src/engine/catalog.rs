@@ -4,6 +4,9 @@
 //! [`Availability`]: the data watcher withdraws pieces whose files changed on
 //! disk and restores them after re-verification; the shards read it with one
 //! relaxed atomic load per request and per block.
+//!
+//! Each torrent also carries its [`TorrentSettings`] (super-seeding, its own
+//! upload cap), fixed at start-up from the config.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +16,22 @@ use crate::storage::availability::Availability;
 use crate::storage::fence::SendFence;
 use crate::storage::watch::{DataChangeStats, DataWatch, Watched};
 use crate::storage::{Content, PieceLayout};
+use crate::swarm::ratelimit::Rate;
 use crate::wire::mse::SkeyIndex;
 use crate::wire::{Bitfield, TorrentCatalog, TorrentId, TorrentKey, TorrentView, V2Layers};
+
+/// How one torrent is served, beyond what every torrent gets. Set from the
+/// config (`super_seed`, `[per_torrent."KEY"]`) before the shards start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TorrentSettings {
+    /// Super-seed (BEP 16): advertise no pieces, offer them one at a time
+    /// per peer (see `swarm::superseed`). Default false.
+    pub super_seed: bool,
+    /// This torrent's own upload cap for the whole box (split across
+    /// shards), on top of the box-wide `--upload-rate-limit`. Default
+    /// unlimited.
+    pub upload_rate_limit: Rate,
+}
 
 /// One torrent being seeded: metadata, open content, the piece layout and
 /// the pieces that passed verification (only those are advertised/served,
@@ -27,6 +44,8 @@ pub struct ServedTorrent {
     pub have: Bitfield,
     /// `have` minus the pieces withdrawn because their data changed on disk.
     pub availability: Availability,
+    /// Super-seeding and the torrent's own upload cap (default: neither).
+    pub settings: TorrentSettings,
     piece_length: u32,
     last_piece_len: u32,
     /// BEP 52 piece layers by pieces root, with the trees above them, for
@@ -64,10 +83,17 @@ impl ServedTorrent {
             layout,
             have,
             availability,
+            settings: TorrentSettings::default(),
             piece_length,
             last_piece_len,
             v2_layers,
         })
+    }
+
+    /// The same torrent served with `settings`.
+    pub fn with_settings(mut self, settings: TorrentSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
     pub fn view(&self) -> TorrentView<'_> {
@@ -193,5 +219,9 @@ impl TorrentCatalog for Catalog {
             TorrentKey::Id(id) => id.0,
         };
         self.torrents.get(id as usize).map(|t| t.view())
+    }
+
+    fn super_seed(&self, id: TorrentId) -> bool {
+        self.get(id).is_some_and(|t| t.settings.super_seed)
     }
 }

@@ -62,6 +62,11 @@ pub struct Conn {
     pub pre_tx: Vec<u8>,
     /// Why the peer state machine asked to close, if it did.
     pub last_reason: Option<crate::wire::CloseReason>,
+    /// Upload-cap credit and queue state; `None` when no cap applies to
+    /// this connection (the uncapped send path).
+    pub egress: Option<super::shard::ConnEgress>,
+    /// Registered with its torrent's super-seed selector.
+    pub in_superseed: bool,
 }
 
 impl Conn {
@@ -94,6 +99,8 @@ impl Conn {
             last_reason: None,
             stream: super::stream::StreamMode::Detect(Vec::new()),
             pre_tx: Vec::new(),
+            egress: None,
+            in_superseed: false,
         }
     }
 

@@ -7,8 +7,9 @@
 //! Connections stay on the shard whose listener accepted them. The kernel
 //! spreads new connections over the SO_REUSEPORT listeners by a hash of the
 //! 4-tuple; per-shard connection gauges (`ShardStats::connections`) show any
-//! imbalance. Limits (`max_connections`, `max_per_ip`) are split evenly
-//! across shards so no shard ever consults another.
+//! imbalance. Limits (`max_connections`, `max_per_ip`, the upload caps) are
+//! split evenly across shards so no shard ever consults another; likewise
+//! each shard super-seeds with its own selectors (no cross-shard view).
 //!
 //! Deliberately not here: torrent creation and verification (done before the
 //! engine starts, see `commands::serve`), trackers, metrics export.
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-pub use catalog::{Catalog, ServedTorrent};
+pub use catalog::{Catalog, ServedTorrent, TorrentSettings};
 pub use shard::ShardConfig;
 pub use stats::{CloseKind, ShardStats};
 
@@ -234,6 +235,7 @@ impl BoundEngine {
         for (index, listener) in listeners.into_iter().enumerate() {
             let mut scfg = cfg.shard.clone();
             scfg.index = index;
+            scfg.shards = shards;
             scfg.cpu = if cfg.pin && !cpus.is_empty() {
                 Some(cpus[index % cpus.len()])
             } else {

@@ -130,6 +130,17 @@ pub struct ShardStats {
     /// Failed handshakes by [`HandshakeFailure`] (index as in
     /// `HandshakeFailure::ALL`). Use [`ShardStats::handshake_failed`].
     pub handshake_failures: [AtomicU64; 4],
+    /// Super-seeding: pieces offered to peers with `have`.
+    pub superseed_offers: AtomicU64,
+    /// Super-seeding: BEP 6 `suggest_piece` messages sent with offers.
+    pub superseed_suggests: AtomicU64,
+    /// Upload cap: connections waiting for tokens now (gauge).
+    pub throttled: AtomicI64,
+    /// Upload cap: nanoseconds connections spent waiting for tokens, summed.
+    pub throttle_wait_nanos: AtomicU64,
+    /// Upload cap: this shard's share of the box-wide cap in bytes per
+    /// second, 0 when unlimited (gauge, set once at start).
+    pub upload_limit: AtomicU64,
 }
 
 impl ShardStats {

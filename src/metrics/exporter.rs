@@ -60,6 +60,8 @@ struct ShardHandles {
     handshake_failures: Vec<Counter>,
     connections: Gauge,
     unchoked: Gauge,
+    upload_limit: Gauge,
+    throttled: Gauge,
 }
 
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
@@ -137,6 +139,9 @@ impl Renderer {
                 .set(stats.connections.load(Ordering::Relaxed) as f64);
             h.unchoked
                 .set(stats.unchoked.load(Ordering::Relaxed) as f64);
+            h.upload_limit.set(load(&stats.upload_limit) as f64);
+            h.throttled
+                .set(stats.throttled.load(Ordering::Relaxed) as f64);
         }
         let v = &self.sources.verify;
         self.verified.absolute(load(&v.pieces_verified));
@@ -158,6 +163,15 @@ impl Renderer {
             names::VERIFY_SECONDS,
             "Seconds spent hashing pieces, summed over verification threads.",
             Some(v.seconds()),
+        );
+        shard_float_counter(
+            &mut out,
+            names::UPLOAD_THROTTLE_WAIT_SECONDS,
+            "Seconds connections spent waiting for upload tokens (--upload-rate-limit), summed.",
+            self.sources
+                .shards
+                .iter()
+                .map(|s| load(&s.throttle_wait_nanos) as f64 / 1e9),
         );
         let p = ProcessStats::read();
         float_counter(
@@ -193,6 +207,19 @@ fn float_counter(out: &mut String, name: &str, help: &str, value: Option<f64>) {
     }
 }
 
+/// A float counter with one sample per shard (`shard` label).
+fn shard_float_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = f64>,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+    for (i, v) in values.enumerate() {
+        let _ = writeln!(out, "{name}{{{}=\"{i}\"}} {v}", names::SHARD);
+    }
+}
+
 fn plain_gauge(out: &mut String, name: &str, help: &str, value: Option<u64>) {
     if let Some(v) = value {
         let _ = write!(
@@ -219,6 +246,10 @@ fn register_shard(index: usize) -> ShardHandles {
         (c(names::OPTIMISTIC_UNCHOKES), |s| {
             load(&s.optimistic_unchokes)
         }),
+        (c(names::SUPERSEED_OFFERS), |s| load(&s.superseed_offers)),
+        (c(names::SUPERSEED_SUGGESTS), |s| {
+            load(&s.superseed_suggests)
+        }),
     ];
     let reason = |name: &'static str, r: &'static str| counter!(name, names::SHARD => shard.clone(), names::REASON => r);
     let mut rejected: Vec<Counter> = RejectReason::ALL
@@ -239,6 +270,8 @@ fn register_shard(index: usize) -> ShardHandles {
             .collect(),
         connections: gauge!(names::CONNECTIONS, names::SHARD => shard.clone()),
         unchoked: gauge!(names::UNCHOKED_PEERS, names::SHARD => shard.clone()),
+        upload_limit: gauge!(names::UPLOAD_LIMIT, names::SHARD => shard.clone()),
+        throttled: gauge!(names::UPLOAD_THROTTLED_CONNECTIONS, names::SHARD => shard.clone()),
     }
 }
 
@@ -282,6 +315,22 @@ fn describe_all() {
     describe_counter!(ACCEPT_ERRORS, "accept(2) errors.");
     describe_gauge!(UNCHOKED_PEERS, "Peers currently unchoked.");
     describe_counter!(OPTIMISTIC_UNCHOKES, "Optimistic unchokes performed.");
+    describe_counter!(
+        SUPERSEED_OFFERS,
+        "Pieces offered to super-seeded peers (one have each)."
+    );
+    describe_counter!(
+        SUPERSEED_SUGGESTS,
+        "suggest_piece messages sent with super-seed offers."
+    );
+    describe_gauge!(
+        UPLOAD_LIMIT,
+        "This shard's share of the box-wide upload cap in bytes per second; 0 = unlimited."
+    );
+    describe_gauge!(
+        UPLOAD_THROTTLED_CONNECTIONS,
+        "Connections waiting for upload tokens."
+    );
     describe_counter!(PIECES_VERIFIED, "Pieces that passed their hash check.");
     describe_counter!(PIECES_FAILED, "Pieces that failed their hash check.");
     describe_gauge!(

@@ -63,6 +63,19 @@ pub const DATA_LEASE_BREAKS: &str = "ringseed_data_lease_breaks_total";
 /// Lease breaks that had to close slow peers' connections to let the
 /// writer go.
 pub const DATA_FENCES_FORCED: &str = "ringseed_data_fences_forced_total";
+// Super-seeding (counters, per shard).
+/// Pieces offered to super-seeded peers (one `have` each).
+pub const SUPERSEED_OFFERS: &str = "ringseed_superseed_offers_total";
+/// BEP 6 `suggest_piece` messages sent with super-seed offers.
+pub const SUPERSEED_SUGGESTS: &str = "ringseed_superseed_suggests_total";
+
+// Upload cap (per shard).
+/// This shard's share of the box-wide upload cap; 0 = unlimited (gauge).
+pub const UPLOAD_LIMIT: &str = "ringseed_upload_limit_bytes_per_second";
+/// Connections waiting for upload tokens now (gauge).
+pub const UPLOAD_THROTTLED_CONNECTIONS: &str = "ringseed_upload_throttled_connections";
+/// Seconds connections spent waiting for upload tokens, summed.
+pub const UPLOAD_THROTTLE_WAIT_SECONDS: &str = "ringseed_upload_throttle_wait_seconds_total";
 
 // Data verification (process-wide).
 /// Pieces that passed their hash check.
@@ -120,6 +133,11 @@ pub const ALL: &[&str] = &[
     DATA_FILES_LEASED,
     DATA_LEASE_BREAKS,
     DATA_FENCES_FORCED,
+    SUPERSEED_OFFERS,
+    SUPERSEED_SUGGESTS,
+    UPLOAD_LIMIT,
+    UPLOAD_THROTTLED_CONNECTIONS,
+    UPLOAD_THROTTLE_WAIT_SECONDS,
     PIECES_VERIFIED,
     PIECES_FAILED,
     PIECES_PENDING,
@@ -156,6 +174,9 @@ pub const COUNTERS: &[&str] = &[
     DATA_PIECES_REVERIFIED,
     DATA_LEASE_BREAKS,
     DATA_FENCES_FORCED,
+    SUPERSEED_OFFERS,
+    SUPERSEED_SUGGESTS,
+    UPLOAD_THROTTLE_WAIT_SECONDS,
     PIECES_VERIFIED,
     PIECES_FAILED,
     VERIFY_BYTES,

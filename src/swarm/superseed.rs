@@ -38,6 +38,12 @@
 //!   a leecher must not stall on the seed (libtorrent's non-strict mode
 //!   releases on completion at once; BEP 16 strict mode never does).
 //!
+//! **The last piece** not yet announced to a peer goes out together with
+//! the offer before it, even beyond `offers_per_peer`: announcing it makes
+//! us look like a seed, and a peer that is not interested at that moment
+//! (it just completed its only offer) may drop us as a redundant
+//! connection; libtorrent 2.1 does, and never reconnects.
+//!
 //! A peer's offers go out as soon as it finished its handshake (see
 //! [`SuperSeeder::peer_connected`]): no waiting for its bitfield and no
 //! fallback timer, unlike libtorrent 2.1 which drops the first offers while
@@ -495,20 +501,41 @@ impl SuperSeeder {
                 return;
             };
             rec.starved_since = None;
-            rec.announced.set(piece);
-            rec.offers.push(Outstanding {
-                piece,
-                completed_at: None,
-            });
-            self.in_flight[piece as usize] += 1;
-            self.offered[piece as usize] += 1;
-            self.offers_total += 1;
-            out.push(Offer {
-                peer,
-                piece,
-                suggest: self.config.suggest,
-            });
+            self.push_offer(peer, piece, out);
+            // The last piece not yet announced to this peer never goes out
+            // on its own: announcing it makes us look like a seed, and a
+            // peer that is not interested at that moment (it just finished
+            // its only offer) may drop us as redundant; libtorrent 2.1 does
+            // ("uninteresting upload-only peer") and does not come back.
+            // Sent with this offer, it finds the peer interested.
+            let rec = self.peers.get(&peer).expect("peer present");
+            if self.num_pieces() - rec.announced.count() == 1 {
+                let last = (0..self.num_pieces()).find(|&p| !rec.announced.get(p));
+                if let Some(q) = last.filter(|&q| self.we_have.get(q) && !rec.has.get(q)) {
+                    self.push_offer(peer, q, out);
+                }
+            }
         }
+    }
+
+    /// Records an offer of `piece` to `peer` and appends it to `out`.
+    fn push_offer(&mut self, peer: PeerId, piece: u32, out: &mut Vec<Offer>) {
+        let Some(rec) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        rec.announced.set(piece);
+        rec.offers.push(Outstanding {
+            piece,
+            completed_at: None,
+        });
+        self.in_flight[piece as usize] += 1;
+        self.offered[piece as usize] += 1;
+        self.offers_total += 1;
+        out.push(Offer {
+            peer,
+            piece,
+            suggest: self.config.suggest,
+        });
     }
 
     /// The best piece to offer: see the module docs. Without `allow_copies`

@@ -258,6 +258,71 @@ pub fn generate_dashboard() -> Value {
         ),
     );
 
+    l.row("Super-seeding and upload cap");
+    l.panel(
+        8,
+        timeseries(
+            "Super-seed offers",
+            "Pieces offered to super-seeded peers (one have each) and BEP 6 suggests sent with them, per second. Zero unless super_seed is on.",
+            "ops",
+            vec![
+                target(
+                    "A",
+                    format!("sum by (instance) ({})", rate("ringseed_superseed_offers_total")),
+                    "{{instance}} offers",
+                ),
+                target(
+                    "B",
+                    format!("sum by (instance) ({})", rate("ringseed_superseed_suggests_total")),
+                    "{{instance}} suggests",
+                ),
+            ],
+        ),
+    );
+    l.panel(
+        8,
+        timeseries(
+            "Upload against the cap",
+            "Payload bytes per second and the box's upload cap (--upload-rate-limit; 0 = unlimited). Piece headers also count against the cap.",
+            "Bps",
+            vec![
+                target(
+                    "A",
+                    format!("sum by (instance) ({})", rate("ringseed_payload_bytes_total")),
+                    "{{instance}} payload",
+                ),
+                target(
+                    "B",
+                    format!("sum by (instance) (ringseed_upload_limit_bytes_per_second{I})"),
+                    "{{instance}} cap",
+                ),
+            ],
+        ),
+    );
+    l.panel(
+        8,
+        timeseries(
+            "Throttled connections",
+            "Connections waiting for upload tokens now, by shard, and on average over the interval (seconds waited per second).",
+            "short",
+            vec![
+                target(
+                    "A",
+                    format!("ringseed_upload_throttled_connections{I}"),
+                    "{{instance}} shard {{shard}} now",
+                ),
+                target(
+                    "B",
+                    format!(
+                        "sum by (instance) ({})",
+                        rate("ringseed_upload_throttle_wait_seconds_total")
+                    ),
+                    "{{instance}} average",
+                ),
+            ],
+        ),
+    );
+
     l.row("Latency");
     l.panel(12, timeseries(
         "Request to send latency",
@@ -629,6 +694,11 @@ impl FakeLoad {
             add(&s.accepted, i);
             add(&s.accept_errors, 1);
             add(&s.optimistic_unchokes, 1);
+            add(&s.superseed_offers, 3 * i);
+            add(&s.superseed_suggests, 2 * i);
+            add(&s.throttle_wait_nanos, 250_000_000 * i);
+            s.upload_limit.store(2_000_000, Ordering::Relaxed);
+            s.throttled.store((k % 4) as i64, Ordering::Relaxed);
             for kind in CloseKind::ALL {
                 add(s.closed(kind), 1);
             }

@@ -332,3 +332,211 @@ pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>>
         }
     }
 }
+
+/// A message from the seeder, owned (block data reduced to its length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    Have(u32),
+    Suggest(u32),
+    HaveAll,
+    HaveNone,
+    Bitfield(Vec<u8>),
+    Unchoke,
+    Choke,
+    Reject(BlockRequest),
+    AllowedFast(u32),
+    /// A block; its bytes are in [`RawPeer::last_block`].
+    Piece(BlockRequest),
+    KeepAlive,
+    Other,
+}
+
+/// One scripted peer on a raw socket: handshake, then single messages in
+/// and out, so a test can check exactly what the seeder sends and when.
+pub struct RawPeer {
+    r: Reader,
+    /// The bytes of the last [`Got::Piece`].
+    pub last_block: Vec<u8>,
+}
+
+impl RawPeer {
+    /// Connects, sends our handshake (with `then` appended, e.g.
+    /// `interested`) and reads the seeder's handshake.
+    pub fn connect(
+        addr: SocketAddr,
+        info_hash: [u8; 20],
+        fast: bool,
+        then: &[Message<'_>],
+    ) -> Result<RawPeer> {
+        let stream = connect(addr, STALL_TIMEOUT)?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut r = Reader::new(stream);
+        let mut out = handshake_bytes(info_hash, fast, false).to_vec();
+        for m in then {
+            m.encode(&mut out);
+        }
+        send_raw(r.stream(), &out)?;
+        let theirs = r.read_handshake()?;
+        if theirs.info_hash != info_hash {
+            return Err("seeder answered with a different info-hash".into());
+        }
+        Ok(RawPeer {
+            r,
+            last_block: Vec::new(),
+        })
+    }
+
+    pub fn send(&mut self, msgs: &[Message<'_>]) -> Result<()> {
+        let mut out = Vec::new();
+        for m in msgs {
+            m.encode(&mut out);
+        }
+        send_raw(self.r.stream(), &out)
+    }
+
+    /// The next message, waiting at most `timeout`; `Ok(None)` if none came.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Got>> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        self.r
+            .stream()
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let last = &mut self.last_block;
+        let got = self.r.next(|m| match m {
+            Message::Have(p) => Got::Have(p),
+            Message::Suggest(p) => Got::Suggest(p),
+            Message::HaveAll => Got::HaveAll,
+            Message::HaveNone => Got::HaveNone,
+            Message::Bitfield(b) => Got::Bitfield(b.to_vec()),
+            Message::Unchoke => Got::Unchoke,
+            Message::Choke => Got::Choke,
+            Message::Reject(r) => Got::Reject(r),
+            Message::AllowedFast(p) => Got::AllowedFast(p),
+            Message::KeepAlive => Got::KeepAlive,
+            Message::Piece { index, begin, data } => {
+                last.clear();
+                last.extend_from_slice(data);
+                Got::Piece(BlockRequest {
+                    piece: index,
+                    begin,
+                    len: data.len() as u32,
+                })
+            }
+            _ => Got::Other,
+        });
+        match got {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.starts_with("no data from seeder") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every message until the seeder is quiet for `quiet` (or `max` passed).
+    pub fn recv_all(&mut self, quiet: Duration, max: Duration) -> Result<Vec<Got>> {
+        let deadline = Instant::now() + max;
+        let mut all = Vec::new();
+        while Instant::now() < deadline {
+            match self.recv(quiet.min(deadline - Instant::now()))? {
+                Some(m) => all.push(m),
+                None => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// Messages until one satisfies `stop` (included), within `timeout`.
+    pub fn recv_until(
+        &mut self,
+        timeout: Duration,
+        mut stop: impl FnMut(&Got) -> bool,
+    ) -> Result<Vec<Got>> {
+        let deadline = Instant::now() + timeout;
+        let mut all = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("nothing matching within {timeout:?}; got {all:?}"));
+            }
+            if let Some(m) = self.recv(left)? {
+                let done = stop(&m);
+                all.push(m);
+                if done {
+                    return Ok(all);
+                }
+            }
+        }
+    }
+}
+
+/// The requests for every block of `piece`.
+pub fn piece_blocks(piece: u32, piece_length: u32, total_len: u64) -> Vec<BlockRequest> {
+    let start = u64::from(piece) * u64::from(piece_length);
+    let plen = (total_len - start).min(u64::from(piece_length)) as u32;
+    (0..plen)
+        .step_by(MAX_BLOCK_LEN as usize)
+        .map(|begin| BlockRequest {
+            piece,
+            begin,
+            len: (plen - begin).min(MAX_BLOCK_LEN),
+        })
+        .collect()
+}
+
+/// Pulls blocks of the piece space round and round for `duration`, keeping
+/// `pipeline` requests outstanding; returns `(time since connect, bytes)`
+/// per block received, for rate measurements.
+pub fn pull(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    piece_length: u32,
+    total_len: u64,
+    pipeline: usize,
+    duration: Duration,
+) -> Result<Vec<(Duration, u32)>> {
+    let start = Instant::now();
+    let mut p = RawPeer::connect(addr, info_hash, true, &[Message::Interested])?;
+    let num_pieces = total_len.div_ceil(u64::from(piece_length)) as u32;
+    let blocks: Vec<BlockRequest> = (0..num_pieces)
+        .flat_map(|i| piece_blocks(i, piece_length, total_len))
+        .collect();
+    let mut next = 0usize;
+    let mut outstanding = 0usize;
+    let mut unchoked = false;
+    let mut got = Vec::new();
+    while start.elapsed() < duration {
+        if unchoked && outstanding < pipeline {
+            let mut reqs = Vec::new();
+            while outstanding < pipeline {
+                reqs.push(Message::Request(blocks[next % blocks.len()]));
+                next += 1;
+                outstanding += 1;
+            }
+            p.send(&reqs)?;
+        }
+        match p.recv(STALL_TIMEOUT)? {
+            Some(Got::Unchoke) => unchoked = true,
+            Some(Got::Choke) => {
+                unchoked = false;
+                outstanding = 0;
+            }
+            Some(Got::Reject(_)) => outstanding = outstanding.saturating_sub(1),
+            Some(Got::Piece(r)) => {
+                outstanding = outstanding.saturating_sub(1);
+                got.push((start.elapsed(), r.len));
+            }
+            Some(_) => {}
+            None => return Err(format!("stalled after {} blocks", got.len())),
+        }
+    }
+    Ok(got)
+}
+
+/// Bytes of `samples` received in `[from, to)`, as bytes per second.
+pub fn rate_between(samples: &[(Duration, u32)], from: Duration, to: Duration) -> f64 {
+    let bytes: u64 = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, n)| u64::from(*n))
+        .sum();
+    bytes as f64 / (to - from).as_secs_f64()
+}

@@ -68,6 +68,29 @@ impl ServeProc {
         }
     }
 
+    /// (v1 info-hash, piece length, size) of torrent `name`, from the
+    /// banner `serve` printed (`torrent NAME`, `size ...`, `v1 HEX`).
+    pub fn torrent(&self, name: &str) -> ([u8; 20], u32, u64) {
+        let at = self
+            .banner
+            .iter()
+            .position(|l| {
+                l == &format!("torrent {name}") || l.starts_with(&format!("torrent {name} ("))
+            })
+            .unwrap_or_else(|| panic!("no torrent {name} in {:#?}", self.banner));
+        let words: Vec<&str> = self.banner[at + 1].split_whitespace().collect();
+        let size: u64 = words[1].parse().unwrap();
+        let plen: u32 = words[words.iter().position(|w| *w == "of").unwrap() + 1]
+            .parse()
+            .unwrap();
+        let v1 = self.banner[at + 2].split_whitespace().nth(1).unwrap();
+        let mut hash = [0u8; 20];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&v1[2 * i..2 * i + 2], 16).unwrap();
+        }
+        (hash, plen, size)
+    }
+
     /// SIGTERM (by PID) and how long the process took to exit.
     pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
         let start = std::time::Instant::now();

@@ -10,13 +10,25 @@
 //! `[control][header, mmap slice]...` -> the send CQE frees the slot and
 //! the next batch goes. Blocks whose pages are not resident are read with
 //! io_uring READ into the read pool first, so the shard never faults.
-//! The send path (batching, completions, cold reads) is in [`transmit`].
+//! Accept and receive are in [`input`], the send path (batching,
+//! completions, cold reads) in [`transmit`], the upload cap in [`egress`],
+//! super-seeding in [`superseed`].
+//!
+//! Timers: the loop's io_uring wait is bounded by [`WAIT`] and by the next
+//! deadline of the upload cap (a parked connection's tokens) and of the
+//! super-seed selectors (a forward timeout), and is zero while connections
+//! are waiting to be flushed; so timers fire on time without a timeout SQE.
 
+mod egress;
+mod input;
+mod superseed;
 mod transmit;
+
+pub use egress::ConnEgress;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,14 +39,15 @@ use io_uring::{cqueue, types};
 use crate::metrics::ShardHistograms;
 use crate::storage::fence::FenceTracker;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
+use crate::swarm::ratelimit::Rate;
+use crate::swarm::superseed::SuperSeedConfig;
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
 use super::catalog::Catalog;
 use super::conn::Conn;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
-use super::stream::{self, FeedError, MseOutcome};
 use super::uring::user_data::next_generation;
-use super::uring::{sys, OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
+use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
 /// Settings of one shard.
 #[derive(Clone, Debug)]
@@ -57,6 +70,14 @@ pub struct ShardConfig {
     pub recv_buffer_size: u32,
     /// Read-pool buffers (16 KiB each) for page-cache misses.
     pub read_buffers: u32,
+    /// Upload cap for the whole box (`--upload-rate-limit`); this shard
+    /// enforces its share, `1/shards`. Default unlimited.
+    pub upload_rate_limit: Rate,
+    /// Shards in the engine (the cap's divisor); set by the engine.
+    pub shards: usize,
+    /// Super-seed selector settings for torrents that super-seed. Default:
+    /// one offer per peer at a time (BEP 16), 5 s forward timeout, suggest.
+    pub super_seed: SuperSeedConfig,
 }
 
 impl Default for ShardConfig {
@@ -74,6 +95,12 @@ impl Default for ShardConfig {
             recv_buffers: 1024,
             recv_buffer_size: 4096,
             read_buffers: 256,
+            upload_rate_limit: Rate::UNLIMITED,
+            shards: 1,
+            super_seed: SuperSeedConfig {
+                offers_per_peer: 1,
+                ..SuperSeedConfig::default()
+            },
         }
     }
 }
@@ -132,6 +159,11 @@ pub struct Shard {
     /// Tags sends and disk reads so a lease break knows when the pages of
     /// a withdrawn file are no longer in flight (`storage::fence`).
     fence: FenceTracker,
+    /// The upload cap; `None` when nothing is capped.
+    egress: Option<egress::Egress>,
+    /// Scratch: connections the limiters just granted tokens.
+    woken: Vec<u32>,
+    superseed: superseed::SuperSeeding,
 }
 
 impl Shard {
@@ -155,6 +187,16 @@ impl Shard {
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
         let fence = catalog.fence().register();
+        let egress =
+            egress::Egress::new(now, cfg.upload_rate_limit, cfg.shards, cfg.index, &catalog);
+        let share = cfg
+            .upload_rate_limit
+            .per_shard(cfg.shards.max(1) as u32, cfg.index as u32);
+        stats
+            .upload_limit
+            .store(share.bytes_per_sec().unwrap_or(0), Ordering::Relaxed);
+        let superseed =
+            superseed::SuperSeeding::new(cfg.super_seed.clone(), catalog.torrents().len());
         Ok(Self {
             fence,
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
@@ -180,6 +222,9 @@ impl Shard {
             hist,
             shutdown,
             last_tick: now,
+            egress,
+            woken: Vec::new(),
+            superseed,
             cfg,
         })
     }
@@ -189,7 +234,7 @@ impl Shard {
         self.arm_accept()?;
         let mut draining_since: Option<Instant> = None;
         loop {
-            let ts = types::Timespec::from(WAIT);
+            let ts = types::Timespec::from(self.wait_time(Instant::now()));
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.uring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
@@ -204,11 +249,13 @@ impl Shard {
             // Before building any send: see pieces withdrawn since.
             self.fence.observe(self.catalog.fence());
             self.reap()?;
+            let now = Instant::now();
+            self.egress_poll(now);
+            self.superseed_timers(now);
             self.flush_dirty()?;
             self.rearm_recvs()?;
             self.fence_turn();
 
-            let now = Instant::now();
             self.hist.publish_if_due(now);
             if now.duration_since(self.last_tick) >= TICK {
                 self.last_tick = now;
@@ -235,6 +282,36 @@ impl Shard {
         }
         self.finish();
         Ok(())
+    }
+
+    /// How long the next io_uring wait may last: [`WAIT`] at most, less
+    /// if a timer (upload tokens, super-seed timeout) is due sooner, zero
+    /// while connections wait to be flushed.
+    fn wait_time(&self, now: Instant) -> Duration {
+        if !self.dirty.is_empty() {
+            return Duration::ZERO;
+        }
+        let egress = self.egress.as_ref().and_then(|e| e.next_ready(now));
+        let deadline = match (egress, self.superseed.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline.map_or(WAIT, |d| d.saturating_duration_since(now).min(WAIT))
+    }
+
+    /// Grants tokens to parked connections whose turn has come and marks
+    /// them dirty.
+    fn egress_poll(&mut self, now: Instant) {
+        let Some(e) = self.egress.as_mut() else {
+            return;
+        };
+        let mut woken = std::mem::take(&mut self.woken);
+        e.poll(now, &mut self.conns, &self.stats, &mut woken);
+        for &idx in &woken {
+            self.mark_dirty(idx);
+        }
+        woken.clear();
+        self.woken = woken;
     }
 
     fn finish(&mut self) {
@@ -311,202 +388,6 @@ impl Shard {
         }
     }
 
-    // ---- accept -------------------------------------------------------
-
-    fn on_accept(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
-        let res = cqe.result();
-        let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&-res);
-        let stopping = self.shutdown.load(Ordering::Relaxed);
-        if res < 0 && res != -libc::ECANCELED && !stopping {
-            ShardStats::add(&self.stats.accept_errors, 1);
-            // Logged once per interval, not per failure.
-            let now = Instant::now();
-            if self
-                .last_accept_warning
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
-            {
-                self.last_accept_warning = Some(now);
-                tracing::warn!(
-                    shard = self.cfg.index,
-                    error = %io::Error::from_raw_os_error(-res),
-                    "accept failed{}",
-                    if exhausted {
-                        "; out of descriptors or memory: backing off for a second (raise LimitNOFILE / ulimit -n, or lower --max-connections)"
-                    } else {
-                        "; re-arming"
-                    }
-                );
-            }
-        }
-        if !cqueue::more(cqe.flags()) {
-            self.accepting = false;
-            if !self.shutdown.load(Ordering::Relaxed) {
-                if exhausted {
-                    // Re-arming at once would spin on the same error: the
-                    // tick re-arms after a pause; peers wait in the backlog.
-                    self.accept_backoff = true;
-                } else {
-                    self.arm_accept()?;
-                }
-            }
-        }
-        if res < 0 {
-            return Ok(());
-        }
-        let Some(fd) = sys::fd_from_accept(res) else {
-            return Ok(());
-        };
-        if self.shutdown.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let remote = socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if self.live_conns >= self.cfg.max_connections {
-            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
-            return Ok(());
-        }
-        let ip = remote.ip();
-        let n = self.per_ip.entry(ip).or_insert(0);
-        if *n >= self.cfg.max_per_ip {
-            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
-            return Ok(());
-        }
-        *n += 1;
-        ShardStats::add(&self.stats.accepted, 1);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let peer = PeerState::new(now, &self.cfg.peer, remote);
-        let idx = match self.free_conns.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.generations.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[idx as usize];
-        self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, peer, now));
-        self.live_conns += 1;
-        self.arm_recv(idx)
-    }
-
-    // ---- receive ------------------------------------------------------
-
-    fn arm_recv(&mut self, idx: u32) -> io::Result<()> {
-        let Some(c) = self.conns[idx as usize].as_mut() else {
-            return Ok(());
-        };
-        if c.recv_armed || c.closing.is_some() {
-            return Ok(());
-        }
-        let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
-        c.recv_armed = true;
-        let fd = c.raw_fd();
-        self.ring.push_recv_multi(fd, self.bufs.bgid(), ud)
-    }
-
-    fn rearm_recvs(&mut self) -> io::Result<()> {
-        if self.rearm.is_empty() {
-            return Ok(());
-        }
-        let list = std::mem::take(&mut self.rearm);
-        for idx in &list {
-            self.arm_recv(*idx)?;
-        }
-        self.rearm = list;
-        self.rearm.clear();
-        Ok(())
-    }
-
-    fn conn_mut(&mut self, idx: u32, generation: u32) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(idx as usize)?
-            .as_mut()
-            .filter(|c| c.generation == generation)
-    }
-
-    fn on_recv(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
-        let res = cqe.result();
-        let flags = cqe.flags();
-        let more = cqueue::more(flags);
-        let bid = cqueue::buffer_select(flags);
-        let now = Instant::now();
-        let catalog = Arc::clone(&self.catalog);
-        let Some(conn) = self
-            .conns
-            .get_mut(ud.index as usize)
-            .and_then(|c| c.as_mut())
-            .filter(|c| c.generation == ud.generation)
-        else {
-            if let Some(bid) = bid {
-                self.bufs.recycle(bid);
-            }
-            return Ok(());
-        };
-        if !more {
-            conn.recv_armed = false;
-        }
-        let mut outcome: Result<(), CloseKind> = Ok(());
-        if res > 0 {
-            if let Some(bid) = bid {
-                if conn.closing.is_none() {
-                    let data = self.bufs.data(bid, res as usize);
-                    match stream::feed(
-                        &mut conn.stream,
-                        &mut conn.peer,
-                        &mut conn.pre_tx,
-                        now,
-                        data,
-                        catalog.as_ref(),
-                        self.cfg.encryption,
-                    ) {
-                        Ok(MseOutcome::None) => {}
-                        Ok(MseOutcome::Plaintext) => ShardStats::add(&self.stats.mse_plaintext, 1),
-                        Ok(MseOutcome::Rc4) => ShardStats::add(&self.stats.mse_rc4, 1),
-                        Err(FeedError::Peer(reason)) => {
-                            conn.last_reason = Some(reason);
-                            tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
-                            outcome = Err(close_kind(reason));
-                        }
-                        Err(FeedError::Mse(e)) => {
-                            ShardStats::add(&self.stats.mse_failed, 1);
-                            conn.last_reason = Some(CloseReason::BadHandshake);
-                            tracing::debug!(peer = %conn.remote, error = %e, "MSE handshake failed");
-                            outcome = Err(CloseKind::ProtocolError);
-                        }
-                    }
-                }
-                self.bufs.recycle(bid);
-            }
-        } else if res == 0 {
-            outcome = Err(CloseKind::PeerClosed);
-        } else if res == -libc::ENOBUFS {
-            // Out of receive buffers: re-arm once some are recycled.
-            if !more {
-                self.rearm.push(ud.index);
-            }
-        } else if res != -libc::ECANCELED {
-            outcome = Err(CloseKind::PeerClosed);
-        }
-        let closing = conn.closing.is_some();
-        if closing {
-            self.try_release(ud.index);
-            return Ok(());
-        }
-        if let Err(kind) = outcome {
-            self.close(ud.index, kind);
-            return Ok(());
-        }
-        self.after_input(ud.index, now);
-        if !more && res != -libc::ENOBUFS {
-            self.arm_recv(ud.index)?;
-        }
-        Ok(())
-    }
-
     /// Bookkeeping after the peer state changed: attach the torrent,
     /// register with the choker, pass interest changes, mark dirty.
     fn after_input(&mut self, idx: u32, now: Instant) {
@@ -516,8 +397,16 @@ impl Shard {
         if conn.torrent.is_none() {
             if let Some(id) = conn.peer.torrent() {
                 conn.torrent = self.catalog.get(id).cloned();
+                conn.egress = self.egress.as_ref().and_then(|e| e.attach(now, id));
             }
         }
+        if conn.torrent.is_some() && conn.peer.is_super_seeding() {
+            // Offers go out with the handshake reply, in this loop turn.
+            self.superseed_input(now, idx);
+        }
+        let Some(conn) = self.conns[idx as usize].as_mut() else {
+            return;
+        };
         let mut decisions = std::mem::take(&mut self.decisions);
         decisions.clear();
         if conn.torrent.is_some() && !conn.in_choker {
@@ -556,10 +445,27 @@ impl Shard {
                     }
                 } else {
                     self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
+                    // Its queue is gone: it needs no tokens now.
+                    self.egress_release(now, idx);
                 }
                 self.mark_dirty(idx);
             }
         }
+    }
+
+    /// Connection `idx` leaves the limiters' queues and returns its unused
+    /// credit (choked, closing, or nothing left to send).
+    fn egress_release(&mut self, now: Instant, idx: u32) {
+        let (Some(e), Some(c)) = (
+            self.egress.as_mut(),
+            self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()),
+        ) else {
+            return;
+        };
+        let (Some(ce), Some(t)) = (c.egress.as_mut(), c.torrent.as_ref()) else {
+            return;
+        };
+        e.release(now, idx, t.id, ce, &self.stats);
     }
 
     fn mark_dirty(&mut self, idx: u32) {
@@ -569,6 +475,13 @@ impl Shard {
                 self.dirty.push(idx);
             }
         }
+    }
+
+    fn conn_mut(&mut self, idx: u32, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(idx as usize)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
     }
 
     // ---- timers and teardown -------------------------------------------
@@ -657,6 +570,16 @@ impl Shard {
             let cancel = UserData::new(OpKind::Cancel, c.generation, idx).encode();
             let _ = self.ring.push_cancel(ud, cancel);
         }
+        if c.in_superseed {
+            c.in_superseed = false;
+            if let Some(t) = c.torrent.as_ref().map(|t| t.id) {
+                self.superseed_closed(Instant::now(), idx, t);
+            }
+        }
+        self.egress_release(Instant::now(), idx);
+        let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
         if c.in_choker {
             c.in_choker = false;
             let mut out = std::mem::take(&mut self.decisions);

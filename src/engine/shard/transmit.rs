@@ -2,6 +2,12 @@
 //! (`[control bytes][13-byte header, mmap slice(s)] x up to 16 blocks`),
 //! handle its completion (partial sends, SEND_ZC notifications), and read
 //! blocks whose pages are not resident into the read pool first.
+//!
+//! Under an upload cap a connection pays `13 + len` credit per block when
+//! the block is committed (to this send, or to a disk read whose result a
+//! later send carries); without credit it sends only control bytes and
+//! waits for the limiter (see [`super::egress`]). Uncapped connections
+//! (`conn.egress` is `None`) skip all of it.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -11,13 +17,16 @@ use io_uring::{cqueue, types};
 use crate::storage::fence::FenceTracker;
 use crate::storage::Segment;
 use crate::swarm::choker::PeerId;
+use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
 use super::super::conn::{Conn, ReadyBlock};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::StreamMode;
-use super::super::uring::{sys, OpKind, ReadPool, Ring, SentBlock, UserData, READ_BUF_SIZE};
+use super::super::uring::{
+    sys, OpKind, ReadPool, Ring, SentBlock, UserData, MAX_BLOCKS_PER_SEND, READ_BUF_SIZE,
+};
 use super::{ColdRead, Shard};
 
 impl Shard {
@@ -64,6 +73,20 @@ impl Shard {
             slot.set_control(&ctl);
         }
 
+        // Upload cap: ask for a batch's worth of credit when it cannot pay
+        // for a block. No grant: only control bytes go out now.
+        if let (Some(ce), Some(e), Some(t)) = (
+            conn.egress.as_mut(),
+            self.egress.as_mut(),
+            conn.torrent.as_ref(),
+        ) {
+            let blocks = conn.peer.queued_requests() + usize::from(conn.parked.is_some());
+            if blocks > 0 && ce.wants_credit() {
+                let want = blocks.min(MAX_BLOCKS_PER_SEND) as u64 * MAX_BLOCK_MESSAGE;
+                e.acquire(std::time::Instant::now(), idx, t.id, ce, want, &self.stats);
+            }
+        }
+
         // Requests whose piece was withdrawn (data changed on disk) since
         // they were queued: their rejects go out with the next send.
         let mut withdrawn = false;
@@ -77,6 +100,9 @@ impl Shard {
                     self.reads.release(rb.buf);
                     conn.peer.reject_popped(rb.req);
                     withdrawn = true;
+                    if let Some(ce) = conn.egress.as_mut() {
+                        ce.refund(block_cost(rb.req.len)); // paid, not sent
+                    }
                     continue;
                 }
                 slot.push_block(
@@ -109,6 +135,12 @@ impl Shard {
                     withdrawn = true;
                     continue;
                 }
+                let cost = block_cost(req.len);
+                if conn.egress.as_ref().is_some_and(|ce| !ce.can_pay(cost)) {
+                    // Throttled: the block waits for credit.
+                    conn.parked = Some((req, at));
+                    break;
+                }
                 // One mincore per piece, not per block: peers request the
                 // blocks of a piece one after another, so the connection
                 // remembers the last piece found resident (eviction within
@@ -140,7 +172,12 @@ impl Shard {
                         conn,
                         (req, at),
                     )? {
-                        true => ShardStats::add(&self.stats.cold_reads, 1),
+                        true => {
+                            ShardStats::add(&self.stats.cold_reads, 1);
+                            if let Some(ce) = conn.egress.as_mut() {
+                                ce.pay(cost);
+                            }
+                        }
                         false => {
                             conn.parked = Some((req, at));
                             break;
@@ -158,6 +195,9 @@ impl Shard {
                 if !slot.has_room(segs) {
                     conn.parked = Some((req, at));
                     break;
+                }
+                if let Some(ce) = conn.egress.as_mut() {
+                    ce.pay(cost);
                 }
                 slot.push_block(
                     piece_header(req.piece, req.begin, req.len),
@@ -196,6 +236,16 @@ impl Shard {
         if withdrawn && !conn.dirty {
             conn.dirty = true;
             self.dirty.push(idx);
+        }
+        // Nothing left to pay for: unused credit goes back to the buckets.
+        if let (Some(ce), Some(e), Some(t)) = (
+            conn.egress.as_mut(),
+            self.egress.as_mut(),
+            conn.torrent.as_ref(),
+        ) {
+            if ce.has_credit() && conn.parked.is_none() && conn.peer.queued_requests() == 0 {
+                e.release(std::time::Instant::now(), idx, t.id, ce, &self.stats);
+            }
         }
         if slot.is_empty() {
             self.sends.put_back(slot_id, slot);
@@ -377,6 +427,11 @@ impl Shard {
         self.mark_dirty(cidx);
         Ok(())
     }
+}
+
+/// Credit a block costs under an upload cap: its piece message.
+fn block_cost(len: u32) -> u64 {
+    13 + u64::from(len)
 }
 
 /// Whether every file byte of `segs` is in the page cache.

@@ -12,14 +12,24 @@
 //! choker = "round_robin"
 //! rechoke_interval = "10s"
 //!
+//! upload_rate_limit = "100MB/s"
+//!
 //! [[torrents]]
 //! torrent = "/srv/ubuntu.iso.torrent"
 //! data = "/srv/ubuntu.iso"
+//!
+//! [per_torrent."ubuntu.iso"]
+//! super_seed = true
 //! ```
+//!
+//! Per-torrent settings (`[per_torrent."KEY"]`) are in [`per_torrent`].
 //!
 //! What this module does not do: open sockets, read torrents or check that
 //! paths exist. That happens at start-up, where the error can name the file.
 
+pub mod per_torrent;
+
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::ServeArgs;
 use crate::swarm::choker::{ChokerConfig, ChokerMode};
+use crate::swarm::ratelimit::Rate;
+
+pub use per_torrent::TorrentOverrides;
 
 /// One existing torrent to seed and where its content is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +220,20 @@ pub struct ServeConfig {
     /// own. Each entry is a BEP 12 tier; commas separate URLs within a tier
     /// (`"udp://a:6969,http://b/announce"`). Default empty.
     pub trackers: Vec<String>,
+    /// Super-seed every torrent (BEP 16): advertise no pieces and offer each
+    /// peer one piece at a time, a new one once the last has spread (or
+    /// after 5 s). For an origin box with few, large torrents and many
+    /// leechers that trade among themselves. `[per_torrent]` can override
+    /// it per torrent. Default false.
+    pub super_seed: bool,
+    /// Upload cap for the whole box, in bytes per second (`"100MB/s"`,
+    /// `"40MiB/s"`, `"1Gbit"`, or `"off"`): piece messages (13-byte header +
+    /// payload) are counted, control messages are not. Split evenly across
+    /// shards, each shard shared fairly among its peers. Default `"off"`.
+    pub upload_rate_limit: Rate,
+    /// Per-torrent settings keyed by torrent name or info-hash hex (see
+    /// [`per_torrent`]). Default empty.
+    pub per_torrent: BTreeMap<String, TorrentOverrides>,
 }
 
 impl Default for ServeConfig {
@@ -239,6 +266,9 @@ impl Default for ServeConfig {
             announce_ip: None,
             announce_port: None,
             trackers: Vec::new(),
+            super_seed: false,
+            upload_rate_limit: Rate::UNLIMITED,
+            per_torrent: BTreeMap::new(),
         }
     }
 }
@@ -270,6 +300,25 @@ pub enum ConfigError {
          `[[torrents]]` in the config file"
     )]
     NothingToSeed,
+    #[error(
+        "[per_torrent.{key:?}] names no served torrent; use a torrent's name or its v1/v2 \
+         info-hash in hex (served: {served})"
+    )]
+    UnknownTorrent { key: String, served: String },
+    #[error(
+        "[per_torrent.{key:?}] matches {count} served torrents with that name; key it by \
+         info-hash hex instead"
+    )]
+    AmbiguousTorrent { key: String, count: usize },
+    #[error(
+        "torrent {name:?} is configured twice, by [per_torrent.{first:?}] and \
+         [per_torrent.{second:?}]; merge them into one table"
+    )]
+    TorrentConfiguredTwice {
+        first: String,
+        second: String,
+        name: String,
+    },
 }
 
 impl ServeConfig {
@@ -403,6 +452,17 @@ impl ServeConfig {
         if !args.trackers.is_empty() {
             self.trackers = args.trackers.clone();
         }
+        self.super_seed |= args.super_seed;
+        if let Some(rate) = &args.upload_rate_limit {
+            self.upload_rate_limit =
+                rate.parse()
+                    .map_err(|e: RateParseError| ConfigError::Flag {
+                        flag: "--upload-rate-limit",
+                        value: rate.clone(),
+                        reason: e.why.to_owned()
+                            + "; write e.g. \"5MB/s\", \"40MiB/s\", \"1Gbit\" or \"unlimited\"",
+                    })?;
+        }
         Ok(())
     }
 
@@ -465,6 +525,13 @@ impl ServeConfig {
                     reason: e.to_string(),
                 });
             }
+        }
+        if let Some(key) = self.per_torrent.keys().find(|k| k.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "per_torrent",
+                value: format!("{key:?}"),
+                reason: "an empty key names no torrent; use a torrent's name or info-hash hex",
+            });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::Invalid {
@@ -655,6 +722,7 @@ mod duration_serde {
     }
 }
 
+use crate::swarm::ratelimit::RateParseError;
 use crate::wire::mse::EncryptionPolicy;
 
 fn deserialize_encryption<'de, D: serde::Deserializer<'de>>(

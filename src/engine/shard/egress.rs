@@ -1,0 +1,337 @@
+//! The upload cap in a shard: the shard's [`EgressLimiter`] (its share of
+//! `--upload-rate-limit`) and one per capped torrent (its share of that
+//! torrent's `upload_rate_limit`), wired to the send path.
+//!
+//! # How a connection gets to send blocks
+//!
+//! A capped connection carries a [`ConnEgress`]: one credit account per
+//! limiter that applies to it (the shard's, its torrent's), bytes granted
+//! and not yet sent. A block is sent only when every account can pay its
+//! `13 + len` bytes, and is then paid from each (when committed to a send,
+//! or to a disk read whose result a later send carries). When an account
+//! cannot pay for a whole block and requests are queued, `flush` asks that
+//! limiter for a batch's worth; without a grant the connection sends only
+//! its control bytes and is parked in that limiter's FIFO queue (fair: one
+//! quantum per turn, see `swarm::ratelimit`).
+//!
+//! The accounts are independent on purpose: a connection of a torrent
+//! capped below its fair share of the shard asks the shard for the same
+//! quantum as everyone else, just less often, so the rest of the shard's
+//! rate goes to the other connections (chaining the two limiters would make
+//! it ask the shard in smaller pieces and lose round-robin turns).
+//!
+//! Nothing polls a parked connection: the shard loop bounds its io_uring
+//! wait by [`Egress::next_ready`] and calls [`Egress::poll`] each turn,
+//! which credits (and marks dirty) the connections served. Unused credit
+//! goes back to the buckets when a connection has nothing left to send, is
+//! choked or closes, so idle connections hold no tokens.
+//!
+//! What is counted: piece messages (13-byte header + payload). Control
+//! messages (handshakes, haves, rejects, metadata) are never throttled.
+//!
+//! What it does not do: anything when no cap is configured. Then the shard
+//! has no `Egress` and connections no `ConnEgress`, and the send path is the
+//! uncapped one (one `Option` check per block). No cross-shard lending
+//! either: each shard enforces `1/shards` of each cap.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::swarm::ratelimit::{EgressLimiter, Rate, MAX_BLOCK_MESSAGE};
+use crate::wire::TorrentId;
+
+use super::super::catalog::Catalog;
+use super::super::conn::Conn;
+use super::super::stats::ShardStats;
+
+/// One credit account of a connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct Account {
+    /// Bytes granted and not yet spent on blocks.
+    credit: u64,
+    /// Parked in this limiter's queue.
+    waiting: bool,
+}
+
+/// A capped connection's credit with the limiters that apply to it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEgress {
+    /// The shard's limiter (`None`: the box is not capped).
+    shard: Option<Account>,
+    /// Its torrent's limiter (`None`: the torrent has no cap of its own).
+    torrent: Option<Account>,
+    /// When it started waiting (for the wait-time counter).
+    since: Instant,
+}
+
+impl ConnEgress {
+    /// Every account holds at least `cost` bytes.
+    #[inline]
+    pub fn can_pay(&self, cost: u64) -> bool {
+        self.shard.is_none_or(|a| a.credit >= cost) && self.torrent.is_none_or(|a| a.credit >= cost)
+    }
+
+    /// Spends `cost` bytes of every account (check [`Self::can_pay`] first).
+    #[inline]
+    pub fn pay(&mut self, cost: u64) {
+        for a in [&mut self.shard, &mut self.torrent].into_iter().flatten() {
+            a.credit = a.credit.saturating_sub(cost);
+        }
+    }
+
+    /// Returns `cost` bytes paid for a block that was not sent after all.
+    pub fn refund(&mut self, cost: u64) {
+        for a in [&mut self.shard, &mut self.torrent].into_iter().flatten() {
+            a.credit += cost;
+        }
+    }
+
+    /// Holds credit it has not spent.
+    pub fn has_credit(&self) -> bool {
+        [self.shard, self.torrent]
+            .into_iter()
+            .flatten()
+            .any(|a| a.credit > 0)
+    }
+
+    fn waiting(&self) -> bool {
+        [self.shard, self.torrent]
+            .into_iter()
+            .flatten()
+            .any(|a| a.waiting)
+    }
+
+    /// Some account can pay for less than a whole block and is not already
+    /// waiting for its limiter.
+    pub fn wants_credit(&self) -> bool {
+        [self.shard, self.torrent]
+            .into_iter()
+            .flatten()
+            .any(|a| !a.waiting && a.credit < MAX_BLOCK_MESSAGE)
+    }
+}
+
+/// A shard's limiters. Exists only when some cap is configured.
+pub struct Egress {
+    /// The shard's share of the box cap; `None` when the box is unlimited.
+    shard: Option<EgressLimiter<u32>>,
+    /// Per torrent id: its limiter if the torrent has its own cap.
+    torrents: Vec<Option<EgressLimiter<u32>>>,
+    /// Ids of the torrents with a limiter (to poll only those).
+    capped: Vec<u32>,
+    /// Connections waiting in any limiter.
+    waiting: usize,
+    /// Scratch for `poll_ready`.
+    ready: Vec<(u32, u64)>,
+}
+
+impl Egress {
+    /// The limiters of shard `index` of `shards`; `None` when neither the
+    /// box nor any torrent is capped.
+    pub fn new(
+        now: Instant,
+        box_rate: Rate,
+        shards: usize,
+        index: usize,
+        catalog: &Catalog,
+    ) -> Option<Self> {
+        let (shards, index) = (shards.max(1) as u32, index as u32);
+        let torrents: Vec<Option<EgressLimiter<u32>>> = catalog
+            .torrents()
+            .iter()
+            .map(|t| {
+                let rate = t.settings.upload_rate_limit;
+                (!rate.is_unlimited()).then(|| EgressLimiter::for_shard(now, rate, shards, index))
+            })
+            .collect();
+        let capped: Vec<u32> = (0..torrents.len() as u32)
+            .filter(|&i| torrents[i as usize].is_some())
+            .collect();
+        if box_rate.is_unlimited() && capped.is_empty() {
+            return None;
+        }
+        Some(Self {
+            shard: (!box_rate.is_unlimited())
+                .then(|| EgressLimiter::for_shard(now, box_rate, shards, index)),
+            torrents,
+            capped,
+            waiting: 0,
+            ready: Vec::new(),
+        })
+    }
+
+    /// The state for a new connection of torrent `t`, if any cap applies.
+    pub fn attach(&self, now: Instant, t: TorrentId) -> Option<ConnEgress> {
+        let ce = ConnEgress {
+            shard: self.shard.is_some().then(Account::default),
+            torrent: self.torrent(t).is_some().then(Account::default),
+            since: now,
+        };
+        (ce.shard.is_some() || ce.torrent.is_some()).then_some(ce)
+    }
+
+    fn torrent(&self, t: TorrentId) -> Option<&EgressLimiter<u32>> {
+        self.torrents.get(t.0 as usize)?.as_ref()
+    }
+
+    /// Connection `idx` (torrent `t`) needs credit for about `want` bytes
+    /// (a batch): each account short of a block asks its limiter, and is
+    /// credited at once or parked until [`Egress::poll`] credits it.
+    pub fn acquire(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        t: TorrentId,
+        ce: &mut ConnEgress,
+        want: u64,
+        stats: &ShardStats,
+    ) {
+        let was_waiting = ce.waiting();
+        let torrent = self.torrents.get_mut(t.0 as usize).and_then(Option::as_mut);
+        // The torrent's account first: while it cannot pay, shard credit
+        // would sit idle, so it goes back to the shard's bucket (and the
+        // shard's other connections) instead.
+        if let (Some(a), Some(l)) = (ce.torrent.as_mut(), torrent) {
+            ask(now, idx, a, l, want);
+        }
+        if let (Some(a), Some(l)) = (ce.shard.as_mut(), self.shard.as_mut()) {
+            if ce.torrent.is_some_and(|t| t.waiting) {
+                if !a.waiting && a.credit > 0 {
+                    l.give_back(std::mem::take(&mut a.credit));
+                }
+            } else {
+                ask(now, idx, a, l, want);
+            }
+        }
+        if !was_waiting && ce.waiting() {
+            ce.since = now;
+            self.waiting += 1;
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connection `idx` has nothing to send, was choked or is closing:
+    /// leave every queue and return unused credit to the buckets.
+    pub fn release(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        t: TorrentId,
+        ce: &mut ConnEgress,
+        stats: &ShardStats,
+    ) {
+        let was_waiting = ce.waiting();
+        let torrent = self.torrents.get_mut(t.0 as usize).and_then(Option::as_mut);
+        for (account, limiter) in [
+            (&mut ce.shard, self.shard.as_mut()),
+            (&mut ce.torrent, torrent),
+        ] {
+            let (Some(a), Some(l)) = (account.as_mut(), limiter) else {
+                continue;
+            };
+            if a.waiting {
+                l.remove(idx);
+            }
+            if a.credit > 0 {
+                l.give_back(a.credit);
+            }
+            *a = Account::default();
+        }
+        if was_waiting {
+            unparked(&mut self.waiting, now, ce, stats);
+        }
+    }
+
+    /// When the next parked connection can be served, if any waits.
+    pub fn next_ready(&self, now: Instant) -> Option<Instant> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let torrents = self
+            .capped
+            .iter()
+            .filter_map(|&i| self.torrents[i as usize].as_ref()?.next_ready(now));
+        self.shard
+            .as_ref()
+            .and_then(|s| s.next_ready(now))
+            .into_iter()
+            .chain(torrents)
+            .min()
+    }
+
+    /// Credits parked connections whose turn has come; appends those that
+    /// got credit (to be flushed) to `woken`.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        conns: &mut [Option<Conn>],
+        stats: &ShardStats,
+        woken: &mut Vec<u32>,
+    ) {
+        if self.waiting == 0 {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        // Level 0: the shard's limiter; then each capped torrent's.
+        for level in 0..=self.capped.len() {
+            ready.clear();
+            let limiter = match level {
+                0 => self.shard.as_mut(),
+                k => self.torrents[self.capped[k - 1] as usize].as_mut(),
+            };
+            let Some(l) = limiter else {
+                continue;
+            };
+            l.poll_ready(now, &mut ready);
+            for &(idx, g) in &ready {
+                let ce = conns
+                    .get_mut(idx as usize)
+                    .and_then(Option::as_mut)
+                    .and_then(|c| c.egress.as_mut());
+                let Some(ce) = ce else {
+                    // Cannot happen (closing connections leave the queues);
+                    // never lose the tokens.
+                    l.give_back(g);
+                    continue;
+                };
+                let account = if level == 0 {
+                    &mut ce.shard
+                } else {
+                    &mut ce.torrent
+                };
+                let Some(a) = account.as_mut() else {
+                    l.give_back(g);
+                    continue;
+                };
+                a.credit += g;
+                a.waiting = false;
+                if !ce.waiting() {
+                    unparked(&mut self.waiting, now, ce, stats);
+                }
+                woken.push(idx);
+            }
+        }
+        ready.clear();
+        self.ready = ready;
+    }
+}
+
+/// `ce` stopped waiting on every limiter: count it out and its wait.
+fn unparked(waiting: &mut usize, now: Instant, ce: &ConnEgress, stats: &ShardStats) {
+    *waiting -= 1;
+    stats.throttled.fetch_sub(1, Ordering::Relaxed);
+    let waited = now.saturating_duration_since(ce.since).as_nanos();
+    ShardStats::add(&stats.throttle_wait_nanos, waited as u64);
+}
+
+/// Asks `l` for a batch if account `a` cannot pay for a whole block and is
+/// not already queued: credited at once, or queued.
+fn ask(now: Instant, idx: u32, a: &mut Account, l: &mut EgressLimiter<u32>, want: u64) {
+    if a.waiting || a.credit >= MAX_BLOCK_MESSAGE {
+        return;
+    }
+    match l.request(now, idx, want.saturating_sub(a.credit).max(1)) {
+        0 => a.waiting = true,
+        g => a.credit += g,
+    }
+}

@@ -1,0 +1,212 @@
+//! Input of a shard: accepting connections (multishot accept, limits per
+//! shard and per IP) and receiving bytes (multishot receive into the
+//! provided-buffer ring, fed to the MSE detector and the connection's
+//! `PeerState`). What the received bytes change is handled by
+//! `Shard::after_input`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+
+use crate::wire::{CloseReason, PeerState};
+
+use super::super::conn::Conn;
+use super::super::stats::{CloseKind, ShardStats};
+use super::super::stream::{self, FeedError, MseOutcome};
+use super::super::uring::{sys, OpKind, UserData};
+use super::{close_kind, Shard};
+
+impl Shard {
+    // ---- accept -------------------------------------------------------
+
+    pub(super) fn on_accept(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
+        let res = cqe.result();
+        let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&-res);
+        let stopping = self.shutdown.load(Ordering::Relaxed);
+        if res < 0 && res != -libc::ECANCELED && !stopping {
+            ShardStats::add(&self.stats.accept_errors, 1);
+            // Logged once per interval, not per failure.
+            let now = Instant::now();
+            if self
+                .last_accept_warning
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            {
+                self.last_accept_warning = Some(now);
+                tracing::warn!(
+                    shard = self.cfg.index,
+                    error = %io::Error::from_raw_os_error(-res),
+                    "accept failed{}",
+                    if exhausted {
+                        "; out of descriptors or memory: backing off for a second (raise LimitNOFILE / ulimit -n, or lower --max-connections)"
+                    } else {
+                        "; re-arming"
+                    }
+                );
+            }
+        }
+        if !cqueue::more(cqe.flags()) {
+            self.accepting = false;
+            if !self.shutdown.load(Ordering::Relaxed) {
+                if exhausted {
+                    // Re-arming at once would spin on the same error: the
+                    // tick re-arms after a pause; peers wait in the backlog.
+                    self.accept_backoff = true;
+                } else {
+                    self.arm_accept()?;
+                }
+            }
+        }
+        if res < 0 {
+            return Ok(());
+        }
+        let Some(fd) = sys::fd_from_accept(res) else {
+            return Ok(());
+        };
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let remote = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if self.live_conns >= self.cfg.max_connections {
+            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
+            return Ok(());
+        }
+        let ip = remote.ip();
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_per_ip {
+            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
+            return Ok(());
+        }
+        *n += 1;
+        ShardStats::add(&self.stats.accepted, 1);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let peer = PeerState::new(now, &self.cfg.peer, remote);
+        let idx = match self.free_conns.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[idx as usize];
+        self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, peer, now));
+        self.live_conns += 1;
+        self.arm_recv(idx)
+    }
+
+    // ---- receive ------------------------------------------------------
+
+    pub(super) fn arm_recv(&mut self, idx: u32) -> io::Result<()> {
+        let Some(c) = self.conns[idx as usize].as_mut() else {
+            return Ok(());
+        };
+        if c.recv_armed || c.closing.is_some() {
+            return Ok(());
+        }
+        let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
+        c.recv_armed = true;
+        let fd = c.raw_fd();
+        self.ring.push_recv_multi(fd, self.bufs.bgid(), ud)
+    }
+
+    pub(super) fn rearm_recvs(&mut self) -> io::Result<()> {
+        if self.rearm.is_empty() {
+            return Ok(());
+        }
+        let list = std::mem::take(&mut self.rearm);
+        for idx in &list {
+            self.arm_recv(*idx)?;
+        }
+        self.rearm = list;
+        self.rearm.clear();
+        Ok(())
+    }
+
+    pub(super) fn on_recv(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
+        let res = cqe.result();
+        let flags = cqe.flags();
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let now = Instant::now();
+        let catalog = Arc::clone(&self.catalog);
+        let Some(conn) = self
+            .conns
+            .get_mut(ud.index as usize)
+            .and_then(|c| c.as_mut())
+            .filter(|c| c.generation == ud.generation)
+        else {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            return Ok(());
+        };
+        if !more {
+            conn.recv_armed = false;
+        }
+        let mut outcome: Result<(), CloseKind> = Ok(());
+        if res > 0 {
+            if let Some(bid) = bid {
+                if conn.closing.is_none() {
+                    let data = self.bufs.data(bid, res as usize);
+                    match stream::feed(
+                        &mut conn.stream,
+                        &mut conn.peer,
+                        &mut conn.pre_tx,
+                        now,
+                        data,
+                        catalog.as_ref(),
+                        self.cfg.encryption,
+                    ) {
+                        Ok(MseOutcome::None) => {}
+                        Ok(MseOutcome::Plaintext) => ShardStats::add(&self.stats.mse_plaintext, 1),
+                        Ok(MseOutcome::Rc4) => ShardStats::add(&self.stats.mse_rc4, 1),
+                        Err(FeedError::Peer(reason)) => {
+                            conn.last_reason = Some(reason);
+                            tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
+                            outcome = Err(close_kind(reason));
+                        }
+                        Err(FeedError::Mse(e)) => {
+                            ShardStats::add(&self.stats.mse_failed, 1);
+                            conn.last_reason = Some(CloseReason::BadHandshake);
+                            tracing::debug!(peer = %conn.remote, error = %e, "MSE handshake failed");
+                            outcome = Err(CloseKind::ProtocolError);
+                        }
+                    }
+                }
+                self.bufs.recycle(bid);
+            }
+        } else if res == 0 {
+            outcome = Err(CloseKind::PeerClosed);
+        } else if res == -libc::ENOBUFS {
+            // Out of receive buffers: re-arm once some are recycled.
+            if !more {
+                self.rearm.push(ud.index);
+            }
+        } else if res != -libc::ECANCELED {
+            outcome = Err(CloseKind::PeerClosed);
+        }
+        let closing = conn.closing.is_some();
+        if closing {
+            self.try_release(ud.index);
+            return Ok(());
+        }
+        if let Err(kind) = outcome {
+            self.close(ud.index, kind);
+            return Ok(());
+        }
+        self.after_input(ud.index, now);
+        if !more && res != -libc::ENOBUFS {
+            self.arm_recv(ud.index)?;
+        }
+        Ok(())
+    }
+}
