@@ -431,13 +431,21 @@ fn three_libtorrent_leechers_trade_what_a_super_seed_offers() {
         "127.0.0.1:0",
     ]);
     let t = content.join(".ringseed/swarm.bin.torrent");
-    let handles: Vec<_> = (0..3)
+    let handles: Vec<_> = (0..3u64)
         .map(|i| {
             let save = dir.path().join(format!("leecher{i}"));
             std::fs::create_dir_all(&save).unwrap();
             let t = t.clone();
             std::thread::spawn(move || {
-                let r = lt_download_only(&save, &["--torrent", t.to_str().unwrap()]);
+                // Started 1.5 s apart on purpose: the first completes alone
+                // (every piece released at once) and the later ones must
+                // trade with it rather than take the file from the origin.
+                std::thread::sleep(Duration::from_millis(1500 * i));
+                // Each stays 8 s after completing, so that leechers that
+                // start later (python + libtorrent start-up under load)
+                // still find it to trade with.
+                let r =
+                    lt_download_only(&save, &["--torrent", t.to_str().unwrap(), "--linger", "8"]);
                 (save, r)
             })
         })

@@ -3,7 +3,7 @@
 client), told about the peer with connect_peer (no tracker, no DHT).
 
 usage: lt_download.py --peer HOST:PORT --save DIR [--timeout S] [--enc plaintext|rc4|default]
-                      (--torrent FILE | --magnet URI) ...
+                      [--linger S] (--torrent FILE | --magnet URI) ...
 Prints one JSON object: per torrent, completed, seconds to first payload byte and
 to completion, bytes downloaded, and libtorrent's view of the info-hashes.
 """
@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--enc", default="plaintext")
     ap.add_argument("--debug", action="store_true", help="print libtorrent alerts to stderr")
     ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
+    ap.add_argument("--linger", type=float, default=0,
+                    help="keep seeding this many seconds after completing (for swarm tests)")
     args = ap.parse_args()
 
     settings = {
@@ -90,6 +92,14 @@ def main():
             if args.debug:
                 print(f"{time.monotonic() - start:7.3f} {a.what()}: {a.message()}", file=sys.stderr)
         time.sleep(0.02)
+
+    # Stay in the swarm so that leechers started later can trade with us.
+    linger_until = time.monotonic() + args.linger
+    while len(done) == len(handles) and time.monotonic() < linger_until:
+        for a in ses.pop_alerts():
+            if args.debug:
+                print(f"{time.monotonic() - start:7.3f} {a.what()}: {a.message()}", file=sys.stderr)
+        time.sleep(0.05)
 
     out = []
     for name, h in handles:
