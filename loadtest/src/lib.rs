@@ -24,4 +24,5 @@ pub mod run;
 pub mod stats;
 pub mod swarm;
 pub mod testkit;
+pub mod testseed;
 pub mod torrents;

@@ -12,7 +12,8 @@ use ringseed_loadtest::cli::{Cli, Command as Sub};
 use ringseed_loadtest::swarm::config::SwarmConfig;
 use ringseed_loadtest::swarm::report::SwarmSummary;
 use ringseed_loadtest::swarm::run_swarm;
-use ringseed_loadtest::testkit::{content_byte, make_torrent, TestSeed};
+use ringseed_loadtest::testkit::{content_byte, make_torrent};
+use ringseed_loadtest::testseed::{SeedMode, TestSeed};
 
 use clap::Parser;
 
@@ -146,6 +147,58 @@ fn in_process_swarm_finds_peers_through_a_tracker() {
         "all left the swarm"
     );
     tracker.shutdown();
+}
+
+/// The leechers against ringseed's own super-seed selector (BEP 16, in
+/// the in-process test seed): they fetch what is offered, announce every
+/// piece to the seed, and so the origin sends less than when it announces
+/// everything, under the same caps.
+#[test]
+fn in_process_super_seed_sends_less_than_plain_seeding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tpath, t, data) =
+        make_torrent(dir.path(), "ss.bin", 2 << 20, 32 << 10, MetaVersion::Hybrid).unwrap();
+    let data = Arc::new(data);
+    let mut seed_bytes = Vec::new();
+    for mode in [SeedMode::Plain, SeedMode::SuperSeed] {
+        let seed =
+            TestSeed::start_mode(t.clone(), data.clone(), "1MB/s".parse().unwrap(), mode).unwrap();
+        let target = seed.addr.to_string();
+        let cfg = swarm_cfg(&[
+            "--leechers",
+            "10",
+            "--torrent",
+            tpath.to_str().unwrap(),
+            "--target",
+            &target,
+            "--peers-from",
+            "tool",
+            "--leecher-up",
+            "2MB/s",
+            "--leecher-down",
+            "4MB/s",
+            "--seed-rate",
+            "1MB/s",
+            "--timeout",
+            "60s",
+        ]);
+        let out = run_swarm(&cfg).unwrap();
+        let s = SwarmSummary::new(&cfg, &out, None);
+        eprintln!("{mode:?}\n{}", s.table(&cfg, "ss.bin"));
+        check_complete(&s);
+        seed_bytes.push(s.seed_bytes);
+    }
+    let f = t.piece_space_len;
+    assert!(
+        seed_bytes[1] >= f,
+        "every byte leaves the seed at least once"
+    );
+    assert!(
+        seed_bytes[1] < seed_bytes[0],
+        "super-seed {} should send less than plain {}",
+        seed_bytes[1],
+        seed_bytes[0]
+    );
 }
 
 #[test]

@@ -337,3 +337,51 @@ fn super_seed_offer_is_fetched_and_announced_to_every_peer_including_the_seed() 
     );
     assert_eq!(l.stats().bytes_uploaded, 16384);
 }
+
+#[test]
+fn endgame_asks_a_second_peer_and_cancels_the_copy_that_is_not_needed() {
+    // 2 pieces of 2 blocks: one peer's first pipeline covers everything.
+    let s = torrent(64 << 10, 32 << 10);
+    let t0 = Instant::now();
+    let mut l = leechers(&s, t0, 1, NodeConfig::default()).remove(0);
+    let a = l
+        .add_incoming(t0, 0, "127.0.0.1:7001".parse().unwrap())
+        .unwrap();
+    let b = l
+        .add_incoming(t0, 1, "127.0.0.1:7002".parse().unwrap())
+        .unwrap();
+    let (mut hs_a, mut hs_b) = (false, false);
+    let seed_says = |id| {
+        let mut m = handshake(&s.t, id);
+        Message::HaveAll.encode(&mut m);
+        Message::Unchoke.encode(&mut m);
+        m
+    };
+    let m = seed_says(1);
+    assert_eq!(l.handle_data(t0, a, &m).unwrap(), m.len());
+    let to_a = sent(&mut l, t0, a, &mut hs_a);
+    assert_eq!(
+        to_a.iter().filter(|m| m.starts_with("Request")).count(),
+        4,
+        "{to_a:?}"
+    );
+    // Everything is requested from a: the second seed gets duplicates.
+    let m = seed_says(2);
+    assert_eq!(l.handle_data(t0, b, &m).unwrap(), m.len());
+    let to_b = sent(&mut l, t0, b, &mut hs_b);
+    let dups: Vec<&String> = to_b.iter().filter(|m| m.starts_with("Request")).collect();
+    assert_eq!(dups.len(), 4, "endgame duplicates: {to_b:?}");
+    // a delivers block 0: b is told to cancel it.
+    let mut blk = piece_header(0, 0, 16384).to_vec();
+    blk.extend_from_slice(&s.data[..16384]);
+    assert_eq!(l.handle_data(t0, a, &blk).unwrap(), blk.len());
+    let to_b = sent(&mut l, t0, b, &mut hs_b);
+    assert_eq!(
+        to_b,
+        vec!["Cancel(BlockRequest { piece: 0, begin: 0, len: 16384 })".to_string()]
+    );
+    // b's copy arrives anyway (it crossed the cancel): counted as waste.
+    assert_eq!(l.handle_data(t0, b, &blk).unwrap(), blk.len());
+    assert_eq!(l.stats().wasted_bytes, 16384);
+    assert_eq!(l.stats().hash_failures, 0);
+}

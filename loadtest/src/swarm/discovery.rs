@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use ringseed::tracker::client::announce_once;
 use ringseed::tracker::proto::{AnnounceRequest, Event};
 
+use super::node::Node;
 use crate::rng::Rng;
+use crate::torrents::LoadTorrent;
 
 /// Re-announce interval while a leecher has few peers.
 pub const REANNOUNCE: Duration = Duration::from_secs(5);
@@ -173,6 +175,24 @@ pub fn ring_peers(addrs: &[SocketAddr], per_leecher: usize, seed: u64) -> Vec<Ve
         out[i] = (1..=take).map(|d| addrs[ring[(pos + d) % n]]).collect();
     }
     out
+}
+
+/// What leecher `node` tells the tracker.
+pub fn announce_request(node: &Node, t: &LoadTorrent, event: Event) -> AnnounceRequest {
+    let port = node.listen().map_or(0, |a| a.port());
+    let left = node.bytes_remaining();
+    AnnounceRequest {
+        info_hash: t.handshake_hash,
+        peer_id: node.peer_id(),
+        port,
+        uploaded: node.stats().bytes_uploaded,
+        downloaded: node.stats().bytes_from_peers + node.stats().bytes_from_target,
+        left,
+        event,
+        numwant: Some(50),
+        key: node.id() as u32,
+        ip: None,
+    }
 }
 
 #[cfg(test)]

@@ -26,11 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ringseed::tracker::proto::{AnnounceRequest, Event};
+use ringseed::tracker::proto::Event;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::config::{PeersFrom, StoreKind, SwarmConfig};
-use super::discovery::{ring_peers, tracker_url, AnnounceJob, Announcer, REANNOUNCE};
+use super::discovery::{
+    announce_request, ring_peers, tracker_url, AnnounceJob, Announcer, REANNOUNCE,
+};
 use super::node::{ConnectRequest, Node, NodeConfig, NodeStats};
 use super::store::ContentStore;
 use super::PeerKey;
@@ -359,7 +361,7 @@ pub fn run_swarm(cfg: &SwarmConfig) -> anyhow::Result<SwarmOutcome> {
         for s in &d.slots {
             a.announce(AnnounceJob {
                 node: s.node.id(),
-                req: announce_req(&s.node, &torrent, Event::Stopped),
+                req: announce_request(&s.node, &torrent, Event::Stopped),
             });
         }
         a.finish(Instant::now() + Duration::from_secs(3));
@@ -388,23 +390,6 @@ pub fn run_swarm(cfg: &SwarmConfig) -> anyhow::Result<SwarmOutcome> {
         announce_errors,
         accept_refused: d.accept_refused,
     })
-}
-
-fn announce_req(node: &Node, t: &LoadTorrent, event: Event) -> AnnounceRequest {
-    let port = node.listen().map_or(0, |a| a.port());
-    let left = node.bytes_remaining();
-    AnnounceRequest {
-        info_hash: t.handshake_hash,
-        peer_id: node.peer_id(),
-        port,
-        uploaded: node.stats().bytes_uploaded,
-        downloaded: node.stats().bytes_from_peers + node.stats().bytes_from_target,
-        left,
-        event,
-        numwant: Some(50),
-        key: node.id() as u32,
-        ip: None,
-    }
 }
 
 impl Driver {
@@ -436,7 +421,7 @@ impl Driver {
                 s.next_announce = None;
                 a.announce(AnnounceJob {
                     node: node.id(),
-                    req: announce_req(node, t, Event::Completed),
+                    req: announce_request(node, t, Event::Completed),
                 });
                 continue;
             }
@@ -457,7 +442,7 @@ impl Driver {
             s.started_sent = true;
             a.announce(AnnounceJob {
                 node: node.id(),
-                req: announce_req(node, t, event),
+                req: announce_request(node, t, event),
             });
         }
     }

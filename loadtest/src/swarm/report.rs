@@ -249,18 +249,19 @@ impl SwarmSummary {
             cfg.node.down,
             cfg.seed_rate,
         );
+        let verified = if self.all_pieces_verified {
+            format!("every leecher verified all {} pieces", self.pieces)
+        } else {
+            "NOT every leecher verified every piece".to_string()
+        };
         let _ = writeln!(
             o,
-            "result: {}: {}/{} leechers completed{} in {:.2} s",
+            "result: {}: {}/{} leechers completed in {:.2} s{}; {verified}",
             if self.ok { "OK" } else { "FAILED" },
             self.completed,
             self.leechers,
-            if self.all_pieces_verified {
-                format!(" and verified all {} pieces", self.pieces)
-            } else {
-                ", NOT every piece verified".to_string()
-            },
             self.elapsed_s,
+            if self.timed_out { " (timed out)" } else { "" },
         );
         if let Some(c) = &self.completion_s {
             let _ = writeln!(
