@@ -83,6 +83,8 @@ pub struct SwarmOutcome {
     pub tracker: Option<String>,
     pub announce_errors: u64,
     pub accept_refused: u64,
+    /// Content bytes the shared store held at the end (0 for `file`).
+    pub store_bytes: u64,
 }
 
 struct Conn {
@@ -389,6 +391,7 @@ pub fn run_swarm(cfg: &SwarmConfig) -> anyhow::Result<SwarmOutcome> {
         tracker,
         announce_errors,
         accept_refused: d.accept_refused,
+        store_bytes: store.resident_bytes(),
     })
 }
 

@@ -148,6 +148,8 @@ pub struct SwarmSummary {
     pub connect_failures: u64,
     pub accept_refused: u64,
     pub announce_errors: u64,
+    /// Verified content held in memory for uploads (`--content-store shared`).
+    pub store_bytes: u64,
     pub closes: BTreeMap<String, u64>,
     pub per_leecher: Vec<LeecherRow>,
 }
@@ -213,6 +215,7 @@ impl SwarmSummary {
             connect_failures: sum(&|s| s.connect_failures)
                 + closes.get("connect_failed").copied().unwrap_or(0),
             accept_refused: out.accept_refused,
+            store_bytes: out.store_bytes,
             announce_errors: out.announce_errors,
             closes,
             per_leecher: out
