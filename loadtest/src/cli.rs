@@ -1,4 +1,4 @@
-//! Command line: a load run by default, `compare`, and the hidden `ceiling`
+//! Command line: a load run by default, `compare`, `swarm`, and the hidden `ceiling`
 //! server that `compare` starts as a child process.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +30,10 @@ pub enum Command {
     /// Measure ringseed, a libtorrent 2.1.1 seeder and a protocol-less
     /// ceiling under the same load, alternating runs, medians.
     Compare(crate::compare::CompareArgs),
+    /// N leechers that download from a seed and upload to each other
+    /// (rarest first, tit-for-tat); reports completion times, origin
+    /// amplification and the lower bound.
+    Swarm(crate::swarm::SwarmArgs),
     /// (internal) the protocol-less sender `compare` uses as its ceiling.
     #[command(hide = true)]
     Ceiling(crate::ceiling::CeilingArgs),

@@ -7,8 +7,10 @@
 //! - [`net`]: one pinned epoll thread per `--threads`, driving leechers.
 //! - [`run`], [`report`], [`stats`]: a run, its measurements and report.
 //! - [`ceiling`], [`compare`]: the comparison harness.
+//! - [`swarm`]: swarm mode, leechers that also upload to each other.
 //!
-//! It does not upload, seed, or talk to trackers (swarm mode is separate).
+//! The default mode does not upload, seed, or talk to trackers; [`swarm`]
+//! does all three.
 
 pub mod ceiling;
 pub mod cli;
@@ -20,5 +22,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod stats;
+pub mod swarm;
 pub mod testkit;
+pub mod testseed;
 pub mod torrents;

@@ -46,10 +46,11 @@ struct Conn {
     torrent_index: usize,
 }
 
-struct Epoll(i32);
+/// A minimal epoll instance (also used by the swarm driver).
+pub(crate) struct Epoll(i32);
 
 impl Epoll {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         // SAFETY: plain syscall without pointers.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -58,7 +59,7 @@ impl Epoll {
         Ok(Epoll(fd))
     }
 
-    fn ctl(&self, op: i32, fd: i32, events: u32, token: u64) -> std::io::Result<()> {
+    pub(crate) fn ctl(&self, op: i32, fd: i32, events: u32, token: u64) -> std::io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         let r = unsafe { libc::epoll_ctl(self.0, op, fd, &mut ev) };
@@ -68,7 +69,7 @@ impl Epoll {
         Ok(())
     }
 
-    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+    pub(crate) fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
         // SAFETY: the pointer and length describe `events`, which outlives the call.
         let n = unsafe {
             libc::epoll_wait(

@@ -1,5 +1,6 @@
 //! Fixtures shared by the tests and the receive-path bench: a real torrent
-//! over deterministic data, and the bytes a seeder would send.
+//! over deterministic data, and the bytes a seeder would send. The tiny
+//! seed for in-process swarm tests is [`crate::testseed`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

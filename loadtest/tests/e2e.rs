@@ -1,11 +1,9 @@
 //! The binary end to end on loopback: against `ringseed serve`, against the
 //! `ceiling` sender, and the driver against a seeder that hangs up.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use ringseed::metainfo::MetaVersion;
@@ -14,55 +12,8 @@ use ringseed_loadtest::leecher::Pattern;
 use ringseed_loadtest::run::run_load;
 use ringseed_loadtest::testkit::{make_torrent, seeder_handshake};
 
-const LOADTEST: &str = env!("CARGO_BIN_EXE_ringseed-loadtest");
-
-/// target/<profile>/ringseed of this workspace, built if missing.
-fn ringseed_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let exe = Path::new(LOADTEST);
-    let same_profile = exe.parent().unwrap().join("ringseed");
-    if same_profile.exists() {
-        return same_profile;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "ringseed", "--bin", "ringseed"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p ringseed failed");
-    root.join("target/debug/ringseed")
-}
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `cmd` and waits (bounded) for its `listening on ADDR` line.
-fn start(mut cmd: Command) -> (Server, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("spawn server");
-    let out = child.stdout.take().unwrap();
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("server printed its address");
-    (server, addr)
-}
+mod support;
+use support::{ringseed_bin, start, LOADTEST};
 
 fn run_binary(args: &[&str]) -> (bool, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
