@@ -6,7 +6,8 @@ last leecher finish, and how many bytes did the origin send?
 usage: lt_swarm.py --torrent FILE --data PATH [--leechers 30] [--rate 5MB/s]
                    [--seeds ringseed,ringseed-super,libtorrent,libtorrent-super]
                    [--rounds 1] [--ringseed-bin target/release/ringseed]
-                   [--work DIR] [--timeout 600] [--json OUT]
+                   [--ringseed-args '--upload-slots 4'] [--work DIR] [--timeout 600]
+                   [--json OUT]
 
 Each round, for each seed kind in --seeds (alternating, so noise hits all
 alike): start the seed capped at --rate (ringseed `serve --upload-rate-limit
@@ -90,6 +91,7 @@ class RingseedSeed:
                "--tracker-listen", "off", "--skip-verify", "--upload-rate-limit", args.rate_text]
         if super_seed:
             cmd.append("--super-seed")
+        cmd += args.ringseed_args.split()
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.addr = self.metrics = None
         for line in self.p.stdout:
@@ -211,6 +213,7 @@ def main():
     ap.add_argument("--seeds", default="ringseed,ringseed-super,libtorrent,libtorrent-super")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--ringseed-bin", default=os.path.join(ROOT, "target", "release", "ringseed"))
+    ap.add_argument("--ringseed-args", default="", help="extra `ringseed serve` flags, e.g. '--upload-slots 4'")
     ap.add_argument("--work", default=None, help="where leechers save (default: a temp dir; use tmpfs)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", default=None)

@@ -136,7 +136,8 @@ pub struct ServeArgs {
     /// Number of shards, one pinned thread each (default: number of cores).
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Upload slots; 0 = unchoke everyone.
+    /// Upload slots for the whole box; 0 = unchoke everyone. Default 256, or 4 per shard
+    /// with --upload-rate-limit (a capped seed spreads pieces faster to a few peers at a time)
     #[arg(long)]
     pub upload_slots: Option<u32>,
     /// Maximum peer connections in total.

@@ -42,7 +42,8 @@ fn defaults_are_the_documented_ones() {
         c.shards,
         std::thread::available_parallelism().unwrap().get()
     );
-    assert_eq!(c.upload_slots, 256);
+    assert_eq!(c.upload_slots, None);
+    assert_eq!(c.effective_upload_slots(), 256);
     assert_eq!(c.optimistic_slots, 1);
     assert_eq!(c.choker, ChokerMode::RoundRobin);
     assert_eq!(c.rechoke_interval, Duration::from_secs(10));
@@ -137,7 +138,7 @@ fn file_overrides_defaults_and_flags_override_the_file() {
     assert_eq!(c.dir, Some(PathBuf::from("/from/flag")));
     assert_eq!(c.listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
     assert_eq!(c.shards, 1);
-    assert_eq!(c.upload_slots, 0);
+    assert_eq!(c.upload_slots, Some(0));
     assert_eq!(
         c.choker_config().upload_slots,
         0,
@@ -478,4 +479,22 @@ fn per_torrent_tables_name_served_torrents_by_name_or_info_hash() {
     c.per_torrent.insert(v1_upper, TorrentOverrides::default());
     let msg = c.torrent_settings(&[&a]).unwrap_err().to_string();
     assert!(msg.contains("configured twice"), "{msg}");
+}
+
+#[test]
+fn a_capped_seed_defaults_to_a_few_upload_slots_per_shard() {
+    let mut args = args_with_dir();
+    args.shards = Some(2);
+    args.upload_rate_limit = Some("5MB/s".into());
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.upload_slots, None);
+    assert_eq!(c.effective_upload_slots(), 8);
+    assert_eq!(c.choker_config().upload_slots, 4);
+    // An explicit setting always wins, 0 (everyone) included.
+    args.upload_slots = Some(0);
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.choker_config().upload_slots, 0);
+    args.upload_slots = Some(40);
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.choker_config().upload_slots, 20);
 }

@@ -291,7 +291,9 @@ fn hostile_peers_beside_an_honest_leecher() {
             (took.as_secs_f64() / baseline.as_secs_f64() - 1.0) * 100.0
         ));
     }
-    eprintln!("\nhostile-peer table (honest leecher of a 32 MiB torrent beside each case, medians of 3):");
+    eprintln!(
+        "\nhostile-peer table (honest leecher of a 32 MiB torrent beside each case, medians of 3):"
+    );
     for row in &table {
         eprintln!("{row}");
     }
