@@ -355,20 +355,10 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
-/// Pieces of file `range` must be withdrawn: not advertised to a new peer
-/// and every request for them rejected.
-fn assert_withdrawn_on_the_wire(s: &Server, range: std::ops::Range<u32>) {
-    let wanted: Vec<u32> = range.clone().collect();
-    let round = fetch_round(s.addr(), &s.torrent, &wanted).expect("fetch round");
-    for p in range.clone() {
-        assert!(
-            !round.advertised.contains(&p),
-            "piece {p} still advertised after its file changed"
-        );
-    }
-    // Ask explicitly anyway: a withdrawn piece is rejected, never served.
+/// Handshake (fast extension) and `interested` on `stream`; returns once
+/// the server has unchoked us.
+fn interested_and_unchoked(s: &Server, stream: TcpStream) -> Reader {
     let ih = s.torrent.info_hash_v1.unwrap().0;
-    let stream = TcpStream::connect(s.addr()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -382,6 +372,22 @@ fn assert_withdrawn_on_the_wire(s: &Server, range: std::ops::Range<u32>) {
         r.next(|m| unchoked |= matches!(m, Message::Unchoke))
             .unwrap();
     }
+    r
+}
+
+/// Pieces of file `range` must be withdrawn: not advertised to a new peer
+/// and every request for them rejected.
+fn assert_withdrawn_on_the_wire(s: &Server, range: std::ops::Range<u32>) {
+    let wanted: Vec<u32> = range.clone().collect();
+    let round = fetch_round(s.addr(), &s.torrent, &wanted).expect("fetch round");
+    for p in range.clone() {
+        assert!(
+            !round.advertised.contains(&p),
+            "piece {p} still advertised after its file changed"
+        );
+    }
+    // Ask explicitly anyway: a withdrawn piece is rejected, never served.
+    let mut r = interested_and_unchoked(s, TcpStream::connect(s.addr()).unwrap());
     let req = BlockRequest {
         piece: range.start + range.len() as u32 / 2,
         begin: 0,
@@ -657,24 +663,10 @@ fn a_stalled_peer_does_not_hold_a_writer_up() {
         eprintln!("SKIP: read leases unavailable here");
         return;
     }
-    let ih = s.torrent.info_hash_v1.unwrap().0;
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.connect(&s.addr().into()).unwrap();
-    let stream: TcpStream = sock.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut r = Reader::new(stream);
-    let mut out = handshake_bytes(ih, true, false).to_vec();
-    Message::Interested.encode(&mut out);
-    r.stream().write_all(&out).unwrap();
-    r.read_handshake().unwrap();
-    let mut unchoked = false;
-    while !unchoked {
-        r.next(|m| unchoked |= matches!(m, Message::Unchoke))
-            .unwrap();
-    }
+    let mut r = interested_and_unchoked(&s, sock.into());
     // Every block of the torrent, three times over (> the socket buffers),
     // then never read again.
     let mut out = Vec::new();
