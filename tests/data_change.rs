@@ -25,25 +25,12 @@ use ringseed::storage::watch::{DataChangeStats, DataWatch};
 use ringseed::storage::Content;
 use ringseed::wire::codec::{BlockRequest, Message, MAX_BLOCK_LEN};
 use ringseed::wire::{Bitfield, PeerConfig};
+use support::engine::data;
 use support::leecher::{handshake_bytes, Reader};
 
 const PIECE: u64 = 32 * 1024;
 const A_LEN: usize = 2 << 20;
 const B_LEN: usize = 512 * 1024;
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A hybrid torrent of `root/{a.bin, b.bin}` served with the watcher on.
 struct Server {
