@@ -9,6 +9,8 @@
 //! - [`tracker`]: announcing to trackers, and the embedded tracker.
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
+//! - [`control`]: the control plane's HTTP server (hyper), where the control API and
+//!   the ledger's endpoints are mounted.
 //! - [`config`]: `ringseed serve` settings: defaults, TOML file, flags.
 //! - [`commands`]: the `ringseed` subcommands, called from `main.rs`.
 
@@ -16,6 +18,7 @@ pub mod bencode;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod metainfo;
 pub mod metrics;
