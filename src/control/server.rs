@@ -48,17 +48,15 @@ pub struct HttpResponse {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Bytes,
+    /// Further headers (e.g. `Allow` on a 405); build with [`HttpResponse::with_header`].
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 impl HttpResponse {
     /// `value` as JSON.
     pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Self {
         match serde_json::to_vec(value) {
-            Ok(body) => Self {
-                status,
-                content_type: "application/json",
-                body: body.into(),
-            },
+            Ok(body) => Self::bytes(status, "application/json", body),
             Err(e) => Self::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("cannot encode the answer as JSON: {e}"),
@@ -69,19 +67,11 @@ impl HttpResponse {
     /// `{"error": message}`: every 4xx/5xx of the control plane has this form.
     pub fn error(status: StatusCode, message: &str) -> Self {
         let body = serde_json::json!({ "error": message }).to_string();
-        Self {
-            status,
-            content_type: "application/json",
-            body: body.into(),
-        }
+        Self::bytes(status, "application/json", body)
     }
 
     pub fn text(status: StatusCode, text: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: Bytes::from(text.into()),
-        }
+        Self::bytes(status, "text/plain; charset=utf-8", text.into())
     }
 
     pub fn bytes(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
@@ -89,7 +79,22 @@ impl HttpResponse {
             status,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// 405 with the `Allow` header RFC 9110 asks for.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method not allowed here; allowed: {allow}"),
+        )
+        .with_header("allow", HeaderValue::from_static(allow))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -116,6 +121,10 @@ pub struct HttpServerConfig {
     /// A client that has not sent a whole request head within this is
     /// dropped. Default 10 s.
     pub header_timeout: Duration,
+    /// Largest request head in bytes (431 beyond). Default 16 KiB.
+    pub max_head: usize,
+    /// Keep connections open between requests. Default on.
+    pub keep_alive: bool,
 }
 
 impl Default for HttpServerConfig {
@@ -126,6 +135,8 @@ impl Default for HttpServerConfig {
             max_body: 64 << 20,
             thread_name: "control-http".into(),
             header_timeout: Duration::from_secs(10),
+            max_head: 16 * 1024,
+            keep_alive: true,
         }
     }
 }
@@ -146,7 +157,16 @@ struct Shared {
 impl HttpServer {
     /// Bind `cfg.listen` and serve `services` on a thread of its own.
     pub fn start(cfg: HttpServerConfig, services: Vec<Arc<dyn Service>>) -> io::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+        let listener = std::net::TcpListener::bind(cfg.listen)?;
+        Self::with_listener(listener, cfg, services)
+    }
+
+    /// Serve on a listener the caller bound (`cfg.listen` is ignored).
+    pub fn with_listener(
+        std_listener: std::net::TcpListener,
+        cfg: HttpServerConfig,
+        services: Vec<Arc<dyn Service>>,
+    ) -> io::Result<Self> {
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -161,11 +181,15 @@ impl HttpServer {
             max_body: cfg.max_body,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let header_timeout = cfg.header_timeout;
+        let conn_cfg = ConnConfig {
+            header_timeout: cfg.header_timeout,
+            max_head: cfg.max_head.max(8192),
+            keep_alive: cfg.keep_alive,
+        };
         let thread = std::thread::Builder::new()
             .name(cfg.thread_name.clone())
             .spawn(move || {
-                runtime.block_on(serve(std_listener, shared, stop_rx, header_timeout));
+                runtime.block_on(serve(std_listener, shared, stop_rx, conn_cfg));
                 // Requests in progress get a moment to finish.
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
@@ -201,11 +225,18 @@ impl Drop for HttpServer {
     }
 }
 
+#[derive(Clone, Copy)]
+struct ConnConfig {
+    header_timeout: Duration,
+    max_head: usize,
+    keep_alive: bool,
+}
+
 async fn serve(
     std_listener: std::net::TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
+    cfg: ConnConfig,
 ) {
     let listener = match tokio::net::TcpListener::from_std(std_listener) {
         Ok(l) => l,
@@ -236,7 +267,9 @@ async fn serve(
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(cfg.header_timeout)
+                .max_buf_size(cfg.max_head)
+                .keep_alive(cfg.keep_alive)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -341,8 +374,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn to_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(r.body));
     *resp.status_mut() = r.status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    for (name, value) in r.headers {
+        headers.insert(name, value);
+    }
     resp
 }
 

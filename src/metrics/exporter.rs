@@ -1,4 +1,4 @@
-//! The `/metrics` endpoint: a minimal HTTP/1.1 server on its own thread that
+//! The `/metrics` endpoint: an HTTP/1.1 server on its own thread that
 //! reads the shards' counters at scrape time and renders them in the
 //! Prometheus text format 0.0.4.
 //!
@@ -7,17 +7,19 @@
 //! process, as in tests). Histograms and the float-valued counters (seconds)
 //! are rendered here and appended to its output.
 //!
+//! The HTTP itself is hyper's, through [`crate::control::HttpServer`].
 //! Deliberately not here: keep-alive (every response closes the connection;
 //! Prometheus copes), compression, TLS, authentication. Bind it to loopback or
 //! a management network.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use hyper::{Method, StatusCode};
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
@@ -26,6 +28,7 @@ use super::histogram::SharedHistograms;
 use super::names;
 use super::process::{ProcessStats, VerifyStats};
 use super::BuildInfo;
+use crate::control::{HttpRequest, HttpResponse, HttpServer, HttpServerConfig, Service};
 use crate::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
 use crate::storage::watch::DataChangeStats;
 
@@ -365,11 +368,33 @@ fn describe_all() {
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which build this is.");
 }
 
-/// The `/metrics` HTTP server thread.
+/// The `/metrics` HTTP server: a [`Renderer`] mounted on the control
+/// plane's hyper server (its own address, its own thread).
 pub struct MetricsServer {
-    local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    http: HttpServer,
+}
+
+/// Answers `GET`/`HEAD /metrics` (any query string); 404 elsewhere, 405
+/// for other methods on `/metrics`.
+struct MetricsService(Renderer);
+
+impl Service for MetricsService {
+    fn handle(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        if req.path != "/metrics" {
+            return Some(HttpResponse::text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics\n",
+            ));
+        }
+        Some(match req.method {
+            Method::GET | Method::HEAD => HttpResponse::bytes(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.0.render(),
+            ),
+            _ => HttpResponse::method_not_allowed("GET, HEAD"),
+        })
+    }
 }
 
 impl MetricsServer {
@@ -381,205 +406,29 @@ impl MetricsServer {
 
     /// Serves on a listener the caller bound.
     pub fn with_listener(listener: TcpListener, sources: MetricsSources) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let renderer = Renderer::new(sources);
-        let thread = std::thread::Builder::new().name("metrics".into()).spawn({
-            let stop = stop.clone();
-            move || serve(listener, renderer, &stop)
-        })?;
-        Ok(MetricsServer {
-            local_addr,
-            stop,
-            thread: Some(thread),
+        let cfg = HttpServerConfig {
+            thread_name: "metrics".into(),
+            header_timeout: IO_TIMEOUT,
+            max_head: MAX_REQUEST_HEAD,
+            max_body: 0,
+            // Prometheus opens a connection per scrape; closing after each
+            // answer keeps idle scrapers from holding sockets.
+            keep_alive: false,
+            ..HttpServerConfig::default()
+        };
+        let service: Arc<dyn Service> = Arc::new(MetricsService(Renderer::new(sources)));
+        Ok(Self {
+            http: HttpServer::with_listener(listener, cfg, vec![service])?,
         })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.http.local_addr()
     }
 
-    /// Stops accepting and joins the thread (at most [`IO_TIMEOUT`] if a
-    /// client is mid-request). Dropping the server does the same.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() with a connection of our own.
-        let mut wake = self.local_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        if TcpStream::connect_timeout(&wake, IO_TIMEOUT).is_ok() {
-            let _ = thread.join();
-        } else {
-            // Cannot reach our own listener: leave the thread to exit with
-            // the process rather than hang here.
-            tracing::warn!(addr = %wake, "metrics server: could not wake the listener; detaching it");
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-fn serve(listener: TcpListener, renderer: Renderer, stop: &AtomicBool) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        match conn {
-            Ok(stream) => {
-                if let Err(e) = handle(stream, &renderer) {
-                    tracing::debug!(error = %e, "metrics: request failed");
-                }
-            }
-            Err(e) => {
-                // EMFILE and friends: do not spin.
-                tracing::debug!(error = %e, "metrics: accept failed");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-/// What a request head asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics { head_only: bool },
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-fn route(head: &[u8]) -> Route {
-    let Some(line) = head.split(|&b| b == b'\n').next() else {
-        return Route::BadRequest;
-    };
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Route::BadRequest;
-    };
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => Route::Metrics { head_only: false },
-        ("HEAD", "/metrics") => Route::Metrics { head_only: true },
-        ("GET" | "HEAD", _) => Route::NotFound,
-        _ => Route::MethodNotAllowed,
-    }
-}
-
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            return Ok(Some(Vec::new()));
-        }
-    }
-}
-
-fn handle(mut stream: TcpStream, renderer: &Renderer) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let Some(head) = read_head(&mut stream)? else {
-        return Ok(()); // closed without a request (our own wake-up, a probe)
-    };
-    let (status, content_type, body, head_only) = if head.is_empty() {
-        (
-            "431 Request Header Fields Too Large",
-            "text/plain",
-            String::new(),
-            false,
-        )
-    } else {
-        match route(&head) {
-            Route::Metrics { head_only } => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                renderer.render(),
-                head_only,
-            ),
-            Route::NotFound => (
-                "404 Not Found",
-                "text/plain",
-                "not found; try /metrics\n".into(),
-                false,
-            ),
-            Route::MethodNotAllowed => {
-                ("405 Method Not Allowed", "text/plain", String::new(), false)
-            }
-            Route::BadRequest => ("400 Bad Request", "text/plain", String::new(), false),
-        }
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        response.push_str("Allow: GET, HEAD\r\n");
-    }
-    response.push_str("\r\n");
-    if !head_only {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes() {
-        let r = |s: &str| route(s.as_bytes());
-        assert_eq!(
-            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
-        assert_eq!(r("GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r("GET /metrics SPDY/3 extra\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r("\u{0}\u{ff}"), Route::BadRequest);
-        assert_eq!(route(&[0xff, 0xfe, b'\n']), Route::BadRequest);
+    /// Stops accepting and joins the thread. Dropping the server does the same.
+    pub fn shutdown(self) {
+        self.http.shutdown();
     }
 }
