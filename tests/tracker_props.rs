@@ -13,7 +13,7 @@ proptest! {
         let _ = http::split_response(&bytes);
         let _ = http::parse_announce_body(&bytes, 50);
         let _ = http::parse_scrape_body(&bytes, &[[0; 20]]);
-        let _ = http::parse_request_head(&bytes);
+        let _ = http::parse_query(&bytes);
         let _ = http::parse_announce_query(&bytes);
         let _ = http::parse_scrape_query(&bytes, 74);
     }

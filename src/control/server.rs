@@ -40,6 +40,8 @@ pub struct HttpRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub remote: SocketAddr,
+    /// The address the client reached us at (the connection's local address).
+    pub local: SocketAddr,
 }
 
 /// A handler's answer.
@@ -125,6 +127,8 @@ pub struct HttpServerConfig {
     pub max_head: usize,
     /// Keep connections open between requests. Default on.
     pub keep_alive: bool,
+    /// Connections served at once; more are closed at once. Default 256.
+    pub max_connections: usize,
 }
 
 impl Default for HttpServerConfig {
@@ -137,6 +141,7 @@ impl Default for HttpServerConfig {
             header_timeout: Duration::from_secs(10),
             max_head: 16 * 1024,
             keep_alive: true,
+            max_connections: 256,
         }
     }
 }
@@ -185,6 +190,7 @@ impl HttpServer {
             header_timeout: cfg.header_timeout,
             max_head: cfg.max_head.max(8192),
             keep_alive: cfg.keep_alive,
+            max_connections: cfg.max_connections.max(1),
         };
         let thread = std::thread::Builder::new()
             .name(cfg.thread_name.clone())
@@ -230,6 +236,7 @@ struct ConnConfig {
     header_timeout: Duration,
     max_head: usize,
     keep_alive: bool,
+    max_connections: usize,
 }
 
 async fn serve(
@@ -245,6 +252,7 @@ async fn serve(
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     loop {
         let (stream, remote) = tokio::select! {
             _ = stop.changed() => return,
@@ -258,12 +266,20 @@ async fn serve(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%remote, "control HTTP: {} connections already; closing", cfg.max_connections);
+            continue; // dropped: closed at once
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let shared = Arc::clone(&shared);
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(answer(shared, req, remote).await) }
+                async move { Ok::<_, Infallible>(answer(shared, req, remote, local).await) }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -291,6 +307,7 @@ async fn answer(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    local: SocketAddr,
 ) -> Response<Full<Bytes>> {
     if let Some(token) = &shared.token {
         if !authorized(req.headers(), token) {
@@ -331,6 +348,7 @@ async fn answer(
         headers: parts.headers,
         body,
         remote,
+        local,
     };
     let handled = tokio::task::spawn_blocking(move || {
         shared

@@ -1,10 +1,10 @@
 //! The embedded tracker: HTTP (`GET /announce`, `GET /scrape`) and UDP
 //! (BEP 15) on the same port number, in front of [`Swarms`].
 //!
-//! Threads: `tracker-http` accepts and hands each connection to a short-lived
-//! handler thread (at most [`TrackerConfig::max_http_connections`] at once;
-//! more are closed at once); `tracker-udp` answers datagrams and expires
-//! peers. The peer table sits behind one mutex held only for table updates,
+//! Threads: `tracker-http` is the control plane's hyper server
+//! ([`crate::control::HttpServer`]; at most
+//! [`TrackerConfig::max_http_connections`] connections at once, more are
+//! closed at once); `tracker-udp` answers datagrams and expires peers. The peer table sits behind one mutex held only for table updates,
 //! never across I/O. Load is tiny: a client announces every ~30 minutes.
 //!
 //! The seed itself is listed first in every peer list of a torrent we serve,
@@ -21,17 +21,20 @@
 //! keep-alive, full scrapes (a scrape without `info_hash` returns nothing).
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::proto::http::{self, RequestError, ServerResponse};
+use hyper::{Method, StatusCode};
+
+use super::proto::http::{self, ServerResponse};
 use super::proto::udp::{self, ConnectionIds, UdpRequest};
 use super::proto::{Event, InfoHash, ScrapeStats};
 use super::swarms::{Announce, Family, SwarmConfig, Swarms};
+use crate::control::{HttpRequest, HttpResponse, HttpServer, HttpServerConfig, Service};
 
 /// Embedded tracker settings.
 #[derive(Debug, Clone)]
@@ -126,7 +129,6 @@ struct Shared {
     stop: AtomicBool,
     counters: Arc<TrackerCounters>,
     cfg: TrackerConfig,
-    http_active: AtomicUsize,
 }
 
 impl Shared {
@@ -140,7 +142,9 @@ impl Shared {
 pub struct EmbeddedTracker {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    /// HTTP announces and scrapes, on hyper (see [`HttpTracker`]).
+    http: Option<HttpServer>,
+    udp_thread: Option<JoinHandle<()>>,
 }
 
 /// `::ffff:a.b.c.d` (dual-stack sockets) as plain IPv4.
@@ -160,37 +164,31 @@ impl EmbeddedTracker {
             stop: AtomicBool::new(false),
             counters: Arc::default(),
             cfg,
-            http_active: AtomicUsize::new(0),
         });
-        let mut threads = Vec::new();
-        let s = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("tracker-http".into())
-                .spawn(move || http_accept_loop(&tcp, &s))
-                .map_err(TrackerError::Spawn)?,
-        );
+        let http_cfg = HttpServerConfig {
+            thread_name: "tracker-http".into(),
+            header_timeout: shared.cfg.http_timeout,
+            max_head: http::MAX_HEAD,
+            max_body: 0,
+            // A client announces every ~30 minutes: nothing to keep open.
+            keep_alive: false,
+            max_connections: shared.cfg.max_http_connections,
+            ..HttpServerConfig::default()
+        };
+        let service: Arc<dyn Service> = Arc::new(HttpTracker(shared.clone()));
+        let http =
+            HttpServer::with_listener(tcp, http_cfg, vec![service]).map_err(TrackerError::Spawn)?;
         let s = shared.clone();
         let udp_thread = std::thread::Builder::new()
             .name("tracker-udp".into())
-            .spawn(move || udp_loop(&udp, &s));
-        match udp_thread {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                let tracker = EmbeddedTracker {
-                    local_addr,
-                    shared,
-                    threads,
-                };
-                tracker.shutdown();
-                return Err(TrackerError::Spawn(e));
-            }
-        }
+            .spawn(move || udp_loop(&udp, &s))
+            .map_err(TrackerError::Spawn)?;
         tracing::info!(%local_addr, "embedded tracker listening (HTTP and UDP)");
         Ok(EmbeddedTracker {
             local_addr,
             shared,
-            threads,
+            http: Some(http),
+            udp_thread: Some(udp_thread),
         })
     }
 
@@ -239,39 +237,26 @@ impl EmbeddedTracker {
         self.shared.counters.clone()
     }
 
-    /// Stop both threads and wait for them (bounded: HTTP handlers notice
-    /// within 100 ms; the UDP thread polls every 100 ms).
+    /// Stop both servers and wait for them (bounded: HTTP requests in
+    /// progress get up to a second; the UDP thread polls every 100 ms).
     pub fn shutdown(mut self) {
         self.stop_threads();
     }
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept.
-        let wake = SocketAddr::new(
-            match self.local_addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            },
-            self.local_addr.port(),
-        );
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(http) = self.http.take() {
+            http.shutdown();
         }
-        let until = Instant::now() + Duration::from_millis(500);
-        while self.shared.http_active.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(t) = self.udp_thread.take() {
+            let _ = t.join();
         }
     }
 }
 
 impl Drop for EmbeddedTracker {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.stop_threads();
-        }
+        self.stop_threads();
     }
 }
 
@@ -306,92 +291,27 @@ fn bind_pair(listen: SocketAddr) -> Result<(TcpListener, UdpSocket), TrackerErro
 
 // ---------------------------------------------------------------- HTTP
 
-fn http_accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let (stream, remote) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!("tracker accept failed: {e}");
-                // EMFILE and friends: do not spin.
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if shared.http_active.load(Ordering::Acquire) >= shared.cfg.max_http_connections {
-            shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            continue; // dropped: closed at once
-        }
-        shared.http_active.fetch_add(1, Ordering::AcqRel);
-        let s = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tracker-http-conn".into())
-            .spawn(move || {
-                if let Err(e) = handle_http(stream, remote, &s) {
-                    tracing::debug!(%remote, "tracker HTTP connection: {e}");
-                }
-                s.http_active.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            shared.http_active.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
+/// `GET /announce` and `GET /scrape`: the tracker's HTTP half, mounted on
+/// the control plane's hyper server (HTTP framing is hyper's; the query
+/// decoding, binary info-hashes included, is [`http`]'s).
+struct HttpTracker(Arc<Shared>);
 
-fn handle_http(mut stream: TcpStream, remote: SocketAddr, shared: &Shared) -> std::io::Result<()> {
-    let deadline = Instant::now() + shared.cfg.http_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let query_end = loop {
-        match http::parse_request_head(&buf) {
-            Ok((_, end)) => break Ok(end),
-            Err(RequestError::Incomplete) => {}
-            Err(e) => break Err(e),
+impl Service for HttpTracker {
+    fn handle(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        if req.method != Method::GET {
+            self.0.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return Some(HttpResponse::method_not_allowed("GET"));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || shared.stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        stream.set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    };
-    let response = match query_end {
-        Err(e) => {
-            shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%remote, "bad tracker HTTP request: {e}");
-            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
-        }
-        Ok(_) => {
-            let (head, _) = http::parse_request_head(&buf).map_err(|_| ErrorKind::InvalidData)?;
-            let remote = canonical(remote);
-            let local = stream.local_addr().map(canonical).ok();
-            match http_route(head.path, head.query, remote, local, shared) {
-                Some(body) => {
-                    let mut r = http::response_head(body.len());
-                    r.extend_from_slice(&body);
-                    r
-                }
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-            }
-        }
-    };
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(&response)?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+        let query = req.query.as_deref().unwrap_or("").as_bytes();
+        let remote = canonical(req.remote);
+        let local = canonical(req.local);
+        Some(
+            match http_route(req.path.as_bytes(), query, remote, Some(local), &self.0) {
+                Some(body) => HttpResponse::bytes(StatusCode::OK, "text/plain", body),
+                None => HttpResponse::text(StatusCode::NOT_FOUND, "not found; try /announce\n"),
+            },
+        )
+    }
 }
 
 /// The body for a request path, or `None` for 404.

@@ -4,9 +4,10 @@
 //! Client side: [`announce_target`] / [`scrape_target`] build the request
 //! target, [`request_head`] the bytes to send, [`split_response`] checks the
 //! status line and finds the body, [`parse_announce_body`] /
-//! [`parse_scrape_body`] decode it. Server side: [`parse_request_head`] and
-//! [`parse_query`], then [`encode_announce_body`], [`encode_scrape_body`],
-//! [`encode_failure_body`] and [`response_head`].
+//! [`parse_scrape_body`] decode it. Server side (the HTTP framing is
+//! hyper's, see `tracker::server`): [`parse_announce_query`] /
+//! [`parse_scrape_query`], then [`encode_announce_body`],
+//! [`encode_scrape_body`], [`encode_failure_body`].
 //!
 //! Bodies are decoded with [`crate::bencode`], which accepts only canonical
 //! bencode (sorted keys); every tracker we know emits that.
@@ -374,56 +375,11 @@ pub fn parse_scrape_body(
 
 // ---------------------------------------------------------------- server
 
-/// A request the embedded tracker understands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead<'a> {
-    /// Path without the query, e.g. `/announce`.
-    pub path: &'a [u8],
-    /// The raw query after `?` (may be empty).
-    pub query: &'a [u8],
-}
-
 /// Why a request to the embedded tracker is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("request head incomplete")]
-    Incomplete,
-    #[error("request head over {MAX_HEAD} bytes")]
-    TooLarge,
-    #[error("malformed request line")]
-    BadRequestLine,
-    #[error("only GET is supported")]
-    NotGet,
     #[error("invalid or missing parameter `{0}`")]
     Param(&'static str),
-}
-
-/// Parse the request line of a complete head (`GET /announce?... HTTP/1.1`).
-/// `Incomplete` means: read more.
-pub fn parse_request_head(buf: &[u8]) -> Result<(RequestHead<'_>, usize), RequestError> {
-    let Some(end) = find_head_end(buf) else {
-        return Err(if buf.len() >= MAX_HEAD {
-            RequestError::TooLarge
-        } else {
-            RequestError::Incomplete
-        });
-    };
-    if end > MAX_HEAD {
-        return Err(RequestError::TooLarge);
-    }
-    let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(end);
-    let mut parts = buf[..line_end].split(|&b| b == b' ');
-    let method = parts.next().ok_or(RequestError::BadRequestLine)?;
-    let target = parts.next().ok_or(RequestError::BadRequestLine)?;
-    let version = parts.next().ok_or(RequestError::BadRequestLine)?;
-    if !version.starts_with(b"HTTP/1.") || parts.next().is_some() {
-        return Err(RequestError::BadRequestLine);
-    }
-    if method != b"GET" {
-        return Err(RequestError::NotGet);
-    }
-    let (path, query) = target.split_once_byte(b'?').unwrap_or((target, b""));
-    Ok((RequestHead { path, query }, end))
 }
 
 /// An announce as the embedded tracker sees it (only what it uses).
@@ -582,16 +538,6 @@ pub fn encode_failure_body(reason: &str) -> Vec<u8> {
     let mut d = DictBuilder::new();
     d.bytes("failure reason", reason);
     d.finish()
-}
-
-/// A `200 OK` head for a body of `len` bytes (trackers report errors in
-/// the bencoded body, not in the status).
-pub fn response_head(len: usize) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .into_bytes()
 }
 
 #[cfg(test)]
