@@ -20,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod ledger;
 pub mod metainfo;
 pub mod metrics;
 pub mod storage;
