@@ -15,9 +15,11 @@
 
 pub mod block;
 pub mod bundle;
+pub mod gossip;
 pub mod merkle;
 pub mod note;
 pub mod state;
+pub mod store;
 
 pub use block::{Block, Checkpoint, Release};
 pub use bundle::{Policy, ProofBundle};
