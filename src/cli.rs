@@ -26,6 +26,65 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Seed torrents to BitTorrent peers.
     Serve(Box<ServeArgs>),
+    /// The release ledger: a signed, append-only history of releases.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Make a new Ed25519 key (publisher, or with --cosigner a box's
+    /// cosigning key); prints its verifier key (C2SP vkey).
+    Init {
+        /// Where to write the private key (refuses to overwrite).
+        #[arg(long)]
+        key: PathBuf,
+        /// Key name: the ledger's origin for a publisher, the box's name for
+        /// a cosigner (no spaces, no '+').
+        #[arg(long, default_value = "ringseed.example/releases")]
+        name: String,
+        /// A cosigning key (tlog-cosignature/v1) instead of a publisher key.
+        #[arg(long)]
+        cosigner: bool,
+    },
+    /// Append one block with these torrents' releases.
+    Publish {
+        /// The .torrent files to publish.
+        #[arg(required = true)]
+        torrents: Vec<PathBuf>,
+        #[arg(long)]
+        ledger: PathBuf,
+        /// The publisher's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Version label recorded for every release of this block (default:
+        /// the torrent's name).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List the blocks and releases.
+    Show {
+        #[arg(long)]
+        ledger: PathBuf,
+    },
+    /// Walk the chain: every signature, link and root (exit 1 on a fork).
+    Verify {
+        #[arg(long)]
+        ledger: PathBuf,
+    },
+    /// Write an offline proof (tlog-proof) that a torrent is in the ledger.
+    Prove {
+        torrent: PathBuf,
+        #[arg(long)]
+        ledger: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,14 +162,26 @@ pub struct VerifyArgs {
     pub torrent: PathBuf,
     /// The content: the file of a single-file torrent or the top directory of
     /// a multi-file one (a directory containing an entry with the torrent's
-    /// name is accepted too).
-    pub data: PathBuf,
+    /// name is accepted too). May be left out with --proof (check the
+    /// ledger proof only, before downloading).
+    #[arg(required_unless_present = "proof")]
+    pub data: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
     /// Hashing threads (default: number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The publisher's verifier key (vkey text or a file holding it).
+    #[arg(long, requires = "proof", value_name = "VKEY")]
+    pub ledger_key: Option<String>,
+    /// An offline ledger proof (`ringseed ledger prove`) that the torrent is
+    /// in the publisher's history; checked before anything else.
+    #[arg(long, requires = "ledger_key", value_name = "PROOF")]
+    pub proof: Option<PathBuf>,
+    /// Cosignature policy (`cosigner VKEY` lines, `quorum K`).
+    #[arg(long, requires = "proof", value_name = "FILE")]
+    pub ledger_policy: Option<PathBuf>,
 }
 
 /// `ringseed serve` flags. Defaults live in `config::ServeConfig`.

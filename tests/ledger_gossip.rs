@@ -95,7 +95,7 @@ impl Fleet {
 }
 
 fn block_spread(fanout: usize, seed: u64) -> (u64, u64, u64) {
-    let (mut fleet, mut origin) = Fleet::new(fanout, seed);
+    let (mut fleet, origin) = Fleet::new(fanout, seed);
     let key = publisher();
     let b2 = origin.make_block(&key, vec![release(2, "a")], 200).unwrap();
     fleet.ledgers[0]

@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 
 mod create;
 mod inspect;
+mod ledger;
 mod serve;
 mod verify;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Serve(args) => serve::run(*args),
+        Command::Ledger(args) => ledger::run(args.command),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,12 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read torrent file {}", args.torrent.display()))?;
     let torrent = parse_torrent(&bytes)
         .with_context(|| format!("cannot parse torrent file {}", args.torrent.display()))?;
+    if let (Some(key), Some(proof)) = (&args.ledger_key, &args.proof) {
+        super::ledger::check_proof(&torrent, key, proof, args.ledger_policy.as_deref())?;
+    }
+    if args.data.is_none() {
+        return Ok(ExitCode::SUCCESS);
+    }
     verify_torrent(&torrent, args)
 }
 
@@ -30,19 +36,17 @@ fn parse_torrent(bytes: &[u8]) -> anyhow::Result<Torrent> {
 /// Verify `torrent` against `args.data` and print the report.
 pub fn verify_torrent(torrent: &Torrent, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let threads = args.threads.unwrap_or(0);
+    let data = args
+        .data
+        .as_deref()
+        .context("no content path given to check")?;
     let progress = if args.json {
         Progress::hidden("verify", torrent.piece_space_len)
     } else {
         Progress::new(&format!("verify {}", torrent.name), torrent.piece_space_len)
     };
-    let report =
-        storage::verify(torrent, &args.data, threads, &|n| progress.add(n)).with_context(|| {
-            format!(
-                "cannot verify {} against {}",
-                torrent.name,
-                args.data.display()
-            )
-        })?;
+    let report = storage::verify(torrent, data, threads, &|n| progress.add(n))
+        .with_context(|| format!("cannot verify {} against {}", torrent.name, data.display()))?;
     progress.finish();
     let secs = progress.elapsed().as_secs_f64();
     if args.json {

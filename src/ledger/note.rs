@@ -98,8 +98,9 @@ impl Verifier {
     /// Parse `<name>+<hex key ID>+<base64(alg || key)>`.
     pub fn from_vkey(vkey: &str) -> Result<Self, NoteError> {
         let vkey = vkey.trim();
-        let mut parts = vkey.rsplitn(3, '+');
-        let (Some(b64), Some(hex), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // Names have no '+', base64 may: split from the left.
+        let mut parts = vkey.splitn(3, '+');
+        let (Some(name), Some(hex), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::BadVerifierKey);
         };
         let raw = B64.decode(b64).map_err(|_| NoteError::BadVerifierKey)?;
@@ -185,8 +186,8 @@ impl Signer {
             .trim()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(NoteError::BadPrivateKey)?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(b64), Some(hex), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(hex), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::BadPrivateKey);
         };
         let raw = B64.decode(b64).map_err(|_| NoteError::BadPrivateKey)?;
