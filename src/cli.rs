@@ -66,6 +66,10 @@ pub enum LedgerCommand {
         /// the torrent's name).
         #[arg(long)]
         label: Option<String>,
+        /// Also push the new block to this box's ledger endpoint, e.g.
+        /// http://10.0.0.2:7881 (repeatable); the boxes gossip it on.
+        #[arg(long = "push", value_name = "URL")]
+        push: Vec<String>,
     },
     /// List the blocks and releases.
     Show {
@@ -288,4 +292,29 @@ pub struct ServeArgs {
     /// upload_rate_limit = "..."` in --config.
     #[arg(long, value_name = "RATE")]
     pub upload_rate_limit: Option<String>,
+    /// Keep and gossip the release ledger in DIR (see `ringseed ledger`).
+    #[arg(long, value_name = "DIR")]
+    pub ledger: Option<PathBuf>,
+    /// The publisher's verifier key (vkey or a file holding it); needed the
+    /// first time DIR is used.
+    #[arg(long, value_name = "VKEY")]
+    pub ledger_key: Option<String>,
+    /// Another box's ledger HTTP base URL, e.g. http://10.0.0.2:7881 (repeatable).
+    #[arg(long = "ledger-peer", value_name = "URL")]
+    pub ledger_peers: Vec<String>,
+    /// Cosigner policy file (`cosigner VKEY` lines): whose cosignatures to keep.
+    #[arg(long, value_name = "FILE")]
+    pub ledger_policy: Option<PathBuf>,
+    /// Serve only torrents that are in the ledger.
+    #[arg(long)]
+    pub ledger_required: bool,
+    /// This box's cosigning key (`ringseed ledger init --cosigner`).
+    #[arg(long, value_name = "FILE")]
+    pub ledger_cosign_key: Option<PathBuf>,
+    /// Address of the ledger HTTP endpoints (default 0.0.0.0:7881).
+    #[arg(long, value_name = "ADDR")]
+    pub ledger_listen: Option<String>,
+    /// How often a random peer's ledger checkpoint is pulled (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub ledger_pull_interval: Option<String>,
 }

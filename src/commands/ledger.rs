@@ -26,7 +26,8 @@ pub fn run(cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
             ledger,
             key,
             label,
-        } => publish(&torrents, &ledger, &key, label.as_deref()),
+            push,
+        } => publish(&torrents, &ledger, &key, label.as_deref(), &push),
         LedgerCommand::Show { ledger } => show(&ledger),
         LedgerCommand::Verify { ledger } => verify(&ledger),
         LedgerCommand::Prove {
@@ -135,6 +136,7 @@ fn publish(
     dir: &Path,
     key: &Path,
     label: Option<&str>,
+    push: &[String],
 ) -> anyhow::Result<ExitCode> {
     let signer = read_signer(key)?;
     let (store, mut ledger) = LedgerDir::open(dir, Some(&signer.verifier), vec![])?;
@@ -158,7 +160,25 @@ fn publish(
         block.checkpoint.size,
         hex_encode(&block.checkpoint.root)
     );
-    Ok(ExitCode::SUCCESS)
+    let mut failed = 0;
+    for url in push {
+        let url = format!("{}/ledger/block", url.trim_end_matches('/'));
+        match ureq::post(&url).send(bytes.as_bytes()) {
+            Ok(_) => println!("pushed to {url}"),
+            Err(e) => {
+                eprintln!(
+                    "ringseed: could not push block {} to {url}: {e}",
+                    block.header.height
+                );
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn open_existing(dir: &Path) -> anyhow::Result<(LedgerDir, Ledger)> {
@@ -231,7 +251,7 @@ fn prove(torrent: &Path, dir: &Path, output: &Path) -> anyhow::Result<ExitCode> 
         release: ledger.releases()[index].clone(),
         index: index as u64,
         proof: ledger.inclusion_proof(index as u64)?,
-        checkpoint: ledger.checkpoint_note().context("empty ledger")?,
+        checkpoint: head_with_cosignatures(dir, &ledger)?,
     };
     crate::ledger::store::write_atomic(output, bundle.encode().as_bytes())?;
     println!(
@@ -242,6 +262,22 @@ fn prove(torrent: &Path, dir: &Path, output: &Path) -> anyhow::Result<ExitCode> 
         bundle.checkpoint.signatures.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The head checkpoint with every cosignature a box stored beside it (the
+/// client checks them against its own policy).
+fn head_with_cosignatures(dir: &Path, ledger: &Ledger) -> anyhow::Result<crate::ledger::Note> {
+    let mut head = ledger.checkpoint_note().context("empty ledger")?;
+    if let Ok(bytes) = std::fs::read(dir.join("checkpoint")) {
+        if let Ok(saved) = crate::ledger::Note::parse(&bytes) {
+            if saved.text == head.text {
+                for s in saved.signatures {
+                    head.add_signature(s);
+                }
+            }
+        }
+    }
+    Ok(head)
 }
 
 /// `ringseed verify --ledger-key --proof`: the torrent must be the release
@@ -279,4 +315,84 @@ pub fn check_proof(
         t.name, publisher.name, bundle.index, bundle.release.name, bundle.release.version
     );
     Ok(())
+}
+
+/// The ledger of `serve --ledger`: node, HTTP endpoints, gossip thread.
+pub struct RunningLedger {
+    pub node: std::sync::Arc<crate::ledger::node::LedgerNode>,
+    // Dropped in this order: gossip stops, then the HTTP server.
+    _gossip: crate::ledger::node::GossipThread,
+    _http: crate::control::HttpServer,
+}
+
+pub fn start_node(cfg: &crate::config::LedgerSettings) -> anyhow::Result<Option<RunningLedger>> {
+    use crate::ledger::node::{LedgerNode, NodeConfig};
+    let Some(dir) = &cfg.dir else { return Ok(None) };
+    let publisher = cfg.key.as_deref().map(read_vkey).transpose()?;
+    let mut witnesses = match &cfg.policy {
+        Some(p) => {
+            Policy::parse(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )?
+            .cosigners
+        }
+        None => Vec::new(),
+    };
+    let cosign_key = cfg.cosign_key.as_deref().map(read_signer).transpose()?;
+    if let Some(k) = &cosign_key {
+        if k.verifier.alg != ALG_COSIGNATURE_V1 {
+            bail!(
+                "--ledger-cosign-key must be a cosigning key (`ringseed ledger init --cosigner`)"
+            );
+        }
+        if !witnesses.contains(&k.verifier) {
+            witnesses.push(k.verifier.clone());
+        }
+    }
+    let (store, ledger) = LedgerDir::open(dir, publisher.as_ref(), witnesses)
+        .with_context(|| format!("cannot open the ledger {}", dir.display()))?;
+    let ncfg = NodeConfig {
+        peers: cfg
+            .peers
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .collect(),
+        cosign_key,
+        pull_interval: cfg.pull_interval,
+        gossip: crate::ledger::gossip::GossipConfig {
+            fanout: cfg.fanout,
+            ..Default::default()
+        },
+    };
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let node = LedgerNode::new(store, ledger, &ncfg, u64::from_le_bytes(seed))?;
+    let http = crate::control::HttpServer::start(
+        crate::control::HttpServerConfig {
+            listen: cfg.listen,
+            thread_name: "ledger-http".into(),
+            max_body: crate::ledger::block::MAX_BLOCK_BYTES,
+            ..Default::default()
+        },
+        vec![node.clone()],
+    )
+    .with_context(|| {
+        format!(
+            "cannot serve the ledger on {}: use --ledger-listen ADDR with a free port",
+            cfg.listen
+        )
+    })?;
+    println!(
+        "ledger on http://{} (height {}, {} peer(s))",
+        http.local_addr(),
+        node.height(),
+        ncfg.peers.len()
+    );
+    let gossip = node.start_gossip(cfg.pull_interval)?;
+    Ok(Some(RunningLedger {
+        node,
+        _gossip: gossip,
+        _http: http,
+    }))
 }

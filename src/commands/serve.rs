@@ -58,6 +58,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let observers = EngineObservers::new(cfg.shards);
     let verify_stats = Arc::new(VerifyStats::default());
     let data_stats = Arc::new(DataChangeStats::default());
+    // The release ledger first: --ledger-required decides what is served.
+    let ledger = super::ledger::start_node(&cfg.ledger)?;
     let metrics = match cfg.metrics {
         MetricsEndpoint::Off => None,
         MetricsEndpoint::Listen(addr) => {
@@ -67,6 +69,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 verify: verify_stats.clone(),
                 data: data_stats.clone(),
                 build: BuildInfo::current(),
+                ledger: ledger.as_ref().map(|l| l.node.stats.clone()),
             };
             let server = MetricsServer::start(addr, sources).with_context(|| {
                 format!("cannot serve metrics on {addr}: use --metrics ADDR with a free port, or --metrics off")
@@ -142,7 +145,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     dir_trackers.extend(cfg.extra_tracker_tiers());
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let prepared = prepare_all(&cfg, threads, &verify_stats, &dir_trackers)?;
+    let mut prepared = prepare_all(&cfg, threads, &verify_stats, &dir_trackers)?;
+    if let (Some(l), true) = (&ledger, cfg.ledger.required) {
+        prepared.retain(|p| {
+            let t = &p.served.torrent;
+            let ok = l.node.contains(t.info_hash_v2.map(|h| h.0), t.info_hash_v1.map(|h| h.0));
+            if !ok {
+                tracing::error!(
+                    "{} is not in the release ledger: not served (--ledger-required); publish it with `ringseed ledger publish`",
+                    t.name
+                );
+            }
+            ok
+        });
+    }
     if prepared.is_empty() {
         anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
     }
@@ -272,6 +288,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = metrics {
         m.shutdown();
     }
+    drop(ledger);
     result.context("engine")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -240,6 +240,50 @@ pub struct ServeConfig {
     /// Per-torrent settings keyed by torrent name or info-hash hex (see
     /// [`per_torrent`]). Default empty.
     pub per_torrent: BTreeMap<String, TorrentOverrides>,
+    /// The release ledger (`[ledger]` table; off unless `dir` is set).
+    pub ledger: LedgerSettings,
+}
+
+/// `[ledger]`: keep, gossip and cosign a release ledger (see `ringseed::ledger`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// The ledger directory (`--ledger`). Default: no ledger.
+    pub dir: Option<PathBuf>,
+    /// The publisher's verifier key, vkey text or a file holding it
+    /// (`--ledger-key`); needed the first time a directory is used.
+    pub key: Option<String>,
+    /// Other boxes' ledger HTTP base URLs, `http://host:port` (`--ledger-peer`).
+    pub peers: Vec<String>,
+    /// Cosigner policy file: whose cosignatures to keep and serve (`--ledger-policy`).
+    pub policy: Option<PathBuf>,
+    /// Serve only torrents whose release is in the ledger (`--ledger-required`).
+    pub required: bool,
+    /// This box's cosigning key file (`ringseed ledger init --cosigner`).
+    pub cosign_key: Option<PathBuf>,
+    /// Address of the ledger HTTP endpoints (`--ledger-listen`). Default `0.0.0.0:7881`.
+    pub listen: SocketAddr,
+    /// How often a random peer's checkpoint is pulled. Default `"1s"`.
+    #[serde(with = "duration_serde")]
+    pub pull_interval: Duration,
+    /// Peers a new block is pushed to at once. Default 3.
+    pub fanout: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            key: None,
+            peers: Vec::new(),
+            policy: None,
+            required: false,
+            cosign_key: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7881)),
+            pull_interval: Duration::from_secs(1),
+            fanout: 3,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -275,6 +319,7 @@ impl Default for ServeConfig {
             super_seed: false,
             upload_rate_limit: Rate::UNLIMITED,
             per_torrent: BTreeMap::new(),
+            ledger: LedgerSettings::default(),
         }
     }
 }
@@ -461,6 +506,7 @@ impl ServeConfig {
             self.trackers = args.trackers.clone();
         }
         self.super_seed |= args.super_seed;
+        self.apply_ledger_args(args)?;
         if let Some(rate) = &args.upload_rate_limit {
             self.upload_rate_limit =
                 rate.parse()
@@ -475,6 +521,39 @@ impl ServeConfig {
     }
 
     /// Check the settings fit together; the error names the key and the fix.
+    fn apply_ledger_args(&mut self, args: &ServeArgs) -> Result<(), ConfigError> {
+        let l = &mut self.ledger;
+        if let Some(d) = &args.ledger {
+            l.dir = Some(d.clone());
+        }
+        if let Some(k) = &args.ledger_key {
+            l.key = Some(k.clone());
+        }
+        if !args.ledger_peers.is_empty() {
+            l.peers = args.ledger_peers.clone();
+        }
+        if let Some(p) = &args.ledger_policy {
+            l.policy = Some(p.clone());
+        }
+        l.required |= args.ledger_required;
+        if let Some(k) = &args.ledger_cosign_key {
+            l.cosign_key = Some(k.clone());
+        }
+        if let Some(a) = &args.ledger_listen {
+            l.listen = a.parse().map_err(|_| ConfigError::Flag {
+                flag: "--ledger-listen",
+                value: a.clone(),
+                reason: "expected IP:PORT".to_owned(),
+            })?;
+        }
+        flag_duration(
+            &mut l.pull_interval,
+            "--ledger-pull-interval",
+            &args.ledger_pull_interval,
+        )?;
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn at_least_one(key: &'static str, value: u64) -> Result<(), ConfigError> {
             if value == 0 {

@@ -8,8 +8,9 @@
 //! - [`bundle`]: offline proof bundles (tlog-proof) and k-of-n policies.
 //! - [`gossip`]: the sans-IO gossip state machine and its simulation.
 //! - [`store`]: the ledger directory on disk (atomic appends).
+//! - [`node`]: the ledger in `serve`: HTTP routes and the gossip thread.
 //!
-//! Everything but `store` is sans-IO: no sockets, no files, no clock (`now`
+//! Everything but `store` and `node` is sans-IO: no sockets, no files, no clock (`now`
 //! is passed in as seconds since the epoch).
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod block;
 pub mod bundle;
 pub mod gossip;
 pub mod merkle;
+pub mod node;
 pub mod note;
 pub mod state;
 pub mod store;

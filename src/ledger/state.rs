@@ -319,6 +319,17 @@ impl Ledger {
                 "block adds no release",
             ));
         }
+        if let Some(ours) = self.block(block.header.height) {
+            if ours.note.text == block.note.text && ours.releases != block.releases {
+                return Err(Reject::new(
+                    RejectReason::RootMismatch,
+                    format!(
+                        "block {}: its releases were rewritten (they do not match the signed root)",
+                        block.header.height
+                    ),
+                ));
+            }
+        }
         if let Some(o) = self.known_text(&block.note, block.header.height) {
             return Ok(o);
         }

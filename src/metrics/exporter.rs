@@ -42,6 +42,8 @@ pub struct MetricsSources {
     /// Files changed on disk, leases (`storage::watch`).
     pub data: Arc<DataChangeStats>,
     pub build: BuildInfo,
+    /// The release ledger's counters, when `serve --ledger` runs one.
+    pub ledger: Option<Arc<crate::ledger::node::NodeStats>>,
 }
 
 /// Longest request head we read; anything longer gets 431.
@@ -197,6 +199,9 @@ impl Renderer {
         );
         plain_gauge(&mut out, names::THREADS, "OS threads.", p.threads);
         self.sources.histograms.snapshot().render(&mut out);
+        if let Some(l) = &self.sources.ledger {
+            l.render(&mut out);
+        }
         out
     }
 }

@@ -664,6 +664,7 @@ impl FakeLoad {
             verify: Arc::new(VerifyStats::default()),
             data: Default::default(),
             build: BuildInfo::current(),
+            ledger: Some(Default::default()),
         };
         sources.verify.queue(1_000_000);
         let mut load = FakeLoad {
