@@ -471,6 +471,28 @@ pub fn generate_dashboard() -> Value {
         vec![target("A", format!("sum by (instance) (ringseed_data_files_leased{I})"), "{{instance}} leased")],
     ));
 
+    l.row("Release ledger");
+    l.panel(8, timeseries(
+        "Ledger height",
+        "Blocks in each box's release ledger. Boxes of one fleet should agree within a few seconds of a publish.",
+        "short",
+        vec![
+            target("A", format!("ringseed_ledger_height{I}"), "{{instance}} blocks"),
+            target("B", format!("ringseed_ledger_releases{I}"), "{{instance}} releases"),
+        ],
+    ));
+    l.panel(8, timeseries(
+        "Ledger equivocations",
+        "Conflicting blocks signed by the publisher, detected or learnt by gossip. Any nonzero value means the publisher key signed two histories: investigate, the ledger accepts no further block.",
+        "short",
+        vec![target("A", format!("ringseed_ledger_equivocations_total{I}"), "{{instance}}")],
+    ));
+    l.panel(8, by_reason(
+        "Ledger inputs refused",
+        "Blocks, checkpoints and proofs refused, by reason (bad_signature, root_mismatch, not_extending_head, flood, ...).",
+        "ringseed_ledger_rejects_total",
+    ));
+
     l.row("Process");
     l.panel(
         8,
