@@ -297,3 +297,19 @@ fn tracker_parser_seeds() {
     }
     assert!(n >= 10, "tracker_parse seeds missing");
 }
+
+#[test]
+fn ledger_parser_seeds() {
+    // Every checked-in seed of the ledger_parse target (real notes, blocks,
+    // checkpoints, proofs, equivocations), whole and cut at every length.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/ledger_parse");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("ledger_parse seeds") {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        for cut in 0..=data.len() {
+            checks::check_ledger(&data[..cut]);
+        }
+        n += 1;
+    }
+    assert!(n >= 6, "ledger_parse seeds missing");
+}

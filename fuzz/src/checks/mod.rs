@@ -10,11 +10,13 @@
 //! including inputs it rightly rejects.
 
 mod formats;
+mod ledger;
 mod peer;
 mod tracker;
 mod wire;
 
 pub use formats::{check_bencode, check_magnet, check_metainfo};
+pub use ledger::check_ledger;
 pub use peer::{
     check_peer_input, decode_peer_input, run_peer, PeerOp, PeerSetup, UNKNOWN_HASH, V1_HASH,
     V2_HASH,
