@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use ringseed::ledger::merkle::{
     consistency_proof, empty_root, inclusion_proof, leaf_hash, root, verify_consistency,
-    verify_inclusion, Hash,
+    verify_inclusion, Frontier, Hash,
 };
 
 fn h(s: &str) -> Hash {
@@ -278,6 +278,19 @@ proptest! {
         let target: &mut Hash = if which < proof.len() { &mut p2[which] } else if which == proof.len() { &mut a } else { &mut b };
         target[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(verify_consistency(old, n as u64, &a, &b, &p2).is_err());
+    }
+
+    #[test]
+    fn the_frontier_root_is_the_tree_root(n in 0usize..600, seed: u64) {
+        let leaves = tree(n, seed);
+        let mut f = Frontier::default();
+        for (i, l) in leaves.iter().enumerate() {
+            if i < 40 || i % 37 == 0 {
+                prop_assert_eq!(f.root(), root(&leaves[..i]));
+            }
+            f.push(*l);
+        }
+        prop_assert_eq!(f.root(), root(&leaves));
     }
 
     #[test]

@@ -90,6 +90,47 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The right edge of a tree (one hash per perfect subtree, largest first):
+/// appending a leaf and computing the root cost O(log n), so a box with
+/// 10^6 releases checks a new block without rehashing its whole tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    peaks: Vec<Hash>,
+}
+
+impl Frontier {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        let mut h = leaf;
+        let mut n = self.size;
+        while n & 1 == 1 {
+            match self.peaks.pop() {
+                Some(left) => h = node_hash(&left, &h),
+                None => break,
+            }
+            n >>= 1;
+        }
+        self.peaks.push(h);
+        self.size += 1;
+    }
+
+    /// MTH of every leaf pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.peaks.iter().rev();
+        let Some(mut acc) = it.next().copied() else {
+            return empty_root();
+        };
+        for p in it {
+            acc = node_hash(p, &acc);
+        }
+        acc
+    }
+}
+
 /// The audit path for leaf `index` in the tree of `leaves` (RFC 9162 2.1.3.1).
 pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Result<Vec<Hash>, ProofError> {
     let size = leaves.len() as u64;

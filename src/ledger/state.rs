@@ -212,6 +212,7 @@ pub struct Ledger {
     blocks: Vec<Block>,
     hashes: Vec<Hash>,
     leaves: Vec<Hash>,
+    frontier: merkle::Frontier,
     releases: Vec<Release>,
     cosignatures: Vec<Vec<NoteSignature>>,
     equivocations: Vec<Equivocation>,
@@ -227,6 +228,7 @@ impl Ledger {
             blocks: Vec::new(),
             hashes: Vec::new(),
             leaves: Vec::new(),
+            frontier: merkle::Frontier::default(),
             releases: Vec::new(),
             cosignatures: Vec::new(),
             equivocations: Vec::new(),
@@ -383,16 +385,18 @@ impl Ledger {
                 ),
             ));
         }
-        let mut leaves = self.leaves.clone();
-        leaves.extend(block.releases.iter().map(Release::leaf_hash));
-        if merkle::root(&leaves) != cp.root {
+        let new_leaves: Vec<Hash> = block.releases.iter().map(Release::leaf_hash).collect();
+        let mut frontier = self.frontier.clone();
+        new_leaves.iter().for_each(|l| frontier.push(*l));
+        if frontier.root() != cp.root {
             return Err(Reject::new(
                 RejectReason::RootMismatch,
                 format!("block {}: root does not match its releases", header.height),
             ));
         }
         let cosigs = self.verified_cosignatures(&block.note);
-        self.leaves = leaves;
+        self.leaves.extend(new_leaves);
+        self.frontier = frontier;
         self.releases.extend(block.releases.iter().cloned());
         self.hashes.push(block.hash());
         self.blocks.push(block);
@@ -574,8 +578,8 @@ impl Ledger {
                 "this key is not the ledger's publisher key",
             ));
         }
-        let mut leaves = self.leaves.clone();
-        leaves.extend(releases.iter().map(Release::leaf_hash));
+        let mut frontier = self.frontier.clone();
+        releases.iter().for_each(|r| frontier.push(r.leaf_hash()));
         let header = BlockHeader {
             height: self.height() + 1,
             prev: self.hashes.last().copied().unwrap_or([0; 32]),
@@ -583,8 +587,8 @@ impl Ledger {
         };
         let checkpoint = Checkpoint {
             origin: self.publisher.name.clone(),
-            size: leaves.len() as u64,
-            root: merkle::root(&leaves),
+            size: frontier.size(),
+            root: frontier.root(),
             extensions: vec![header.line()],
         };
         let text = checkpoint.text();
