@@ -38,12 +38,17 @@ fn torrent(size: u64, piece: u64) -> Setup {
 }
 
 fn seed_node(s: &Setup, now: Instant, up: Rate, data: Vec<u8>) -> Node {
+    seed_node_seeded(s, now, up, data, 99)
+}
+
+/// A seed whose peer id comes from `seed` (two seeds need two ids).
+fn seed_node_seeded(s: &Setup, now: Instant, up: Rate, data: Vec<u8>, seed: u64) -> Node {
     let cfg = NodeConfig {
         up,
         ..NodeConfig::default()
     };
     let store = Arc::new(ContentStore::from_pieces(s.t.piece_length, data));
-    Node::new(0, s.t.clone(), store, Arc::new(cfg), 99, now, true)
+    Node::new(0, s.t.clone(), store, Arc::new(cfg), seed, now, true)
 }
 
 fn leechers(s: &Setup, now: Instant, n: usize, cfg: NodeConfig) -> Vec<Node> {
@@ -174,7 +179,7 @@ fn corrupt_data_is_counted_and_downloaded_again() {
         *b ^= 0x5a;
     }
     let mut nodes = vec![seed_node(&s, t0, Rate::UNLIMITED, s.data.clone())];
-    let bad_seed = seed_node(&s, t0, Rate::UNLIMITED, bad);
+    let bad_seed = seed_node_seeded(&s, t0, Rate::UNLIMITED, bad, 98);
     nodes.push(bad_seed);
     nodes.extend(leechers(&s, t0, 1, NodeConfig::default()));
     let mut sim = Sim::new(t0, nodes);
@@ -192,9 +197,17 @@ fn corrupt_data_is_counted_and_downloaded_again() {
         sim.nodes[2].is_complete()
     });
     let l = &sim.nodes[2];
-    assert!(l.is_complete());
+    assert!(l.is_complete(), "{:?}", l.stats());
     assert_eq!(l.stats().pieces_verified, s.t.num_pieces);
     assert!(l.stats().hash_failures >= 1);
+    // Every bad block came from the bad seed alone: a second failure of
+    // its data is a second offence, and it is banned (smart ban); the good
+    // seed never is.
+    assert_eq!(
+        l.stats().peers_banned,
+        u32::from(l.stats().hash_failures >= 2)
+    );
+    assert!(l.stats().bytes_from_target > 0);
 }
 
 /// Drains everything `node` wants to send to `key` and decodes it.

@@ -17,6 +17,8 @@
 //! - [`watch`]: inotify on the served files; withdraw, re-verify, restore.
 //! - [`lease`]: read leases, so writers to a served file wait until its
 //!   pieces are withdrawn; [`fence`]: knowing when in-flight sends are done.
+//! - [`writer`]: fetching: check a downloaded piece and write it on an I/O
+//!   thread, keeping the resume record up to date.
 //!
 //! What does not live here: parsing `.torrent` files (see `metainfo`) and
 //! anything that talks to the network. Nothing in this module panics on file
@@ -35,6 +37,7 @@ mod reader;
 pub mod resume;
 pub mod verify;
 pub mod watch;
+pub mod writer;
 
 pub use error::StorageError;
 pub use files::{resolve_data_root, Content, ContentFile, FileStamp, FileStatus};

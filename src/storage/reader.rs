@@ -148,6 +148,52 @@ impl PieceHasher {
     }
 }
 
+impl PieceHasher {
+    /// Hash piece `piece` from `data` (the whole piece, already in memory:
+    /// a downloaded piece before it is written). `data` must be exactly the
+    /// piece's length; pad (zero) segments are taken from `data` as the
+    /// wire carries them (a peer must send zeros there: if it does not, the
+    /// v1 hash fails).
+    pub fn hash_buffer(
+        &mut self,
+        layout: &PieceLayout,
+        entries: &[FileEntry],
+        piece: u32,
+        data: &[u8],
+    ) -> PieceDigest {
+        let mut sha1 = self.want_v1.then(Sha1::new);
+        if let Some(h) = sha1.as_mut() {
+            h.update(data);
+        }
+        let mut v2_file = None;
+        self.leaves.clear();
+        if self.want_v2 {
+            let mut pos = 0usize;
+            for seg in layout.piece_segments(piece) {
+                let len = seg.len() as usize;
+                if let Segment::File { file_index, .. } = seg {
+                    if v2_file.is_none() {
+                        v2_file = Some(file_index);
+                        let part = data.get(pos..pos + len).unwrap_or(&[]);
+                        for block in part.chunks(LEAF_SIZE as usize) {
+                            self.leaves.push(Sha256::digest(block).into());
+                        }
+                    }
+                }
+                pos += len;
+            }
+        }
+        let v2 = v2_file.and_then(|i| entries.get(i)).map(|entry| {
+            merkle::piece_hash_from_leaves(&mut self.leaves, entry.length, layout.piece_length())
+        });
+        PieceDigest {
+            v1: sha1.map(|h| h.finalize().into()),
+            v2,
+            v2_file,
+        }
+    }
+}
+
 /// v2 needs every non-empty file to start on a piece boundary.
 pub(crate) fn check_v2_alignment(
     entries: &[FileEntry],

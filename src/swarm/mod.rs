@@ -10,12 +10,14 @@
 //!   sends each piece about once and peers trade the rest.
 //! - [`ratelimit`]: the egress cap (`--upload-rate-limit`): a token bucket
 //!   per shard shared fairly among its connections, and the rate parser.
+//! - [`download`]: the download side (piece picker, per-peer pipelines,
+//!   the leecher's tit-for-tat choker, smart ban), shared with the load
+//!   generator. The seed-mode [`choker`] decides by what *we* upload; the
+//!   leecher's decides by what peers give us.
 //!
 //! What it deliberately does not do:
 //! - No I/O, no clock, no threads, no global state: everything is driven by
 //!   the caller, so it is tested deterministically with a virtual clock.
-//! - No leecher-side tit-for-tat: ringseed is a seed and never downloads, so
-//!   choking is decided by what *we* upload, not by what peers send us.
 //! - No cross-shard coordination: each shard chokes its own connections with
 //!   its own share of the upload slots (`upload_slots / shards`, see
 //!   [`crate::config::ServeConfig::choker_config`]).
@@ -23,5 +25,6 @@
 //!   each shard gets `1/shards` of the rate and sees only its own peers.
 
 pub mod choker;
+pub mod download;
 pub mod ratelimit;
 pub mod superseed;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ringseed::swarm::download::tit_for_tat::ChokerConfig;
 use ringseed::swarm::ratelimit::Rate;
 use serde::Serialize;
 
-use super::choker::ChokerConfig;
 use super::node::NodeConfig;
 use crate::config::parse_duration;
 

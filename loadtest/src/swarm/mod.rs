@@ -2,10 +2,10 @@
 //! download from a seed *and upload to each other*, to measure how fast a
 //! whole swarm completes and how much of it the origin had to send.
 //!
-//! - [`picker`]: rarest-first piece picking, partial pieces first, BEP 6
-//!   suggestions, endgame; assembles pieces for verification.
-//! - [`choker`]: tit-for-tat upload slots with an optimistic unchoke; round
-//!   robin once a leecher is a seed.
+//! The download policy (rarest-first picker, tit-for-tat choker, per-peer
+//! pipelines, smart ban) is the library's [`ringseed::swarm::download`],
+//! the same engine the server fetches with; this module drives it.
+//!
 //! - [`wire`]: one connection's framing and send queue.
 //! - [`node`]: one leecher (all its connections), sans-IO.
 //! - [`store`]: the one copy of verified content the process uploads from.
@@ -20,19 +20,17 @@
 //! torrents (pieces are checked with v1 SHA-1; hybrid torrents work),
 //! magnet links, more than one torrent per run.
 
-pub mod choker;
 pub mod config;
 pub mod discovery;
 pub mod driver;
 pub mod node;
-pub mod picker;
 pub mod report;
 pub mod sim;
 pub mod store;
 pub mod wire;
 
 /// A node's handle for one of its connections (an index it reuses).
-pub type PeerKey = u32;
+pub use ringseed::swarm::download::PeerKey;
 
 pub use config::SwarmArgs;
 pub use driver::run_swarm;

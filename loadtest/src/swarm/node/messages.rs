@@ -3,36 +3,18 @@
 //! choosing what to request from whom.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use ringseed::swarm::download::peer::RejectOutcome;
+use ringseed::swarm::download::picker::{BlockOutcome, PieceOutcome, BLOCK_LEN};
+use ringseed::swarm::download::tit_for_tat::ChokeChange;
 use ringseed::wire::codec::{BlockRequest, Handshake, Message, MAX_BLOCK_LEN};
 use ringseed::wire::ext::{encode_ext_handshake, parse_ext_handshake, OurExtHandshake};
 use ringseed::wire::Bitfield;
 
-use super::{Node, NodeResult, Peer, MAX_SUGGESTED};
-use crate::swarm::choker::ChokeChange;
-use crate::swarm::picker::{BlockOutcome, PieceOutcome, BLOCK_LEN};
+use super::{Node, NodeResult};
 use crate::swarm::wire::WireEvent;
 use crate::swarm::PeerKey;
-
-/// Window over which a peer's delivery rate is measured.
-const RATE_WINDOW: Duration = Duration::from_millis(500);
-/// Requests kept at a peer: this long at its measured rate (libtorrent's
-/// `request_queue_time` idea), so slow peers do not hold the requests a
-/// fast one could serve.
-const QUEUE_TIME: Duration = Duration::from_millis(500);
-/// Requests at a peer whose rate is not known yet.
-const INITIAL_DEPTH: usize = 4;
-
-/// Requests to keep outstanding at `p`.
-fn queue_depth(p: &Peer) -> usize {
-    let want = if p.rate == 0 {
-        INITIAL_DEPTH
-    } else {
-        (p.rate as f64 * QUEUE_TIME.as_secs_f64() / f64::from(BLOCK_LEN)).ceil() as usize + 1
-    };
-    want.clamp(2, p.depth.max(2))
-}
 
 impl Node {
     /// Processes bytes received from `key`; returns how many were used.
@@ -59,7 +41,7 @@ impl Node {
                 }
             };
             if let Err(reason) = self.on_event(now, key, ev) {
-                if reason != "duplicate" && reason != "self_connection" {
+                if !matches!(reason, "duplicate" | "self_connection" | "banned") {
                     self.stats.protocol_errors += 1;
                 }
                 return Err(reason);
@@ -79,12 +61,17 @@ impl Node {
                 let Some(p) = self.peer(key) else {
                     return Ok(());
                 };
-                if p.is_target {
+                let (is_target, asked) = (p.is_target, p.dl.outstanding().contains(&req));
+                if is_target {
                     self.stats.bytes_from_target += n;
                 } else {
                     self.stats.bytes_from_peers += n;
                 }
                 self.choker.record_download(key, n);
+                if !asked {
+                    // Unrequested (or cancelled): never let it into a piece.
+                    return Ok(());
+                }
                 if let Some(dst) = self.picker.block_buf(&req, offset, bytes.len()) {
                     dst.copy_from_slice(bytes);
                 }
@@ -105,6 +92,9 @@ impl Node {
         }
         if h.peer_id == self.peer_id {
             return Err("self_connection");
+        }
+        if self.smart_ban.is_banned(&h.peer_id) {
+            return Err("banned");
         }
         let Some(me) = self.peer(key) else {
             return Ok(());
@@ -140,7 +130,7 @@ impl Node {
         };
         p.handshaken = true;
         p.remote_id = h.peer_id;
-        p.fast = h.supports_fast();
+        p.dl.fast = h.supports_fast();
         if !p.outgoing {
             p.wire.queue_raw(&hs);
         }
@@ -158,9 +148,9 @@ impl Node {
             );
             p.wire.queue_raw(&ext);
         }
-        if p.fast && complete {
+        if p.dl.fast && complete {
             p.wire.queue(&Message::HaveAll);
-        } else if p.fast && have.count() == 0 {
+        } else if p.dl.fast && have.count() == 0 {
             p.wire.queue(&Message::HaveNone);
         } else if have.count() > 0 {
             p.wire.queue(&Message::Bitfield(have.as_bytes()));
@@ -188,17 +178,12 @@ impl Node {
                 let Some(p) = self.peer_mut(key) else {
                     return Ok(());
                 };
-                p.peer_choking = true;
-                if !p.fast {
-                    // BEP 3: a choke discards every pending request.
-                    let dropped = std::mem::take(&mut p.outstanding);
-                    self.forget_requests(&dropped);
-                }
+                let dropped = p.dl.on_choke();
+                self.forget_requests(&dropped);
             }
             Message::Unchoke => {
                 if let Some(p) = self.peer_mut(key) {
-                    p.peer_choking = false;
-                    p.last_block = now;
+                    p.dl.on_unchoke(now);
                 }
             }
             Message::Interested | Message::NotInterested => {
@@ -224,7 +209,7 @@ impl Node {
             Message::Request(r) => self.on_request(key, r)?,
             Message::Cancel(r) => {
                 if let Some(p) = self.peer_mut(key) {
-                    if p.wire.unqueue_block(&r) && p.fast {
+                    if p.wire.unqueue_block(&r) && p.dl.fast {
                         p.wire.queue(&Message::Reject(r));
                         self.mark_dirty(key);
                     }
@@ -232,13 +217,15 @@ impl Node {
             }
             Message::Reject(r) => self.on_reject(key, r),
             Message::Suggest(i) => {
-                let want = i < n && !self.picker.have(i);
+                let we_have = self.picker.have(i);
                 if let Some(p) = self.peer_mut(key) {
-                    if want && !p.suggested.contains(&i) {
-                        if p.suggested.len() >= MAX_SUGGESTED {
-                            p.suggested.remove(0);
-                        }
-                        p.suggested.push(i);
+                    p.dl.on_suggest(i, we_have);
+                }
+            }
+            Message::AllowedFast(i) => {
+                if let Some(p) = self.peer_mut(key) {
+                    if p.dl.fast {
+                        p.dl.on_allowed_fast(i);
                     }
                 }
             }
@@ -248,8 +235,8 @@ impl Node {
                     let Some(p) = self.peer_mut(key) else {
                         return Ok(());
                     };
-                    if let Some(q) = h.reqq.filter(|&q| q > 0) {
-                        p.depth = pipeline.clamp(1, q as usize);
+                    if let Some(q) = h.reqq {
+                        p.dl.set_max_depth(pipeline, q);
                     }
                     // Where an accepting peer listens: never dial it too.
                     if let (Some(port), Some(from)) = (h.listen_port, p.addr) {
@@ -257,7 +244,7 @@ impl Node {
                     }
                 }
             }
-            // Keep-alives, allowed-fast, port, other extensions, v2 hash
+            // Keep-alives, port, other extensions, v2 hash
             // messages: nothing to do for a v1 leecher.
             _ => {}
         }
@@ -273,43 +260,30 @@ impl Node {
     }
 
     fn peer_gains(&mut self, key: PeerKey, piece: u32) {
-        let lacks = !self.picker.have(piece);
+        let we_have = self.picker.have(piece);
         let Some(p) = self.peer_mut(key) else { return };
-        if p.has.get(piece) {
-            return;
+        if p.dl.gain(piece, we_have) {
+            self.picker.add_have(piece);
+            self.update_interest(key);
         }
-        p.has.set(piece);
-        if lacks {
-            p.interesting += 1;
-        }
-        self.picker.add_have(piece);
-        self.update_interest(key);
     }
 
     fn replace_haves(&mut self, key: PeerKey, b: Bitfield) {
-        let interesting = if self.is_complete() {
-            0
-        } else {
-            (0..b.len())
-                .filter(|&i| b.get(i) && !self.picker.have(i))
-                .count() as u32
-        };
         let Some(p) = self.peers.get_mut(key as usize).and_then(Option::as_mut) else {
             return;
         };
-        self.picker.remove_bitfield(&p.has);
         self.picker.add_bitfield(&b);
-        p.has = b;
-        p.interesting = interesting;
+        let old = p.dl.replace_haves(b, &self.picker);
+        self.picker.remove_bitfield(&old);
         self.update_interest(key);
     }
 
     fn update_interest(&mut self, key: PeerKey) {
         let complete = self.is_complete();
         let Some(p) = self.peer_mut(key) else { return };
-        let want = !complete && p.interesting > 0;
-        if want != p.am_interested && p.handshaken {
-            p.am_interested = want;
+        let want = p.dl.wants(complete);
+        if want != p.dl.am_interested && p.handshaken {
+            p.dl.am_interested = want;
             if want {
                 self.queue_msg(key, &Message::Interested);
             } else {
@@ -333,7 +307,7 @@ impl Node {
             return Ok(());
         };
         if p.am_choking || !ours || p.wire.queued_blocks() >= max {
-            if p.fast {
+            if p.dl.fast {
                 p.wire.queue(&Message::Reject(r));
                 self.mark_dirty(key);
             }
@@ -348,19 +322,9 @@ impl Node {
         self.stats.rejects_received += 1;
         let we_have = self.picker.have(r.piece);
         let Some(p) = self.peer_mut(key) else { return };
-        let Some(i) = p.outstanding.iter().position(|o| *o == r) else {
+        let RejectOutcome::Dropped { refused } = p.dl.on_reject(&r, we_have) else {
             return;
         };
-        p.outstanding.swap_remove(i);
-        // Unchoked and still refused: it will not give us this piece (a
-        // super-seed refuses pieces it has not offered us).
-        let refused = !p.peer_choking && p.has.get(r.piece);
-        if refused {
-            p.has.unset(r.piece);
-            if !we_have {
-                p.interesting = p.interesting.saturating_sub(1);
-            }
-        }
         self.forget_requests(&[r]);
         if refused {
             self.picker.remove_have(r.piece);
@@ -369,26 +333,16 @@ impl Node {
     }
 
     fn on_block_done(&mut self, now: Instant, key: PeerKey, req: BlockRequest) {
-        if let Some(p) = self.peer_mut(key) {
-            p.last_block = now;
-            p.window_bytes += u64::from(req.len);
-            let dt = now.saturating_duration_since(p.window_start);
-            if dt >= RATE_WINDOW {
-                let inst = (p.window_bytes as f64 / dt.as_secs_f64()) as u64;
-                p.rate = if p.rate == 0 {
-                    inst
-                } else {
-                    (p.rate + inst) / 2
-                };
-                p.window_bytes = 0;
-                p.window_start = now;
-            }
-            if let Some(i) = p.outstanding.iter().position(|o| *o == req) {
-                p.outstanding.swap_remove(i);
-                self.outstanding_bytes -= u64::from(req.len);
-            }
+        let Some(p) = self.peer_mut(key) else { return };
+        if p.dl.on_block(now, &req) {
+            self.outstanding_bytes -= u64::from(req.len);
+        } else {
+            // Not asked of this peer: its bytes do not go into the piece.
+            self.stats.unsolicited_blocks += 1;
+            self.stats.wasted_bytes += u64::from(req.len);
+            return;
         }
-        match self.picker.block_received(&req) {
+        match self.picker.block_received(&req, key) {
             BlockOutcome::Unwanted => self.stats.wasted_bytes += u64::from(req.len),
             BlockOutcome::New { piece_done } => {
                 if self.endgame_seen {
@@ -408,8 +362,7 @@ impl Node {
                 continue;
             }
             let Some(p) = self.peer_mut(k) else { continue };
-            if let Some(i) = p.outstanding.iter().position(|o| *o == req) {
-                p.outstanding.swap_remove(i);
+            if p.dl.cancel(&req) {
                 p.wire.queue(&Message::Cancel(req));
                 self.outstanding_bytes -= u64::from(req.len);
                 self.mark_dirty(k);
@@ -423,8 +376,10 @@ impl Node {
             .picker
             .finish_piece(piece, |d| torrent.verify_piece(piece, d))
         {
-            PieceOutcome::Verified(data) => {
+            PieceOutcome::Verified { data, .. } => {
                 self.stats.pieces_verified += 1;
+                let banned = self.smart_ban.piece_passed(piece, &data);
+                self.ban(&banned);
                 self.store.offer(piece, data);
                 for k in 0..self.peers.len() as PeerKey {
                     let Some(p) = self.peer_mut(k) else { continue };
@@ -432,9 +387,7 @@ impl Node {
                         continue;
                     }
                     p.wire.queue(&Message::Have(piece));
-                    if p.has.get(piece) {
-                        p.interesting = p.interesting.saturating_sub(1);
-                    }
+                    p.dl.we_got(piece);
                     self.mark_lazy(k);
                     self.update_interest(k);
                 }
@@ -449,8 +402,30 @@ impl Node {
                     }
                 }
             }
-            PieceOutcome::Failed => self.stats.hash_failures += 1,
+            PieceOutcome::Failed(f) => {
+                self.stats.hash_failures += 1;
+                let peers = &self.peers;
+                let banned = self.smart_ban.piece_failed(&f, |k| {
+                    peers
+                        .get(k as usize)
+                        .and_then(Option::as_ref)
+                        .map(|p| p.remote_id)
+                });
+                self.ban(&banned);
+            }
             PieceOutcome::NotReady => {}
+        }
+    }
+
+    /// Closes every connection to the peers just banned.
+    fn ban(&mut self, ids: &[[u8; 20]]) {
+        for id in ids {
+            self.stats.peers_banned += 1;
+            for k in 0..self.peers.len() as PeerKey {
+                if self.peer(k).is_some_and(|p| p.remote_id == *id) {
+                    self.close(k, "banned");
+                }
+            }
         }
     }
 
@@ -469,7 +444,7 @@ impl Node {
                 p.wire.queue(&Message::Choke);
                 dropped.clear();
                 p.wire.drain_queued_blocks(&mut dropped);
-                if p.fast {
+                if p.dl.fast {
                     for r in &dropped {
                         p.wire.queue(&Message::Reject(*r));
                     }
@@ -483,8 +458,9 @@ impl Node {
         self.scratch = dropped;
     }
 
-    /// Tops up the request pipelines of peers that unchoked us, starting
-    /// at a rotating peer so none is always served last.
+    /// Tops up the request pipelines of peers that unchoked us (or allowed
+    /// us pieces fast), starting at a rotating peer so none is always
+    /// served last.
     pub(super) fn fill_requests(&mut self, now: Instant) {
         if self.is_complete() || self.peers.is_empty() {
             return;
@@ -501,39 +477,19 @@ impl Node {
             let Some(p) = self.peers[k].as_mut() else {
                 continue;
             };
-            let depth = queue_depth(p);
-            if !p.handshaken
-                || p.closing
-                || p.peer_choking
-                || !p.am_interested
-                || p.outstanding.len() >= depth
-                || p.snubbed_until.is_some_and(|t| now < t)
-            {
+            if !p.handshaken || p.closing {
                 continue;
             }
-            let room = (depth - p.outstanding.len())
-                .min(room_bytes.div_ceil(u64::from(BLOCK_LEN)) as usize);
             picked.clear();
-            let outstanding = &p.outstanding;
-            self.picker.pick(
-                &p.has,
-                &p.suggested,
-                |r| outstanding.contains(r),
-                room,
-                &mut picked,
-            );
-            if picked.is_empty() {
+            let max = room_bytes.div_ceil(u64::from(BLOCK_LEN)) as usize;
+            if p.dl.fill(now, &mut self.picker, max, &mut picked) == 0 {
                 continue;
             }
             if self.picker.in_endgame() {
                 self.endgame_seen = true;
             }
-            if p.outstanding.is_empty() {
-                p.last_block = now;
-            }
             for r in &picked {
                 p.wire.queue(&Message::Request(*r));
-                p.outstanding.push(*r);
                 self.outstanding_bytes += u64::from(r.len);
             }
             self.stats.requests_sent += picked.len() as u64;

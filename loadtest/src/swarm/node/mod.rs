@@ -36,8 +36,14 @@
 //! reading (and by bounding the bytes requested at once), the upload cap by
 //! starting a block only when the bucket covers it.
 //!
-//! Not done: allowed-fast requests while choked, PEX/DHT, encryption,
-//! `port` messages, v2 hashes (pieces are checked with their v1 SHA-1).
+//! The download policy (picker, per-peer pipelines, tit-for-tat choker,
+//! smart ban) is the library's [`ringseed::swarm::download`]; this node is
+//! its driver for the load generator: allowed-fast pieces are requested
+//! while choked, suggestions are honoured, and a peer whose blocks fail
+//! hash checks twice is banned (by peer id) and disconnected.
+//!
+//! Not done: PEX/DHT, encryption, `port` messages, v2 hashes (pieces are
+//! checked with their v1 SHA-1).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::IoSlice;
@@ -47,20 +53,20 @@ use std::time::{Duration, Instant};
 
 use ringseed::swarm::ratelimit::{Rate, TokenBucket};
 use ringseed::wire::codec::{BlockRequest, Handshake, Message, ReservedFlags};
-use ringseed::wire::Bitfield;
 
-use super::choker::{ChokeChange, Choker, ChokerConfig};
-use super::picker::{PiecePicker, BLOCK_LEN};
+use ringseed::swarm::download::peer::PeerDownload;
+use ringseed::swarm::download::picker::{PiecePicker, BLOCK_LEN};
+use ringseed::swarm::download::rng::Rng;
+use ringseed::swarm::download::smart_ban::{SmartBan, SmartBanConfig};
+use ringseed::swarm::download::tit_for_tat::{ChokeChange, Choker, ChokerConfig};
+
 use super::store::ContentStore;
 use super::wire::{Fill, PeerWire};
 use super::PeerKey;
-use crate::rng::Rng;
 use crate::torrents::LoadTorrent;
 
 mod messages;
 
-/// Suggested pieces remembered per peer.
-const MAX_SUGGESTED: usize = 8;
 /// Addresses remembered for connecting later.
 const MAX_CANDIDATES: usize = 2000;
 /// How often timeouts and keep-alives are checked.
@@ -139,8 +145,12 @@ pub struct NodeStats {
     pub bytes_uploaded: u64,
     /// Received but not needed (endgame duplicates, blocks after a cancel).
     pub wasted_bytes: u64,
+    /// Blocks that arrived from a peer we had not asked for them.
+    pub unsolicited_blocks: u64,
     pub pieces_verified: u32,
     pub hash_failures: u32,
+    /// Peers banned for sending bad blocks (smart ban).
+    pub peers_banned: u32,
     pub requests_sent: u64,
     pub rejects_received: u64,
     pub requests_timed_out: u64,
@@ -166,28 +176,12 @@ struct Peer {
     dirty: bool,
     lazy: bool,
     remote_id: [u8; 20],
-    fast: bool,
-    /// Pieces the peer has (counted in the picker's availability).
-    has: Bitfield,
-    /// Pieces it has that we lack.
-    interesting: u32,
     am_choking: bool,
-    am_interested: bool,
-    peer_choking: bool,
-    /// Most requests this peer takes (ours, lowered to its `reqq`).
-    depth: usize,
-    /// Payload received from it in the current rate window, and since when.
-    window_bytes: u64,
-    window_start: Instant,
-    /// Its delivery rate to us, bytes per second (0: not measured yet).
-    rate: u64,
-    outstanding: Vec<BlockRequest>,
-    suggested: Vec<u32>,
+    /// The download side: what it has, our requests to it, its rate (the
+    /// library's engine; its `has` is counted in the picker's availability).
+    dl: PeerDownload,
     opened: Instant,
     last_tx: Instant,
-    /// Last block received, or when requests to an idle peer started.
-    last_block: Instant,
-    snubbed_until: Option<Instant>,
 }
 
 /// What [`Node::output`] offered.
@@ -208,6 +202,7 @@ pub struct Node {
     n_in: usize,
     picker: PiecePicker,
     choker: Choker,
+    smart_ban: SmartBan<[u8; 20]>,
     up: TokenBucket,
     down: TokenBucket,
     outstanding_bytes: u64,
@@ -279,6 +274,7 @@ impl Node {
             n_in: 0,
             picker,
             choker,
+            smart_ban: SmartBan::new(SmartBanConfig::default()),
             outstanding_bytes: 0,
             max_outstanding_bytes,
             completed_at: complete.then_some(now),
@@ -417,22 +413,10 @@ impl Node {
             dirty: false,
             lazy: false,
             remote_id: [0; 20],
-            fast: false,
-            has: Bitfield::new(self.torrent.num_pieces),
-            interesting: 0,
             am_choking: true,
-            am_interested: false,
-            peer_choking: true,
-            depth: self.cfg.pipeline.max(1),
-            window_bytes: 0,
-            window_start: now,
-            rate: 0,
-            outstanding: Vec::new(),
-            suggested: Vec::new(),
+            dl: PeerDownload::new(now, self.torrent.num_pieces, self.cfg.pipeline, false),
             opened: now,
             last_tx: now,
-            last_block: now,
-            snubbed_until: None,
         };
         match self.free_keys.pop() {
             Some(k) => {
@@ -593,13 +577,13 @@ impl Node {
 
     /// The connection of `key` is gone (closed by either side): forget it.
     pub fn remove_peer(&mut self, now: Instant, key: PeerKey, reason: &'static str) {
-        let Some(p) = self.peers.get_mut(key as usize).and_then(Option::take) else {
+        let Some(mut p) = self.peers.get_mut(key as usize).and_then(Option::take) else {
             return;
         };
         self.free_keys.push(key);
         *self.stats.closes.entry(reason).or_default() += 1;
-        self.picker.remove_bitfield(&p.has);
-        for r in &p.outstanding {
+        self.picker.remove_bitfield(&p.dl.has);
+        for r in &p.dl.take_outstanding() {
             self.picker.request_cancelled(r);
             self.outstanding_bytes -= u64::from(r.len);
         }
@@ -700,14 +684,11 @@ impl Node {
                 self.close(k, "handshake_timeout");
                 continue;
             }
-            if !p.outstanding.is_empty()
-                && now.saturating_duration_since(p.last_block) > cfg.request_timeout
-            {
-                let timed_out = std::mem::take(&mut p.outstanding);
+            let timed_out = p.dl.take_timed_out(now, cfg.request_timeout);
+            if !timed_out.is_empty() {
                 for r in &timed_out {
                     p.wire.queue(&Message::Cancel(*r));
                 }
-                p.snubbed_until = Some(now + cfg.request_timeout);
                 self.stats.requests_timed_out += timed_out.len() as u64;
                 self.forget_requests(&timed_out);
                 self.mark_dirty(k);

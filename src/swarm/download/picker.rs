@@ -1,5 +1,5 @@
-//! Which block to ask a peer for next: the piece picker of one swarm
-//! leecher, sans-IO (no sockets, no clock).
+//! Which block to ask a peer for next: the piece picker of one downloading
+//! torrent, sans-IO (no sockets, no clock).
 //!
 //! Policy, in order, for a peer that has unchoked us:
 //!
@@ -20,19 +20,29 @@
 //!    most [`ENDGAME_MAX_REQUESTS`] requests per block); the caller cancels
 //!    the other copies when one arrives.
 //!
+//! 5. **Allowed fast** (BEP 6): a peer that chokes us may still be asked
+//!    for the pieces it declared allowed-fast ([`PiecePicker::pick_allowed_fast`]:
+//!    the same order as above, restricted to those pieces).
+//!
 //! The picker also assembles pieces: it owns one buffer per piece in
-//! progress, takes block bytes as they stream in and hands a whole piece to
-//! a verify function ([`PiecePicker::finish_piece`]). A piece that fails is
-//! reset and downloaded again.
+//! progress, takes block bytes as they stream in (remembering which peer
+//! sent each block) and hands a whole piece to a verify function
+//! ([`PiecePicker::finish_piece`]). A piece that fails is reset and
+//! downloaded again; the failure names the peers that sent its blocks and
+//! keeps a copy of the bad bytes, so [`super::smart_ban`] can find the
+//! liar once the piece passes.
 //!
 //! Deliberately not here: which peer to ask (the caller calls [`PiecePicker::pick`]
-//! for each peer with room in its pipeline), request timeouts, snubbing,
-//! allowed-fast pieces, piece priorities, v2 merkle verification.
+//! for each peer with room in its pipeline, sized by
+//! [`super::peer::PeerDownload::queue_depth`]), request timeouts, snubbing,
+//! piece priorities, the hash itself (the caller's verify function does v1
+//! SHA-1 or v2 merkle, see `storage::writer`).
 
-use ringseed::wire::codec::BlockRequest;
-use ringseed::wire::Bitfield;
+use crate::wire::codec::BlockRequest;
+use crate::wire::Bitfield;
 
-use crate::rng::Rng;
+use super::rng::Rng;
+use super::PeerKey;
 
 /// Block size we request (the de-facto standard; the most ringseed serves).
 pub const BLOCK_LEN: u32 = 16 * 1024;
@@ -42,6 +52,8 @@ pub const ENDGAME_MAX_REQUESTS: u8 = 2;
 /// Block state: this many outstanding requests (0 = missing, nobody asked).
 const RECEIVED: u8 = u8::MAX;
 const NO_SLOT: u32 = u32::MAX;
+/// No peer has sent this block yet.
+pub const NO_PEER: PeerKey = PeerKey::MAX;
 
 /// What a completed block did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +68,27 @@ pub enum BlockOutcome {
 /// The result of checking a whole piece.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PieceOutcome {
-    /// Hash matched: the piece is ours; here are its bytes.
-    Verified(Vec<u8>),
+    /// Hash matched: the piece is ours; here are its bytes and who sent
+    /// each block (index = block).
+    Verified {
+        data: Vec<u8>,
+        senders: Vec<PeerKey>,
+    },
     /// Hash mismatch: the piece was reset and will be downloaded again.
-    Failed,
+    Failed(FailedPiece),
     /// Not a piece in progress with every block received.
     NotReady,
+}
+
+/// A piece that failed its hash check: the evidence for
+/// [`super::smart_ban::SmartBan::piece_failed`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct FailedPiece {
+    pub piece: u32,
+    /// The bytes that failed.
+    pub data: Vec<u8>,
+    /// Who sent each block (index = block).
+    pub senders: Vec<PeerKey>,
 }
 
 #[derive(Debug)]
@@ -69,6 +96,8 @@ struct InProgress {
     piece: u32,
     /// Per block: outstanding request count, or [`RECEIVED`].
     blocks: Vec<u8>,
+    /// Per block: the peer whose copy was kept, or [`NO_PEER`].
+    senders: Vec<PeerKey>,
     received: u32,
     data: Vec<u8>,
 }
@@ -131,7 +160,8 @@ impl PiecePicker {
         self.piece_len(p).div_ceil(BLOCK_LEN)
     }
 
-    fn block(&self, p: u32, b: u32) -> BlockRequest {
+    /// Block `b` of piece `p`.
+    pub fn block(&self, p: u32, b: u32) -> BlockRequest {
         let begin = b * BLOCK_LEN;
         BlockRequest {
             piece: p,
@@ -236,6 +266,7 @@ impl PiecePicker {
         self.in_progress.push(InProgress {
             piece: p,
             blocks: vec![0; self.blocks_in(p) as usize],
+            senders: vec![NO_PEER; self.blocks_in(p) as usize],
             received: 0,
             data: vec![0; len as usize],
         });
@@ -417,9 +448,10 @@ impl PiecePicker {
         ip.data.get_mut(at..at + len)
     }
 
-    /// All bytes of block `r` were written through [`Self::block_buf`].
-    /// The caller drops `r` from the sender's outstanding requests first.
-    pub fn block_received(&mut self, r: &BlockRequest) -> BlockOutcome {
+    /// All bytes of block `r` were written through [`Self::block_buf`] by
+    /// peer `from`. The caller drops `r` from the sender's outstanding
+    /// requests first.
+    pub fn block_received(&mut self, r: &BlockRequest, from: PeerKey) -> BlockOutcome {
         let Some((i, b)) = self.state_mut(r) else {
             return BlockOutcome::Unwanted;
         };
@@ -431,6 +463,7 @@ impl PiecePicker {
                     self.unrequested -= 1;
                 }
                 ip.blocks[b] = RECEIVED;
+                ip.senders[b] = from;
                 ip.received += 1;
                 BlockOutcome::New {
                     piece_done: ip.received as usize == ip.blocks.len(),
@@ -456,8 +489,13 @@ impl PiecePicker {
         if !verify(&ip.data) {
             ip.blocks.iter_mut().for_each(|s| *s = 0);
             ip.received = 0;
+            let senders = std::mem::replace(&mut ip.senders, vec![NO_PEER; ip.blocks.len()]);
             self.unrequested += ip.blocks.len() as u64;
-            return PieceOutcome::Failed;
+            return PieceOutcome::Failed(FailedPiece {
+                piece: p,
+                data: ip.data.clone(),
+                senders,
+            });
         }
         let ip = self.in_progress.swap_remove(i);
         self.slot[p as usize] = NO_SLOT;
@@ -465,289 +503,40 @@ impl PiecePicker {
             self.slot[moved.piece as usize] = i as u32;
         }
         self.have.set(p);
-        PieceOutcome::Verified(ip.data)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PL: u32 = 4 * BLOCK_LEN;
-
-    fn picker(pieces: u32, seed: u64) -> PiecePicker {
-        PiecePicker::new(pieces, PL, u64::from(pieces) * u64::from(PL), seed)
-    }
-
-    fn full(n: u32) -> Bitfield {
-        Bitfield::full(n)
-    }
-
-    fn only(n: u32, set: &[u32]) -> Bitfield {
-        let mut b = Bitfield::new(n);
-        for &p in set {
-            b.set(p);
+        PieceOutcome::Verified {
+            data: ip.data,
+            senders: ip.senders,
         }
-        b
     }
 
-    fn never(_: &BlockRequest) -> bool {
-        false
-    }
-
-    fn pieces_of(reqs: &[BlockRequest]) -> Vec<u32> {
-        let mut v: Vec<u32> = reqs.iter().map(|r| r.piece).collect();
-        v.dedup();
-        v
-    }
-
-    /// Receives every block of `p` and verifies it as good.
-    fn complete(pk: &mut PiecePicker, p: u32) {
-        for b in 0..pk.blocks_in(p) {
-            let r = pk.block(p, b);
-            assert!(matches!(pk.block_received(&r), BlockOutcome::New { .. }));
+    /// A piece we had was found bad after all (data changed on disk, write
+    /// failed): it is missing again and will be downloaded.
+    pub fn unset_have(&mut self, p: u32) {
+        if p < self.num_pieces && self.have.get(p) {
+            self.have.unset(p);
+            self.unrequested += u64::from(self.blocks_in(p));
         }
-        assert!(matches!(
-            pk.finish_piece(p, |_| true),
-            PieceOutcome::Verified(_)
-        ));
     }
 
-    #[test]
-    fn rarest_piece_first() {
-        let mut pk = picker(8, 1);
-        pk.add_bitfield(&full(8));
-        pk.add_bitfield(&full(8));
-        pk.add_bitfield(&only(8, &[0, 1, 2, 3, 4, 6, 7]));
-        // Piece 5 is held by 2 peers, all others by 3.
-        let mut out = vec![];
-        pk.pick(&full(8), &[], never, 4, &mut out);
-        assert_eq!(pieces_of(&out), vec![5]);
-        assert_eq!(out.len(), 4, "whole piece requested");
-        assert_eq!(
-            out[0],
-            BlockRequest {
-                piece: 5,
-                begin: 0,
-                len: BLOCK_LEN
-            }
-        );
-    }
-
-    #[test]
-    fn only_pieces_the_peer_has() {
-        let mut pk = picker(8, 2);
-        pk.add_bitfield(&only(8, &[3]));
-        let mut out = vec![];
-        assert_eq!(pk.pick(&only(8, &[3]), &[], never, 100, &mut out), 4);
-        assert_eq!(pieces_of(&out), vec![3]);
-        out.clear();
-        assert_eq!(pk.pick(&only(8, &[3]), &[], never, 100, &mut out), 0);
-    }
-
-    #[test]
-    fn ties_are_broken_randomly_but_reproducibly() {
-        let first = |seed| {
-            let mut pk = picker(64, seed);
-            pk.add_bitfield(&full(64));
-            let mut out = vec![];
-            pk.pick(&full(64), &[], never, 1, &mut out);
-            out[0].piece
-        };
-        assert_eq!(first(7), first(7), "same seed, same choice");
-        let distinct: std::collections::HashSet<u32> = (0..32).map(first).collect();
-        assert!(distinct.len() > 16, "leechers fan out: {distinct:?}");
-    }
-
-    #[test]
-    fn partial_pieces_have_strict_priority() {
-        let mut pk = picker(8, 3);
-        pk.add_bitfield(&full(8));
-        let mut out = vec![];
-        pk.pick(&full(8), &[], never, 2, &mut out);
-        let p = out[0].piece;
-        // A rarer piece appears, but the started one is finished first.
-        pk.add_bitfield(&only(8, &[(p + 1) % 8]));
-        pk.remove_bitfield(&full(8));
-        pk.add_bitfield(&only(8, &[p]));
-        let mut out2 = vec![];
-        pk.pick(&full(8), &[], never, 2, &mut out2);
-        assert_eq!(pieces_of(&out2), vec![p]);
-        assert_eq!(out2[0].begin, 2 * BLOCK_LEN);
-    }
-
-    #[test]
-    fn suggestions_win_over_rarest() {
-        let mut pk = picker(8, 4);
-        pk.add_bitfield(&full(8));
-        pk.add_bitfield(&only(8, &[0, 1, 2, 3, 4, 5, 7]));
-        let mut out = vec![];
-        pk.pick(&full(8), &[2], never, 5, &mut out);
-        assert_eq!(pieces_of(&out), vec![2, 6], "suggested 2, then rarest 6");
-    }
-
-    #[test]
-    fn cancelled_blocks_are_requested_again() {
-        let mut pk = picker(2, 5);
-        pk.add_bitfield(&full(2));
-        let mut out = vec![];
-        pk.pick(&full(2), &[], never, 8, &mut out);
-        assert_eq!(out.len(), 8);
-        assert!(pk.in_endgame());
-        pk.request_cancelled(&out[3]);
-        assert!(!pk.in_endgame());
-        let mut again = vec![];
-        assert_eq!(pk.pick(&full(2), &[], never, 8, &mut again), 1 + 7);
-        assert_eq!(again[0], out[3], "the cancelled block first");
-    }
-
-    #[test]
-    fn endgame_duplicates_to_other_peers_only_and_capped() {
-        let mut pk = picker(2, 6);
-        pk.add_bitfield(&full(2));
-        let mut a = vec![];
-        pk.pick(&full(2), &[], never, 100, &mut a);
-        assert_eq!(a.len(), 8);
-        assert!(pk.in_endgame());
-        // The same peer gets nothing it already asked for.
-        let mut same = vec![];
-        assert_eq!(pk.pick(&full(2), &[], |r| a.contains(r), 100, &mut same), 0);
-        // A second peer gets every block once more.
-        let mut b = vec![];
-        assert_eq!(pk.pick(&full(2), &[], never, 100, &mut b), 8);
-        // A third gets nothing: two requests per block at most.
-        let mut c = vec![];
-        assert_eq!(pk.pick(&full(2), &[], never, 100, &mut c), 0);
-        // The first copy arrives; the second is unwanted.
-        assert_eq!(
-            pk.block_received(&a[0]),
-            BlockOutcome::New { piece_done: false }
-        );
-        assert_eq!(pk.block_received(&b[0]), BlockOutcome::Unwanted);
-    }
-
-    #[test]
-    fn not_endgame_while_unstarted_pieces_remain() {
-        let mut pk = picker(4, 7);
-        pk.add_bitfield(&only(4, &[0]));
-        let mut out = vec![];
-        pk.pick(&only(4, &[0]), &[], never, 100, &mut out);
-        assert!(!pk.in_endgame(), "pieces 1-3 are not requested from anyone");
-        let mut dup = vec![];
-        assert_eq!(pk.pick(&only(4, &[0]), &[], never, 100, &mut dup), 0);
-    }
-
-    #[test]
-    fn failed_piece_is_downloaded_again_and_verified_piece_is_ours() {
-        let mut pk = picker(2, 8);
-        pk.add_bitfield(&full(2));
-        let mut out = vec![];
-        pk.pick(&only(2, &[1]), &[], never, 100, &mut out);
-        for r in &out {
-            pk.block_buf(r, 0, r.len as usize).unwrap().fill(7);
-        }
-        let mut done = false;
-        for r in &out {
-            if let BlockOutcome::New { piece_done } = pk.block_received(r) {
-                done = piece_done;
+    /// Like [`Self::pick`] for a peer that chokes us: only blocks of the
+    /// pieces it allowed us to request anyway (BEP 6 `allowed_fast`).
+    pub fn pick_allowed_fast(
+        &mut self,
+        peer_has: &Bitfield,
+        allowed: &[u32],
+        asked: impl Fn(&BlockRequest) -> bool,
+        max: usize,
+        out: &mut Vec<BlockRequest>,
+    ) -> usize {
+        let mut only = Bitfield::new(self.num_pieces);
+        for &p in allowed {
+            if p < self.num_pieces && peer_has.get(p) {
+                only.set(p);
             }
         }
-        assert!(done);
-        assert_eq!(pk.finish_piece(1, |d| d[0] == 8), PieceOutcome::Failed);
-        assert!(!pk.have(1));
-        let mut again = vec![];
-        assert_eq!(pk.pick(&only(2, &[1]), &[], never, 100, &mut again), 4);
-        assert_eq!(again, out);
-        for r in &again {
-            pk.block_buf(r, 0, r.len as usize).unwrap().fill(8);
-            pk.block_received(r);
+        if only.count() == 0 {
+            return 0;
         }
-        match pk.finish_piece(1, |d| d.iter().all(|&x| x == 8)) {
-            PieceOutcome::Verified(d) => assert_eq!(d.len(), PL as usize),
-            other => panic!("{other:?}"),
-        }
-        assert!(pk.have(1));
-        assert!(pk.block_buf(&again[0], 0, 1).is_none(), "no longer wanted");
-        assert_eq!(pk.block_received(&again[0]), BlockOutcome::Unwanted);
-    }
-
-    #[test]
-    fn short_last_piece_and_misaligned_blocks() {
-        let pk = PiecePicker::new(3, PL, u64::from(PL) * 2 + 100, 9);
-        assert_eq!(pk.piece_len(2), 100);
-        assert_eq!(pk.blocks_in(2), 1);
-        assert!(pk.is_block(&BlockRequest {
-            piece: 2,
-            begin: 0,
-            len: 100
-        }));
-        assert!(!pk.is_block(&BlockRequest {
-            piece: 2,
-            begin: 0,
-            len: 99
-        }));
-        assert!(!pk.is_block(&BlockRequest {
-            piece: 0,
-            begin: 1,
-            len: BLOCK_LEN
-        }));
-        assert!(!pk.is_block(&BlockRequest {
-            piece: 3,
-            begin: 0,
-            len: 100
-        }));
-    }
-
-    #[test]
-    fn downloads_everything_from_one_peer_in_the_end() {
-        let mut pk = picker(16, 10);
-        pk.add_bitfield(&full(16));
-        let mut seen = std::collections::HashSet::new();
-        while !pk.is_complete() {
-            let mut out = vec![];
-            pk.pick(&full(16), &[], never, 3, &mut out);
-            assert!(!out.is_empty());
-            for r in out {
-                assert!(seen.insert(r), "no block asked twice outside endgame");
-                if let BlockOutcome::New { piece_done: true } = pk.block_received(&r) {
-                    complete_check(&mut pk, r.piece);
-                }
-            }
-        }
-        assert_eq!(seen.len(), 64);
-        assert_eq!(pk.pieces_in_progress(), 0);
-    }
-
-    fn complete_check(pk: &mut PiecePicker, p: u32) {
-        assert!(matches!(
-            pk.finish_piece(p, |_| true),
-            PieceOutcome::Verified(_)
-        ));
-    }
-
-    #[test]
-    fn availability_follows_bitfields() {
-        let mut pk = picker(10, 11);
-        let b = only(10, &[0, 9]);
-        pk.add_bitfield(&b);
-        pk.add_have(9);
-        assert_eq!(pk.availability(0), 1);
-        assert_eq!(pk.availability(9), 2);
-        pk.remove_bitfield(&b);
-        assert_eq!(pk.availability(9), 1);
-        assert_eq!(pk.availability(0), 0);
-    }
-
-    #[test]
-    fn complete_after_every_piece() {
-        let mut pk = picker(3, 12);
-        let mut out = vec![];
-        pk.pick(&full(3), &[], never, 100, &mut out);
-        for p in 0..3 {
-            assert!(!pk.is_complete());
-            complete(&mut pk, p);
-        }
-        assert!(pk.is_complete() && !pk.in_endgame());
-        assert_eq!(pk.have_count(), 3);
+        self.pick(&only, &[], asked, max, out)
     }
 }
