@@ -41,6 +41,15 @@ pub struct Conn {
     pub ready: VecDeque<ReadyBlock>,
     /// A block waiting for a free read buffer.
     pub parked: Option<(BlockRequest, Instant)>,
+    /// Read-pool buffers this connection holds (reading, ready, or in its
+    /// sends); capped at a small share of the pool.
+    pub cold_bufs: u32,
+    /// In the shard's list of connections waiting for a free read buffer.
+    pub waiting_read_buf: bool,
+    /// When an in-flight send last made progress (submitted with none in
+    /// flight before, or a CQE reported bytes). A send that makes none for
+    /// the send timeout closes the peer: it does not read.
+    pub last_send_progress: Instant,
     /// Set when closing: the connection is torn down once nothing is in
     /// flight.
     pub closing: Option<CloseKind>,
@@ -89,6 +98,9 @@ impl Conn {
             reads_inflight: 0,
             ready: VecDeque::new(),
             parked: None,
+            cold_bufs: 0,
+            waiting_read_buf: false,
+            last_send_progress: now,
             closing: None,
             dirty: false,
             in_choker: false,
