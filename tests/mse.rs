@@ -581,11 +581,8 @@ proptest! {
 fn engine_catalog(dir: &std::path::Path) -> (ringseed::engine::Catalog, [u8; 20]) {
     let path = dir.join("rc4.bin");
     std::fs::write(&path, support::engine::data(7, 100_000)).unwrap();
-    let fix = support::engine::make_torrent(
-        &path,
-        ringseed::metainfo::MetaVersion::V1,
-        Some(32 * 1024),
-    );
+    let fix =
+        support::engine::make_torrent(&path, ringseed::metainfo::MetaVersion::V1, Some(32 * 1024));
     let hash = support::engine::info_hash(&fix.torrent);
     let served = support::engine::served(&fix, &path);
     (ringseed::engine::Catalog::new(vec![served]), hash)
@@ -617,7 +614,15 @@ fn rc4_step4_and_handshake_reply_in_one_send_are_encrypted_once() {
     let mut pre_tx = Vec::new();
     let policy = EncryptionPolicy::PreferPlaintext;
     // Step 1 in; step 2 (Yb, PadB) out, sent as is (not RC4 yet).
-    let out = feed(&mut mode, &mut peer, &mut pre_tx, now, &init.step1(), &catalog, policy);
+    let out = feed(
+        &mut mode,
+        &mut peer,
+        &mut pre_tx,
+        now,
+        &init.step1(),
+        &catalog,
+        policy,
+    );
     assert_eq!(out.unwrap(), MseOutcome::None);
     let mut step2 = std::mem::take(&mut pre_tx);
     let len = step2.len();
@@ -625,7 +630,15 @@ fn rc4_step4_and_handshake_reply_in_one_send_are_encrypted_once() {
     let yb: [u8; KEY_LEN] = step2[..KEY_LEN].try_into().unwrap();
     // Step 3 with IA (the BitTorrent handshake) in ONE read.
     let step3 = init.step3(&yb);
-    let out = feed(&mut mode, &mut peer, &mut pre_tx, now, &step3, &catalog, policy);
+    let out = feed(
+        &mut mode,
+        &mut peer,
+        &mut pre_tx,
+        now,
+        &step3,
+        &catalog,
+        policy,
+    );
     assert_eq!(out.unwrap(), MseOutcome::Rc4);
     assert!(mode.is_rc4() && !pre_tx.is_empty() && !peer.poll_transmit().is_empty());
 

@@ -330,19 +330,6 @@ fn unrequested_piece_data_closes() {
 }
 
 #[test]
-fn keepalives_do_not_count_as_activity() {
-    let mut h = Harness::full();
-    h.handshake(true);
-    let start = h.peer.last_message_at();
-    h.now += Duration::from_secs(50);
-    h.send(Message::KeepAlive).unwrap();
-    assert_eq!(h.peer.last_message_at(), start);
-    h.now += Duration::from_secs(1);
-    h.send(Message::Interested).unwrap();
-    assert_eq!(h.peer.last_message_at(), h.now);
-}
-
-#[test]
 fn every_provoked_reply_is_charged_to_one_budget() {
     use ringseed::wire::peer::{REPLY_BUDGET, REPLY_BUDGET_CLOSE};
     // Interested/not interested toggles answered by choke/unchoke, and

@@ -168,9 +168,6 @@ pub struct PeerState {
     excess_requests: usize,
     /// Piece messages received (a seed asks for none).
     unrequested_pieces: u64,
-    /// When the last message other than a keep-alive arrived (or the
-    /// handshake): a peer that sends only keep-alives is not active.
-    last_message: Instant,
     /// Queued requests with the time the bytes carrying them arrived.
     queue: VecDeque<(BlockRequest, Instant)>,
     /// `now` of the current `handle_bytes` call.
@@ -221,7 +218,6 @@ impl PeerState {
             over_budget: false,
             excess_requests: 0,
             unrequested_pieces: 0,
-            last_message: now,
             queue: VecDeque::new(),
             input_at: now,
             created: now,
@@ -342,9 +338,6 @@ impl PeerState {
                 Ok(Decoded::Incomplete { needed }) => Ok(Step::Need(needed)),
                 Ok(Decoded::Message { msg, consumed }) => {
                     let v = view.as_ref().ok_or(CloseReason::TorrentRemoved)?;
-                    if !matches!(msg, Message::KeepAlive) {
-                        self.last_message = now;
-                    }
                     self.on_message(msg, v)?;
                     Ok(Step::Consumed(consumed))
                 }
@@ -361,7 +354,6 @@ impl PeerState {
     ) {
         self.phase = Phase::Active;
         self.handshake_at = Some(now);
-        self.last_message = now;
         self.torrent = Some(view.id);
         self.num_pieces = view.num_pieces;
         self.info_hash = h.info_hash;
@@ -1019,13 +1011,6 @@ impl PeerState {
         self.super_seed
             .as_ref()
             .map_or(0, |ss| ss.announced.count())
-    }
-
-    /// When the last message other than a keep-alive arrived (the
-    /// handshake at first): a peer that sends only keep-alives for the idle
-    /// timeout while our bytes sit unread is not kept (the engine checks).
-    pub fn last_message_at(&self) -> Instant {
-        self.last_message
     }
 
     /// Control bytes queued and not yet handed to the engine: what the reply

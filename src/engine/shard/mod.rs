@@ -568,17 +568,11 @@ impl Shard {
                 to_close.push((idx as u32, CloseKind::SendTimeout));
                 continue;
             }
-            if c.send_slot.is_none()
-                && c.peer.is_handshake_complete()
-                && now.saturating_duration_since(c.last_send_progress) >= self.cfg.send_timeout
-                && now.saturating_duration_since(c.peer.last_message_at())
-                    >= self.cfg.peer.idle_timeout
-                && super::uring::sys::unsent_bytes(&c.fd).is_ok_and(|n| n > 0)
-            {
-                // Only keep-alives for the idle timeout, and our bytes
-                // still unread in the socket: keep-alives do not keep a
-                // peer that does not read.
-                tracing::debug!(peer = %c.remote, "idle and not reading; closing peer");
+            if c.send_slot.is_none() && send_queue_stuck(c, now, self.cfg.send_timeout) {
+                // Everything fitted into the kernel's buffers and the peer
+                // has not read a byte of it since: whatever it sends us
+                // (keep-alives, requests), it does not read.
+                tracing::debug!(peer = %c.remote, "send queue not read; closing peer");
                 to_close.push((idx as u32, CloseKind::SendTimeout));
                 continue;
             }
@@ -682,6 +676,31 @@ impl Shard {
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
         drop(c); // closes the fd
     }
+}
+
+/// With nothing of ours in flight, whether the bytes left in `c`'s socket
+/// send queue have not shrunk for `timeout`. Looks (one `SIOCOUTQ`) only at
+/// connections whose last send completed more than `timeout / 2` ago and
+/// whose queue was not seen empty since, so idle peers that read cost
+/// nothing; a peer that stops reading is closed within about 1.5 x `timeout`
+/// of its last completed send.
+fn send_queue_stuck(c: &mut Conn, now: Instant, timeout: Duration) -> bool {
+    use super::conn::SendQueueWatch;
+    if c.send_queue == SendQueueWatch::Drained
+        || !c.peer.is_handshake_complete()
+        || now.saturating_duration_since(c.last_send_progress) < timeout / 2
+    {
+        return false;
+    }
+    let queued = super::uring::sys::unsent_bytes(&c.fd).unwrap_or(0);
+    match c.send_queue {
+        _ if queued == 0 => c.send_queue = SendQueueWatch::Drained,
+        SendQueueWatch::Stuck(before, since) if queued >= before => {
+            return now.saturating_duration_since(since) >= timeout;
+        }
+        _ => c.send_queue = SendQueueWatch::Stuck(queued, now),
+    }
+    false
 }
 
 /// Move a peer's protocol counters into the shard's stats.

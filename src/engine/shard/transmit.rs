@@ -21,7 +21,7 @@ use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
-use super::super::conn::{Conn, ReadyBlock};
+use super::super::conn::{Conn, ReadyBlock, SendQueueWatch};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::seal_outgoing;
 use super::super::uring::{
@@ -376,6 +376,7 @@ impl Shard {
             self.hist.record_send_size(res as u64);
             if let Some(c) = self.conn_mut(cidx, cgen) {
                 c.last_send_progress = std::time::Instant::now();
+                c.send_queue = SendQueueWatch::Unknown;
             }
         }
         let Some(slot) = self.sends.get_mut(slot_id) else {
