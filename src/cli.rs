@@ -259,6 +259,10 @@ pub struct ServeArgs {
     /// Close peers that sent nothing for this long (default 120s).
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+    /// Close peers whose send made no progress for this long: they stopped
+    /// reading (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub send_timeout: Option<String>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
     /// directives like `ringseed=debug` (default info).
     #[arg(long, value_name = "FILTER")]

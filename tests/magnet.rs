@@ -20,7 +20,7 @@ use ringseed::wire::codec::{decode, piece_header, Decoded, HashRequest, Message}
 use ringseed::wire::metadata::{
     encode_request, parse_metadata_message, MetadataMessage, METADATA_PIECE_LEN,
 };
-use ringseed::wire::peer::MAX_PENDING_REPLIES;
+use ringseed::wire::peer::{REPLY_BUDGET, REPLY_BUDGET_CLOSE};
 use ringseed::wire::{
     Bitfield, CloseReason, PeerConfig, PeerState, TorrentCatalog, TorrentKey, V2Layers,
 };
@@ -263,24 +263,50 @@ fn metadata_flood_without_reading_closes_but_a_reader_is_fine() {
         h.request_metadata(i % 40).unwrap();
         assert_eq!(h.metadata_replies().len(), 1);
     }
-    // A peer that never reads: MAX_PENDING_REPLIES, then closed.
+    // A peer that never reads: replies up to the byte budget, then dropped
+    // (counted), then closed once it provoked far more than it read.
     let mut h = Harness::with_info(info);
-    for i in 0..MAX_PENDING_REPLIES as u32 {
-        h.request_metadata(i).unwrap();
+    let fit = REPLY_BUDGET / (METADATA_PIECE_LEN + 60);
+    let mut provoked = 0usize;
+    let mut closed_after = None;
+    for i in 0..200u32 {
+        match h.request_metadata(i % 40) {
+            Ok(()) => provoked += 1,
+            Err(e) => {
+                assert_eq!(e, CloseReason::SendBacklog);
+                closed_after = Some(i);
+                break;
+            }
+        }
+        assert!(
+            h.peer.unsent_control_bytes() <= REPLY_BUDGET + 64,
+            "memory stays bounded"
+        );
     }
-    assert_eq!(h.peer.pending_replies(), MAX_PENDING_REPLIES);
-    assert_eq!(h.request_metadata(0), Err(CloseReason::RequestFlood));
-    // Partially drained: replies fully handed over no longer count.
+    assert_eq!(h.peer.pending_replies(), fit, "queued up to the budget");
+    // Every request beyond the budget was dropped, the last one included.
+    assert_eq!(
+        h.peer.counters().replies_dropped,
+        provoked as u64 + 1 - fit as u64
+    );
+    let closed_after = closed_after.expect("a peer that never reads is closed");
+    let expect = REPLY_BUDGET_CLOSE / METADATA_PIECE_LEN;
+    assert!(
+        (expect as u32 - 2..=expect as u32 + 2).contains(&closed_after),
+        "closed after {closed_after} requests, expected ~{expect}"
+    );
+    // Drained: the peer caught up, its budget is whole again.
     let mut h = Harness::with_info(info_of(40 * METADATA_PIECE_LEN));
-    for i in 0..MAX_PENDING_REPLIES as u32 {
+    for i in 0..10u32 {
         h.request_metadata(i).unwrap();
     }
-    let one = METADATA_PIECE_LEN + 100;
-    h.peer.advance_transmit(one);
-    assert_eq!(h.peer.pending_replies(), MAX_PENDING_REPLIES - 1);
+    assert_eq!(h.peer.pending_replies(), fit);
+    assert_eq!(h.metadata_replies().len(), fit);
     h.request_metadata(0).unwrap();
-    // Small control messages (rejects) are not blocked by large replies.
+    assert_eq!(h.peer.pending_replies(), 1);
+    // Small replies (rejects) still fit beside queued large ones.
     h.request_metadata(1000).unwrap();
+    assert_eq!(h.peer.counters().replies_dropped, 10 - fit as u64);
 }
 
 /// A v2 layer of `n` pieces of 32 KiB (piece layer height 1) for one file.

@@ -3,6 +3,8 @@
 //! initiator (side A) written here at every split point, rejections, and
 //! "never panics" properties.
 
+mod support;
+
 use proptest::prelude::*;
 use ringseed::wire::mse::{
     dh::PRIME, kdf, Crypto, DhKeyPair, EncryptionPolicy, MseDone, MseError, MseProgress,
@@ -571,4 +573,98 @@ proptest! {
             let _ = r.handle_bytes(&stream[split..], &index());
         }
     }
+}
+
+// ------------------------------------------------- the engine's RC4 send path
+
+/// A one-file v1 torrent in `dir`, served by an engine catalogue.
+fn engine_catalog(dir: &std::path::Path) -> (ringseed::engine::Catalog, [u8; 20]) {
+    let path = dir.join("rc4.bin");
+    std::fs::write(&path, support::engine::data(7, 100_000)).unwrap();
+    let fix =
+        support::engine::make_torrent(&path, ringseed::metainfo::MetaVersion::V1, Some(32 * 1024));
+    let hash = support::engine::info_hash(&fix.torrent);
+    let served = support::engine::served(&fix, &path);
+    (ringseed::engine::Catalog::new(vec![served]), hash)
+}
+
+/// The suspicion from issue 12: MSE's last step and the peer's BitTorrent
+/// handshake arrive in one read, the connection switches to RC4 in that
+/// read, and the next send carries both the responder's step 4 (already
+/// encrypted) and our handshake reply. Sealing the whole send with RC4
+/// encrypted step 4 twice (the peer never finds VC). Confirmed, fixed in
+/// `engine::stream::seal_outgoing`: this test builds the send exactly as
+/// `shard::transmit` does and decrypts it as side A.
+#[test]
+fn rc4_step4_and_handshake_reply_in_one_send_are_encrypted_once() {
+    use ringseed::engine::stream::{feed, seal_outgoing, MseOutcome, StreamMode};
+    use ringseed::wire::{PeerConfig, PeerState};
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, hash) = engine_catalog(dir.path());
+    let mut ia = b"\x13BitTorrent protocol".to_vec();
+    ia.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 5]);
+    ia.extend_from_slice(&hash);
+    ia.extend_from_slice(b"-LT2110-abcdefghijkl");
+    let mut init = Initiator::new(CRYPTO_RC4, 0, 0, &ia);
+    init.skey = hash;
+
+    let now = std::time::Instant::now();
+    let mut mode = StreamMode::Detect(Vec::new());
+    let mut peer = PeerState::new(now, &PeerConfig::default(), "127.0.0.1:1".parse().unwrap());
+    let mut pre_tx = Vec::new();
+    let policy = EncryptionPolicy::PreferPlaintext;
+    // Step 1 in; step 2 (Yb, PadB) out, sent as is (not RC4 yet).
+    let out = feed(
+        &mut mode,
+        &mut peer,
+        &mut pre_tx,
+        now,
+        &init.step1(),
+        &catalog,
+        policy,
+    );
+    assert_eq!(out.unwrap(), MseOutcome::None);
+    let mut step2 = std::mem::take(&mut pre_tx);
+    let len = step2.len();
+    seal_outgoing(&mut mode, &mut step2, len);
+    let yb: [u8; KEY_LEN] = step2[..KEY_LEN].try_into().unwrap();
+    // Step 3 with IA (the BitTorrent handshake) in ONE read.
+    let step3 = init.step3(&yb);
+    let out = feed(
+        &mut mode,
+        &mut peer,
+        &mut pre_tx,
+        now,
+        &step3,
+        &catalog,
+        policy,
+    );
+    assert_eq!(out.unwrap(), MseOutcome::Rc4);
+    assert!(mode.is_rc4() && !pre_tx.is_empty() && !peer.poll_transmit().is_empty());
+
+    // The next send, composed as `Shard::flush` composes it.
+    let pre_len = pre_tx.len();
+    let mut send = std::mem::take(&mut pre_tx);
+    send.extend_from_slice(peer.poll_transmit());
+    let mut wrong = send.clone();
+    seal_outgoing(&mut mode, &mut send, pre_len);
+
+    // Side A: PadB, then step 4 (VC, crypto_select), then our handshake.
+    let mut after_yb = step2[KEY_LEN..].to_vec();
+    after_yb.extend_from_slice(&send);
+    let (select, rest) = init.read_step4(&after_yb);
+    assert_eq!(select, CRYPTO_RC4);
+    let mut reply = rest.to_vec();
+    init.dec.as_mut().unwrap().apply(&mut reply);
+    assert_eq!(&reply[..20], b"\x13BitTorrent protocol");
+    assert_eq!(&reply[28..48], &hash, "our handshake names the torrent");
+
+    // What the engine did before the fix: everything through RC4, step 4
+    // included, so VC arrives garbled.
+    // The connection's send key stream as it was then: B's key, advanced
+    // past step 4 by the responder.
+    let mut rc4_again = Rc4::new_mse(&kdf::key_b(&init.s, &hash));
+    rc4_again.apply(&mut vec![0u8; pre_len]);
+    rc4_again.apply(&mut wrong);
+    assert_ne!(wrong[..pre_len], send[..pre_len], "step 4 encrypted twice");
 }

@@ -281,16 +281,90 @@ fn reqq_overflow_and_choke_flush() {
     assert_eq!(h.peer.counters().rejected(RejectReason::ChokeFlushed), 4);
     assert_eq!(h.peer.counters().rejected(RejectReason::QueueFull), 1);
 
+    // Without the fast extension: requests beyond reqq are dropped and
+    // counted (libtorrent does the same); only more than 4x reqq
+    // outstanding closes.
     let mut h = Harness::full();
     h.handshake(false);
     h.peer.set_choked(h.now, false);
+    h.drain();
     for i in 0..4 {
         h.send(Message::Request(req(i, 0, 16384))).unwrap();
     }
+    for _ in 0..12 {
+        h.send(Message::Request(req(0, 0, 1))).unwrap();
+    }
+    assert_eq!(h.peer.queued_requests(), 4);
+    assert!(h.drain().is_empty(), "no reject without the fast extension");
+    assert_eq!(h.peer.counters().rejected(RejectReason::QueueFull), 12);
+    // Serving one block shows the peer it was heard: what it sent beyond
+    // reqq before that no longer counts as outstanding.
+    assert!(h.peer.pop_block().is_some());
+    for _ in 0..13 {
+        h.send(Message::Request(req(1, 0, 1))).unwrap();
+    }
+    assert_eq!(h.peer.queued_requests(), 4);
+    // 4 queued + 12 dropped = 16 = 4x reqq: still fine; one more is a flood.
     assert_eq!(
-        h.send(Message::Request(req(0, 0, 1))),
+        h.send(Message::Request(req(2, 0, 1))),
         Err(CloseReason::TooManyRequests)
     );
+}
+
+#[test]
+fn unrequested_piece_data_closes() {
+    let mut h = Harness::full();
+    h.handshake(true);
+    let block = vec![7u8; 16384];
+    let mut stream = Vec::new();
+    for i in 0..64u32 {
+        Message::Piece {
+            index: i % 5,
+            begin: 0,
+            data: &block,
+        }
+        .encode(&mut stream);
+    }
+    assert_eq!(h.feed(&stream), Err(CloseReason::UnrequestedData));
+    assert_eq!(h.peer.counters().unexpected_pieces, 5);
+}
+
+#[test]
+fn every_provoked_reply_is_charged_to_one_budget() {
+    use ringseed::wire::peer::{REPLY_BUDGET, REPLY_BUDGET_CLOSE};
+    // Interested/not interested toggles answered by choke/unchoke, and
+    // requests while choked answered by rejects: a peer that never reads
+    // is held to the budget in memory and closed when grossly over it.
+    let mut h = Harness::full();
+    h.handshake(true);
+    let mut closed = None;
+    for i in 0..200_000u32 {
+        let choked = i % 2 == 0;
+        h.peer.set_choked(h.now, choked);
+        let r = h.send(Message::Request(req(0, 0, 16384)));
+        assert!(h.peer.unsent_control_bytes() <= 2 * REPLY_BUDGET + 64);
+        if let Err(e) = r {
+            closed = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = closed.expect("closed");
+    assert_eq!(e, CloseReason::SendBacklog);
+    assert!(h.peer.counters().replies_dropped > 0);
+    assert!(
+        (i as usize) < 2 * REPLY_BUDGET_CLOSE / 17,
+        "closed after {i} rounds"
+    );
+    // The same peer reading everything is never limited.
+    let mut h = Harness::full();
+    h.handshake(true);
+    for i in 0..20_000u32 {
+        h.peer.set_choked(h.now, i % 2 == 0);
+        h.send(Message::Request(req(0, 0, 16384))).unwrap();
+        h.drain();
+    }
+    assert_eq!(h.peer.counters().replies_dropped, 0);
+    h.peer.handle_tick(h.now).unwrap();
 }
 
 #[test]
@@ -414,14 +488,25 @@ fn unchoke_before_handshake_is_sent_after_it() {
 }
 
 #[test]
-fn reject_flood_without_reading_closes() {
+fn reject_flood_without_reading_is_limited_then_closed() {
+    use ringseed::wire::peer::{REPLY_BUDGET, REPLY_BUDGET_CLOSE};
     let mut h = Harness::full();
     h.handshake(true);
     let mut flood = Vec::new();
     for _ in 0..10_000 {
         Message::Request(req(0, 0, 16384)).encode(&mut flood);
     }
-    assert_eq!(h.feed(&flood), Err(CloseReason::SendBacklog));
+    // 10,000 rejects (170 KB) exceed the budget: the excess is dropped.
+    h.feed(&flood).unwrap();
+    assert!(h.peer.unsent_control_bytes() <= REPLY_BUDGET);
+    assert!(h.peer.counters().replies_dropped > 5_000);
+    // Far more than the close limit: closed.
+    let mut more = Vec::new();
+    for _ in 0..(REPLY_BUDGET_CLOSE / 17) {
+        Message::Request(req(0, 0, 16384)).encode(&mut more);
+    }
+    assert_eq!(h.feed(&more), Err(CloseReason::SendBacklog));
+    assert_eq!(h.peer.handle_tick(h.now), Err(CloseReason::SendBacklog));
 }
 
 /// A scripted session; its outputs must not depend on how the input is split.

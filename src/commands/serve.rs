@@ -93,6 +93,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         send_zc: cfg.send_zc,
         encryption: cfg.encryption,
         upload_rate_limit: cfg.upload_rate_limit,
+        send_timeout: cfg.send_timeout,
         ..ShardConfig::default()
     };
     let engine_cfg = EngineConfig {

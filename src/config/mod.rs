@@ -191,6 +191,11 @@ pub struct ServeConfig {
     /// A peer silent for this long is closed. Default `"120s"`.
     #[serde(with = "duration_serde")]
     pub idle_timeout: Duration,
+    /// A send that makes no progress for this long closes the peer (it
+    /// stopped reading); also closes a peer that sends only keep-alives for
+    /// `idle_timeout` while our bytes sit unread. Default `"30s"`.
+    #[serde(with = "duration_serde")]
+    pub send_timeout: Duration,
     /// Zero-copy sends (SEND_ZC); for real NICs, not loopback. Default false.
     pub send_zc: bool,
     /// What to accept after an MSE handshake: `"prefer-plaintext"`
@@ -306,6 +311,7 @@ impl Default for ServeConfig {
             max_requests: 500,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            send_timeout: Duration::from_secs(30),
             send_zc: false,
             encryption: EncryptionPolicy::default(),
             skip_verify: false,
@@ -462,6 +468,7 @@ impl ServeConfig {
             &args.handshake_timeout,
         )?;
         flag_duration(&mut self.idle_timeout, "--idle-timeout", &args.idle_timeout)?;
+        flag_duration(&mut self.send_timeout, "--send-timeout", &args.send_timeout)?;
         // Boolean flags can only switch a feature on.
         self.send_zc |= args.send_zc;
         if let Some(e) = &args.encryption {
@@ -596,6 +603,7 @@ impl ServeConfig {
         positive("optimistic_interval", self.optimistic_interval)?;
         positive("handshake_timeout", self.handshake_timeout)?;
         positive("idle_timeout", self.idle_timeout)?;
+        positive("send_timeout", self.send_timeout)?;
         if self.announce_port == Some(0) {
             return Err(ConfigError::Invalid {
                 key: "announce_port",

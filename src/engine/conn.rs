@@ -22,6 +22,20 @@ pub struct ReadyBlock {
     pub at: Instant,
 }
 
+/// What the shard knows of bytes sitting in a connection's socket send
+/// queue (`SIOCOUTQ`) after its last send completed: a peer that stopped
+/// reading once everything fitted into the kernel's buffers has no send in
+/// flight, so the send timeout watches the queue instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendQueueWatch {
+    /// Not looked at since the last send completed.
+    Unknown,
+    /// Empty when last looked at: the peer read everything.
+    Drained,
+    /// This many bytes were queued at this time and have not shrunk since.
+    Stuck(u32, Instant),
+}
+
 pub struct Conn {
     pub fd: OwnedFd,
     pub generation: u32,
@@ -41,6 +55,18 @@ pub struct Conn {
     pub ready: VecDeque<ReadyBlock>,
     /// A block waiting for a free read buffer.
     pub parked: Option<(BlockRequest, Instant)>,
+    /// Read-pool buffers this connection holds (reading, ready, or in its
+    /// sends); capped at a small share of the pool.
+    pub cold_bufs: u32,
+    /// In the shard's list of connections waiting for a free read buffer.
+    pub waiting_read_buf: bool,
+    /// When an in-flight send last made progress (submitted with none in
+    /// flight before, or a CQE reported bytes). A send that makes none for
+    /// the send timeout closes the peer: it does not read.
+    pub last_send_progress: Instant,
+    /// Bytes left in the socket's send queue with nothing of ours in flight
+    /// (see [`SendQueueWatch`]).
+    pub send_queue: SendQueueWatch,
     /// Set when closing: the connection is torn down once nothing is in
     /// flight.
     pub closing: Option<CloseKind>,
@@ -89,6 +115,10 @@ impl Conn {
             reads_inflight: 0,
             ready: VecDeque::new(),
             parked: None,
+            cold_bufs: 0,
+            waiting_read_buf: false,
+            last_send_progress: now,
+            send_queue: SendQueueWatch::Unknown,
             closing: None,
             dirty: false,
             in_choker: false,

@@ -13,16 +13,24 @@ pub enum CloseKind {
     Limit,
     Shutdown,
     IoError,
+    /// An in-flight send made no progress for the send timeout, or a peer
+    /// kept alive only by keep-alives left our bytes unread: it does not read.
+    SendTimeout,
+    /// The peer provoked replies far beyond its byte budget without reading
+    /// them, or flooded requests (more than 4x `reqq` outstanding).
+    Flood,
 }
 
 impl CloseKind {
-    pub const ALL: [CloseKind; 6] = [
+    pub const ALL: [CloseKind; 8] = [
         CloseKind::PeerClosed,
         CloseKind::Timeout,
         CloseKind::ProtocolError,
         CloseKind::Limit,
         CloseKind::Shutdown,
         CloseKind::IoError,
+        CloseKind::SendTimeout,
+        CloseKind::Flood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +41,8 @@ impl CloseKind {
             CloseKind::Limit => "limit",
             CloseKind::Shutdown => "shutdown",
             CloseKind::IoError => "io_error",
+            CloseKind::SendTimeout => "send_timeout",
+            CloseKind::Flood => "flood",
         }
     }
 }
@@ -105,7 +115,7 @@ impl HandshakeFailure {
 pub struct ShardStats {
     pub connections: AtomicI64,
     pub accepted: AtomicU64,
-    pub closed: [AtomicU64; 6],
+    pub closed: [AtomicU64; 8],
     pub payload_bytes: AtomicU64,
     pub protocol_bytes: AtomicU64,
     pub blocks_served: AtomicU64,
@@ -134,6 +144,9 @@ pub struct ShardStats {
     pub superseed_offers: AtomicU64,
     /// Super-seeding: BEP 6 `suggest_piece` messages sent with offers.
     pub superseed_suggests: AtomicU64,
+    /// Replies a peer provoked (metadata pieces, hashes, rejects) that were
+    /// dropped because it was over its byte budget (it does not read).
+    pub replies_dropped: AtomicU64,
     /// Upload cap: connections waiting for tokens now (gauge).
     pub throttled: AtomicI64,
     /// Upload cap: nanoseconds connections spent waiting for tokens, summed.

@@ -143,3 +143,15 @@ pub fn feed(
         }
     }
 }
+
+/// Puts one flattened send of a connection into its wire form: under RC4,
+/// encrypts everything after the first `handshake_len` bytes, which are the
+/// MSE handshake's own bytes (step 4, already encrypted by the responder
+/// with the same key stream; encrypting them again would garble them and
+/// desynchronise every byte after). Plaintext and MSE modes: unchanged.
+pub fn seal_outgoing(mode: &mut StreamMode, bytes: &mut [u8], handshake_len: usize) {
+    if let StreamMode::Rc4(rc4) = mode {
+        let start = handshake_len.min(bytes.len());
+        rc4.encrypt(&mut bytes[start..]);
+    }
+}

@@ -246,6 +246,7 @@ fn register_shard(index: usize) -> ShardHandles {
         (c(names::BLOCKS_SERVED), |s| load(&s.blocks_served)),
         (c(names::REQUESTS), |s| load(&s.requests)),
         (c(names::REQUESTS_CANCELLED), |s| load(&s.cancelled)),
+        (c(names::PEER_REPLIES_DROPPED), |s| load(&s.replies_dropped)),
         (c(names::SENDS), |s| load(&s.sends)),
         (c(names::PARTIAL_SENDS), |s| load(&s.partial_sends)),
         (c(names::COLD_READS), |s| load(&s.cold_reads)),
@@ -310,6 +311,10 @@ fn describe_all() {
     describe_counter!(REQUESTS, "Block requests received.");
     describe_counter!(REQUESTS_REJECTED, "Block requests rejected, by reason.");
     describe_counter!(REQUESTS_CANCELLED, "Block requests cancelled by the peer.");
+    describe_counter!(
+        PEER_REPLIES_DROPPED,
+        "Replies dropped because the peer was over its byte budget (it does not read)."
+    );
     describe_counter!(SENDS, "Send operations completed.");
     describe_counter!(PARTIAL_SENDS, "Sends the kernel completed only in part.");
     describe_counter!(

@@ -24,6 +24,9 @@ pub const REQUESTS: &str = "ringseed_requests_total";
 pub const REQUESTS_REJECTED: &str = "ringseed_requests_rejected_total";
 /// Block requests cancelled by the peer before they were sent.
 pub const REQUESTS_CANCELLED: &str = "ringseed_requests_cancelled_total";
+/// Replies a peer provoked (metadata pieces, hashes, rejects) dropped because
+/// it was over its per-connection byte budget (it does not read).
+pub const PEER_REPLIES_DROPPED: &str = "ringseed_peer_replies_dropped_total";
 /// Send operations completed.
 pub const SENDS: &str = "ringseed_sends_total";
 /// Send operations that the kernel completed only in part.
@@ -117,6 +120,7 @@ pub const ALL: &[&str] = &[
     REQUESTS,
     REQUESTS_REJECTED,
     REQUESTS_CANCELLED,
+    PEER_REPLIES_DROPPED,
     SENDS,
     PARTIAL_SENDS,
     COLD_READS,
@@ -161,6 +165,7 @@ pub const COUNTERS: &[&str] = &[
     REQUESTS,
     REQUESTS_REJECTED,
     REQUESTS_CANCELLED,
+    PEER_REPLIES_DROPPED,
     SENDS,
     PARTIAL_SENDS,
     COLD_READS,

@@ -32,10 +32,32 @@
 //! BEP 9 `ut_metadata` requests are answered from
 //! [`TorrentView::info_bytes`] (sent to the peer's own `ut_metadata` id),
 //! BEP 52 hash requests from [`TorrentView::v2`]; both replies are control
-//! bytes, at most [`MAX_PENDING_REPLIES`] of them unsent at a time (more:
-//! [`CloseReason::RequestFlood`]). Metadata `data`/`reject` and `hashes`/
-//! `hash reject` sent to us are counted and ignored (a seed asks for
-//! nothing).
+//! bytes. Metadata `data`/`reject` and `hashes`/`hash reject` sent to us are
+//! counted and ignored (a seed asks for nothing). Piece data sent to us is
+//! never asked for: a few blocks are counted and dropped, more close the
+//! connection ([`CloseReason::UnrequestedData`]).
+//!
+//! # The reply budget: peers that provoke more than they read
+//!
+//! Everything a peer can make us queue (metadata pieces, hashes, rejects,
+//! hash rejects, choke/unchoke, haves, suggests, keep-alives) is charged to
+//! one per-connection byte budget, measured as control bytes not yet handed
+//! to the engine (the engine hands them over with each send, so they pile up
+//! only while a send is stuck behind a peer that does not read). Above
+//! [`REPLY_BUDGET`] (plus the initial bitfield) replies that may be dropped
+//! are dropped and counted ([`PeerCounters::replies_dropped`]); state
+//! changes (choke, unchoke, have) are always queued. Once the bytes queued
+//! plus those dropped since the peer last caught up exceed
+//! [`REPLY_BUDGET_CLOSE`], or state changes pile up past twice the budget,
+//! the peer is closed ([`CloseReason::SendBacklog`]): a connection never
+//! holds more than about `2 x REPLY_BUDGET` of control bytes (plus its
+//! bitfield).
+//!
+//! Requests beyond `reqq` from a peer without the fast extension are dropped
+//! and counted, as libtorrent does (such a client re-requests them); only a
+//! gross flood, more than [`GROSS_FLOOD_FACTOR`] x `reqq` outstanding
+//! (queued, plus dropped since we last served a block), closes it
+//! ([`CloseReason::TooManyRequests`]).
 //!
 //! Super-seeding (BEP 16): when [`TorrentCatalog::super_seed`] says so at the
 //! handshake, no bitfield/have_all is sent (have_none to fast peers), pieces
@@ -69,13 +91,19 @@ use super::types::{
     TorrentCatalog, TorrentId, TorrentKey, TorrentView,
 };
 
-/// Control bytes we let pile up (beyond the initial bitfield) before
-/// deciding the peer does not read; only rejects and hash rejects can grow it.
-const CONTROL_BACKLOG_LIMIT: usize = 64 * 1024;
-/// Metadata pieces and hash replies (up to ~17 KiB each) waiting in the
-/// control buffer. libtorrent keeps at most 2 metadata requests and a few
-/// hash requests outstanding, so a peer above this asks without reading.
-pub const MAX_PENDING_REPLIES: usize = 16;
+/// Unsent control bytes (beyond the initial bitfield) above which replies a
+/// peer provokes are dropped: four metadata pieces or hash replies, or
+/// thousands of rejects. Bounds what a peer that does not read costs us.
+pub const REPLY_BUDGET: usize = 64 * 1024;
+/// Bytes provoked (queued or dropped) since the peer last caught up above
+/// which it is closed: far beyond what a client that reads ever provokes.
+pub const REPLY_BUDGET_CLOSE: usize = 1024 * 1024;
+/// A peer without the fast extension with more than this many times `reqq`
+/// requests outstanding floods us and is closed.
+pub const GROSS_FLOOD_FACTOR: usize = 4;
+/// Piece messages sent to us (a seed requests nothing) tolerated before the
+/// connection is closed.
+pub const UNREQUESTED_PIECES_LIMIT: u64 = 4;
 /// Buffers larger than this are released once drained, so idle connections
 /// stay small after a large bitfield.
 const SHRINK_ABOVE: usize = 16 * 1024;
@@ -101,6 +129,13 @@ enum Step {
     Need(usize),
 }
 
+/// What [`PeerState::charge`] decided for a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    Queue,
+    Drop,
+}
+
 /// One peer connection of a seed. See the module docs for the call order.
 #[derive(Debug)]
 pub struct PeerState {
@@ -122,8 +157,17 @@ pub struct PeerState {
     /// Replies (metadata pieces, hashes) in `tx` not yet handed to the
     /// engine: `(end offset in tx, length)`, oldest first.
     replies: VecDeque<(usize, usize)>,
-    /// Sum of the lengths in `replies`.
-    reply_bytes: usize,
+    /// Bytes of replies dropped (over budget) since `tx` was last drained.
+    dropped_since_drain: usize,
+    /// Provoked more than [`REPLY_BUDGET_CLOSE`]: closed at the next input
+    /// or tick.
+    over_budget: bool,
+    /// Requests dropped for a full queue (no fast extension) since we last
+    /// served a block: the part of the peer's outstanding requests we hold
+    /// no record of.
+    excess_requests: usize,
+    /// Piece messages received (a seed asks for none).
+    unrequested_pieces: u64,
     /// Queued requests with the time the bytes carrying them arrived.
     queue: VecDeque<(BlockRequest, Instant)>,
     /// `now` of the current `handle_bytes` call.
@@ -170,7 +214,10 @@ impl PeerState {
             tx: Vec::new(),
             tx_pos: 0,
             replies: VecDeque::new(),
-            reply_bytes: 0,
+            dropped_since_drain: 0,
+            over_budget: false,
+            excess_requests: 0,
+            unrequested_pieces: 0,
             queue: VecDeque::new(),
             input_at: now,
             created: now,
@@ -279,6 +326,7 @@ impl PeerState {
                     Ok(Step::Consumed(HANDSHAKE_LEN))
                 }
             },
+            Phase::Active if self.over_budget => Err(CloseReason::SendBacklog),
             Phase::Active => match decode(buf, self.cfg.max_message_len) {
                 Err(e) => {
                     self.last_wire_error = Some(e);
@@ -437,11 +485,19 @@ impl PeerState {
                     self.counters.cancels_matched += 1;
                     // BEP 6: every request gets exactly one answer, even when cancelled.
                     if self.peer_flags.fast {
-                        self.queue_control(Message::Reject(r), view)?;
+                        self.queue_control(Message::Reject(r))?;
                     }
                 }
             }
-            Message::Piece { .. } => self.counters.unexpected_pieces += 1,
+            Message::Piece { .. } => {
+                // A seed requests nothing: a peer pushing data at us would
+                // otherwise be drained forever.
+                self.counters.unexpected_pieces += 1;
+                self.unrequested_pieces += 1;
+                if self.unrequested_pieces > UNREQUESTED_PIECES_LIMIT {
+                    return Err(CloseReason::UnrequestedData);
+                }
+            }
             Message::Port(_)
             | Message::Suggest(_)
             | Message::AllowedFast(_)
@@ -502,7 +558,7 @@ impl PeerState {
                 self.counters.metadata_rejected += 1;
                 let mut msg = Vec::with_capacity(48);
                 metadata::encode_reject(&mut msg, ext_id, piece);
-                self.queue_control_bytes(&msg, view)
+                self.queue_control_bytes(&msg)
             }
         }
     }
@@ -520,25 +576,26 @@ impl PeerState {
             }
             _ => {
                 self.counters.hash_requests_rejected += 1;
-                self.queue_control(Message::HashReject(r), view)
+                self.queue_control(Message::HashReject(r))
             }
         }
     }
 
     /// Appends a large reply the peer asked for (metadata piece, hashes),
-    /// closing a peer with more than [`MAX_PENDING_REPLIES`] unsent.
+    /// charged to the reply budget: dropped (counted) when over it.
     fn queue_reply(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), CloseReason> {
-        if self.replies.len() >= MAX_PENDING_REPLIES {
-            return Err(CloseReason::RequestFlood);
-        }
         let start = self.tx.len();
         encode(&mut self.tx);
-        let len = self.tx.len() - start;
+        let reply = self.tx.split_off(start);
+        let len = reply.len();
+        if self.charge(len, true) == Charge::Drop {
+            return self.budget_result();
+        }
+        self.tx.extend_from_slice(&reply);
         if len > 0 {
             self.replies.push_back((self.tx.len(), len));
-            self.reply_bytes += len;
         }
-        Ok(())
+        self.budget_result()
     }
 
     fn on_request(&mut self, r: BlockRequest, view: &TorrentView<'_>) -> Result<(), CloseReason> {
@@ -574,12 +631,17 @@ impl PeerState {
             return self.refuse(r, RejectReason::Choked, None, view);
         }
         if self.queue.len() >= self.cfg.reqq as usize {
-            return self.refuse(
-                r,
-                RejectReason::QueueFull,
-                Some(CloseReason::TooManyRequests),
-                view,
-            );
+            if !self.peer_flags.fast {
+                // Dropped, as libtorrent does: such a client re-requests.
+                // Only a gross flood closes it.
+                self.excess_requests += 1;
+                let limit = GROSS_FLOOD_FACTOR * self.cfg.reqq as usize;
+                if self.queue.len() + self.excess_requests > limit {
+                    self.counters.count_reject(RejectReason::QueueFull);
+                    return Err(CloseReason::TooManyRequests);
+                }
+            }
+            return self.refuse(r, RejectReason::QueueFull, None, view);
         }
         self.queue.push_back((r, self.input_at));
         Ok(())
@@ -594,46 +656,68 @@ impl PeerState {
         close: Option<CloseReason>,
         view: &TorrentView<'_>,
     ) -> Result<(), CloseReason> {
+        let _ = view;
         self.counters.count_reject(reason);
         if self.peer_flags.fast {
-            self.queue_control(Message::Reject(r), view)
+            self.queue_control(Message::Reject(r))
         } else {
             close.map_or(Ok(()), Err)
         }
     }
 
-    /// Queues a reply the peer provoked, bounded so that a peer which floods
-    /// us and never reads cannot grow our buffer.
-    fn queue_control(
-        &mut self,
-        msg: Message<'_>,
-        view: &TorrentView<'_>,
-    ) -> Result<(), CloseReason> {
-        self.check_backlog(msg.encoded_len(), view)?;
-        msg.encode(&mut self.tx);
-        Ok(())
+    /// Queues a small reply the peer provoked (reject, hash reject), charged
+    /// to the reply budget: dropped (counted) when over it.
+    fn queue_control(&mut self, msg: Message<'_>) -> Result<(), CloseReason> {
+        if self.charge(msg.encoded_len(), true) == Charge::Queue {
+            msg.encode(&mut self.tx);
+        }
+        self.budget_result()
     }
 
     /// [`PeerState::queue_control`] for an already encoded message.
-    fn queue_control_bytes(
-        &mut self,
-        msg: &[u8],
-        view: &TorrentView<'_>,
-    ) -> Result<(), CloseReason> {
-        self.check_backlog(msg.len(), view)?;
-        self.tx.extend_from_slice(msg);
-        Ok(())
+    fn queue_control_bytes(&mut self, msg: &[u8]) -> Result<(), CloseReason> {
+        if self.charge(msg.len(), true) == Charge::Queue {
+            self.tx.extend_from_slice(msg);
+        }
+        self.budget_result()
     }
 
-    /// Unsent control bytes, not counting replies (bounded by count), may
-    /// not exceed the limit.
-    fn check_backlog(&self, adding: usize, view: &TorrentView<'_>) -> Result<(), CloseReason> {
-        let limit = CONTROL_BACKLOG_LIMIT + bitfield_len(view.num_pieces);
-        let unsent = (self.tx.len() - self.tx_pos).saturating_sub(self.reply_bytes);
-        if unsent + adding > limit {
-            return Err(CloseReason::SendBacklog);
+    /// Queues a state change we must not drop (choke, unchoke, have,
+    /// suggest), still charged to the budget so that a peer provoking them
+    /// without reading is closed.
+    fn queue_state(&mut self, msg: Message<'_>) {
+        self.charge(msg.encoded_len(), false);
+        msg.encode(&mut self.tx);
+    }
+
+    /// Charges `len` bytes the peer provoked to its budget: whether to queue
+    /// or drop them (only if `droppable`). Sets `over_budget` when the bytes
+    /// queued and dropped since it last caught up pass the close limit.
+    fn charge(&mut self, len: usize, droppable: bool) -> Charge {
+        let allowance = bitfield_len(self.num_pieces);
+        let unsent = self.tx.len() - self.tx_pos;
+        if unsent + self.dropped_since_drain + len > REPLY_BUDGET_CLOSE + allowance
+            || unsent + len > 2 * REPLY_BUDGET + allowance
+        {
+            // Grossly over: provoked far more than it read, or so many state
+            // changes (which are never dropped) that they would outgrow
+            // twice the budget in memory.
+            self.over_budget = true;
         }
-        Ok(())
+        if droppable && unsent + len > REPLY_BUDGET + allowance {
+            self.dropped_since_drain += len;
+            self.counters.replies_dropped += 1;
+            return Charge::Drop;
+        }
+        Charge::Queue
+    }
+
+    fn budget_result(&self) -> Result<(), CloseReason> {
+        if self.over_budget {
+            Err(CloseReason::SendBacklog)
+        } else {
+            Ok(())
+        }
     }
 
     fn push_have_event(&mut self, event: HaveEvent) {
@@ -661,20 +745,23 @@ impl PeerState {
             return;
         }
         if choked {
-            Message::Choke.encode(&mut self.tx);
+            self.queue_state(Message::Choke);
             while let Some((r, _)) = self.queue.pop_front() {
                 self.counters.count_reject(RejectReason::ChokeFlushed);
                 if self.peer_flags.fast {
-                    Message::Reject(r).encode(&mut self.tx);
+                    // Over budget: dropped (counted); closed at the next
+                    // input or tick if grossly over.
+                    let _ = self.queue_control(Message::Reject(r));
                 }
             }
         } else {
-            Message::Unchoke.encode(&mut self.tx);
+            self.queue_state(Message::Unchoke);
         }
     }
 
     /// Timeouts and keep-alives.
     pub fn handle_tick(&mut self, now: Instant) -> Result<(), CloseReason> {
+        self.budget_result()?;
         if self.sent_since_tick {
             self.sent_since_tick = false;
             self.last_send = now;
@@ -720,14 +807,15 @@ impl PeerState {
         self.tx_pos += n;
         self.counters.protocol_bytes_sent += n as u64;
         self.sent_since_tick = true;
-        while let Some(&(end, len)) = self.replies.front() {
+        while let Some(&(end, _)) = self.replies.front() {
             if end > self.tx_pos {
                 break;
             }
             self.replies.pop_front();
-            self.reply_bytes -= len;
         }
         if self.tx_pos == self.tx.len() {
+            // The peer caught up with everything it provoked.
+            self.dropped_since_drain = 0;
             self.tx_pos = 0;
             self.tx.clear();
             if self.tx.capacity() > SHRINK_ABOVE {
@@ -748,6 +836,7 @@ impl PeerState {
         let r = self.queue.pop_front();
         if r.is_some() {
             self.sent_since_tick = true;
+            self.excess_requests = 0;
         }
         r
     }
@@ -764,7 +853,8 @@ impl PeerState {
     pub fn reject_popped(&mut self, r: BlockRequest) {
         self.counters.count_reject(RejectReason::NotHave);
         if self.peer_flags.fast {
-            Message::Reject(r).encode(&mut self.tx);
+            // Over budget: dropped and counted (the peer does not read).
+            let _ = self.queue_control(Message::Reject(r));
         }
     }
 
@@ -772,17 +862,17 @@ impl PeerState {
     /// handshake time that are live again. Cheap when nothing was withheld;
     /// call it from time to time (the engine does on its tick).
     pub fn announce_restored(&mut self, view: &TorrentView<'_>) {
-        let Some(withheld) = self.withheld.as_mut() else {
+        let Some(mut withheld) = self.withheld.take() else {
             return;
         };
         for i in 0..withheld.len() {
             if withheld.get(i) && view.is_live(i) {
                 withheld.unset(i);
-                Message::Have(i).encode(&mut self.tx);
+                self.queue_state(Message::Have(i));
             }
         }
-        if withheld.count() == 0 {
-            self.withheld = None;
+        if withheld.count() > 0 {
+            self.withheld = Some(withheld);
         }
     }
 
@@ -895,7 +985,7 @@ impl PeerState {
             }
             ss.announced.set(piece);
         }
-        Message::Have(piece).encode(&mut self.tx);
+        self.queue_state(Message::Have(piece));
         true
     }
 
@@ -912,7 +1002,7 @@ impl PeerState {
                 return false;
             }
         }
-        Message::Suggest(piece).encode(&mut self.tx);
+        self.queue_state(Message::Suggest(piece));
         true
     }
 
@@ -921,6 +1011,18 @@ impl PeerState {
         self.super_seed
             .as_ref()
             .map_or(0, |ss| ss.announced.count())
+    }
+
+    /// Control bytes queued and not yet handed to the engine: what the reply
+    /// budget measures.
+    pub fn unsent_control_bytes(&self) -> usize {
+        self.tx.len() - self.tx_pos
+    }
+
+    /// The peer provoked more than [`REPLY_BUDGET_CLOSE`] without reading:
+    /// the next input or tick returns [`CloseReason::SendBacklog`].
+    pub fn is_over_budget(&self) -> bool {
+        self.over_budget
     }
 
     /// The codec error behind the last `BadHandshake`/`MalformedMessage`/

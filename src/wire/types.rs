@@ -221,7 +221,7 @@ pub enum CloseReason {
     BadRequest,
     #[error("request for more than 16 KiB")]
     RequestTooLarge,
-    #[error("more outstanding requests than our reqq from a peer without the fast extension")]
+    #[error("more than 4x our reqq requests outstanding from a peer without the fast extension")]
     TooManyRequests,
     #[error("bitfield of the wrong length or with spare bits set")]
     BadBitfield,
@@ -235,14 +235,12 @@ pub enum CloseReason {
     IdleTimeout,
     #[error("the torrent was removed while the peer was connected")]
     TorrentRemoved,
-    #[error("peer does not read what we send (control backlog over the limit)")]
+    #[error("peer provokes replies far beyond its byte budget without reading them")]
     SendBacklog,
     #[error("malformed ut_metadata (BEP 9) message")]
     BadMetadataMessage,
-    #[error(
-        "too many metadata/hash replies waiting to be sent: the peer asks faster than it reads"
-    )]
-    RequestFlood,
+    #[error("piece data we never requested (a seed requests nothing)")]
+    UnrequestedData,
 }
 
 impl CloseReason {
@@ -262,7 +260,7 @@ impl CloseReason {
         CloseReason::TorrentRemoved,
         CloseReason::SendBacklog,
         CloseReason::BadMetadataMessage,
-        CloseReason::RequestFlood,
+        CloseReason::UnrequestedData,
     ];
 
     /// Stable metric label.
@@ -283,7 +281,7 @@ impl CloseReason {
             CloseReason::TorrentRemoved => "torrent_removed",
             CloseReason::SendBacklog => "send_backlog",
             CloseReason::BadMetadataMessage => "bad_metadata_message",
-            CloseReason::RequestFlood => "request_flood",
+            CloseReason::UnrequestedData => "unrequested_data",
         }
     }
 }
@@ -366,6 +364,9 @@ pub struct PeerCounters {
     pub metadata_rejected: u64,
     /// BEP 9 data and reject messages sent to us (a seed asks for nothing).
     pub metadata_unsolicited: u64,
+    /// Replies the peer provoked (metadata pieces, hashes, rejects) dropped
+    /// because it was over its reply budget (it does not read).
+    pub replies_dropped: u64,
 }
 
 impl PeerCounters {

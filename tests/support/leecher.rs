@@ -369,21 +369,96 @@ impl RawPeer {
         then: &[Message<'_>],
     ) -> Result<RawPeer> {
         let stream = connect(addr, STALL_TIMEOUT)?;
+        Self::handshake(stream, info_hash, fast, false, then)
+    }
+
+    /// [`RawPeer::connect`] with the receive buffer set to `rcvbuf` bytes
+    /// before connecting (so the TCP window stays small: a peer that stops
+    /// reading stalls the seeder's sends after a few KiB), and the extension
+    /// bit set when `extension`.
+    pub fn connect_small_window(
+        addr: SocketAddr,
+        info_hash: [u8; 20],
+        fast: bool,
+        extension: bool,
+        then: &[Message<'_>],
+        rcvbuf: usize,
+    ) -> Result<RawPeer> {
+        let mut p = Self::open_small_window(addr, info_hash, fast, extension, then, rcvbuf)?;
+        p.read_handshake(info_hash)?;
+        Ok(p)
+    }
+
+    /// [`RawPeer::connect_small_window`] without waiting for the seeder's
+    /// handshake (call [`RawPeer::read_handshake`]), so that many peers can
+    /// be opened without a round trip each.
+    pub fn open_small_window(
+        addr: SocketAddr,
+        info_hash: [u8; 20],
+        fast: bool,
+        extension: bool,
+        then: &[Message<'_>],
+        rcvbuf: usize,
+    ) -> Result<RawPeer> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        sock.set_recv_buffer_size(rcvbuf)
+            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+        sock.connect(&addr.into())
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let stream: TcpStream = sock.into();
+        stream
+            .set_read_timeout(Some(STALL_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Self::open(stream, info_hash, fast, extension, then)
+    }
+
+    fn handshake(
+        stream: TcpStream,
+        info_hash: [u8; 20],
+        fast: bool,
+        extension: bool,
+        then: &[Message<'_>],
+    ) -> Result<RawPeer> {
+        let mut p = Self::open(stream, info_hash, fast, extension, then)?;
+        p.read_handshake(info_hash)?;
+        Ok(p)
+    }
+
+    /// Sends our handshake (and `then`), without reading.
+    fn open(
+        stream: TcpStream,
+        info_hash: [u8; 20],
+        fast: bool,
+        extension: bool,
+        then: &[Message<'_>],
+    ) -> Result<RawPeer> {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut r = Reader::new(stream);
-        let mut out = handshake_bytes(info_hash, fast, false).to_vec();
+        let mut out = handshake_bytes(info_hash, fast, extension).to_vec();
         for m in then {
             m.encode(&mut out);
         }
         send_raw(r.stream(), &out)?;
-        let theirs = r.read_handshake()?;
-        if theirs.info_hash != info_hash {
-            return Err("seeder answered with a different info-hash".into());
-        }
         Ok(RawPeer {
             r,
             last_block: Vec::new(),
         })
+    }
+
+    /// Reads the seeder's handshake, which must name `info_hash`.
+    pub fn read_handshake(&mut self, info_hash: [u8; 20]) -> Result<()> {
+        let theirs = self.r.read_handshake()?;
+        if theirs.info_hash != info_hash {
+            return Err("seeder answered with a different info-hash".into());
+        }
+        Ok(())
+    }
+
+    /// The socket, for raw writes (e.g. a flood encoded by the caller).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.r.stream()
     }
 
     pub fn send(&mut self, msgs: &[Message<'_>]) -> Result<()> {
@@ -539,4 +614,124 @@ pub fn rate_between(samples: &[(Duration, u32)], from: Duration, to: Duration) -
         .map(|(_, n)| u64::from(*n))
         .sum();
     bytes as f64 / (to - from).as_secs_f64()
+}
+
+/// What [`download_without_fast`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFastReport {
+    /// Payload bytes received (each block once).
+    pub bytes: u64,
+    /// Requests sent in total, re-requests included.
+    pub requests: u64,
+    /// Requests sent again because the seeder skipped (dropped) them.
+    pub rerequested: u64,
+    /// Blocks that arrived twice (a re-request raced the first answer).
+    pub duplicates: u64,
+    pub elapsed: Duration,
+}
+
+/// Downloads the whole piece space like a client without the fast extension
+/// that pipelines far beyond the seeder's `reqq`: it keeps `outstanding`
+/// requests in flight and, since a seeder answers in order, treats requests
+/// older than an arriving block as dropped and asks for them again (what
+/// such clients do after a timeout). Every block is handed to `check(offset,
+/// bytes)` once; the download fails if `check` says a block is wrong.
+pub fn download_without_fast(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    piece_length: u32,
+    total_len: u64,
+    outstanding: usize,
+    mut check: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<NoFastReport> {
+    use std::collections::VecDeque;
+    let start = Instant::now();
+    let mut p = RawPeer::connect(addr, info_hash, false, &[Message::Interested])?;
+    let num_pieces = total_len.div_ceil(u64::from(piece_length)) as u32;
+    let blocks: Vec<BlockRequest> = (0..num_pieces)
+        .flat_map(|i| piece_blocks(i, piece_length, total_len))
+        .collect();
+    let index_of = |r: &BlockRequest| -> Option<usize> {
+        let i = (u64::from(r.piece) * u64::from(piece_length) + u64::from(r.begin))
+            / u64::from(MAX_BLOCK_LEN);
+        (blocks.get(i as usize) == Some(r)).then_some(i as usize)
+    };
+    let mut received = vec![false; blocks.len()];
+    let mut done = 0usize;
+    let mut next_new = 0usize;
+    let mut retry: VecDeque<usize> = VecDeque::new();
+    // Requests in flight, in the order sent.
+    let mut inflight: VecDeque<usize> = VecDeque::new();
+    let mut report = NoFastReport::default();
+    let mut unchoked = false;
+    let mut last_progress = Instant::now();
+    while done < blocks.len() {
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            return Err(format!(
+                "stalled at {done}/{} blocks ({report:?})",
+                blocks.len()
+            ));
+        }
+        if unchoked && inflight.len() < outstanding {
+            let mut out = Vec::new();
+            while inflight.len() < outstanding {
+                let i = match retry.pop_front() {
+                    Some(i) if received[i] => continue,
+                    Some(i) => {
+                        report.rerequested += 1;
+                        i
+                    }
+                    None if next_new < blocks.len() => {
+                        next_new += 1;
+                        next_new - 1
+                    }
+                    None => break,
+                };
+                Message::Request(blocks[i]).encode(&mut out);
+                inflight.push_back(i);
+                report.requests += 1;
+            }
+            if !out.is_empty() {
+                send_raw(p.stream(), &out)?;
+            }
+        }
+        match p.recv(Duration::from_secs(2))? {
+            Some(Got::Unchoke) => unchoked = true,
+            Some(Got::Choke) => {
+                // Without the fast extension a choke drops every request.
+                unchoked = false;
+                retry.extend(inflight.drain(..));
+            }
+            Some(Got::Piece(r)) => {
+                let Some(i) = index_of(&r) else {
+                    return Err(format!("block {r:?} is not one we could request"));
+                };
+                if let Some(pos) = inflight.iter().position(|&x| x == i) {
+                    // Answered in order: everything sent before it was dropped.
+                    retry.extend(inflight.drain(..pos));
+                    inflight.pop_front();
+                }
+                if received[i] {
+                    report.duplicates += 1;
+                    continue;
+                }
+                let off = u64::from(r.piece) * u64::from(piece_length) + u64::from(r.begin);
+                if !check(off, &p.last_block) {
+                    return Err(format!("wrong bytes in block {r:?}"));
+                }
+                received[i] = true;
+                done += 1;
+                report.bytes += u64::from(r.len);
+                last_progress = Instant::now();
+            }
+            Some(Got::Reject(r)) => {
+                return Err(format!("reject {r:?} sent to a peer without fast"))
+            }
+            Some(_) => {}
+            // Quiet: whatever is in flight was dropped; ask again.
+            None => retry.extend(inflight.drain(..)),
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
 }

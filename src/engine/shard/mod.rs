@@ -26,7 +26,7 @@ mod transmit;
 
 pub use egress::ConnEgress;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -75,6 +75,9 @@ pub struct ShardConfig {
     pub upload_rate_limit: Rate,
     /// Shards in the engine (the cap's divisor); set by the engine.
     pub shards: usize,
+    /// A send in flight that makes no progress for this long closes the
+    /// peer (`send_timeout`): it stopped reading. Default 30 s.
+    pub send_timeout: Duration,
     /// Super-seed selector settings for torrents that super-seed. Default:
     /// one offer per peer at a time (BEP 16), 5 s forward timeout, suggest.
     pub super_seed: SuperSeedConfig,
@@ -97,6 +100,7 @@ impl Default for ShardConfig {
             read_buffers: 256,
             upload_rate_limit: Rate::UNLIMITED,
             shards: 1,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             super_seed: SuperSeedConfig {
                 offers_per_peer: 1,
                 ..SuperSeedConfig::default()
@@ -104,6 +108,9 @@ impl Default for ShardConfig {
         }
     }
 }
+
+/// Default of [`ShardConfig::send_timeout`].
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 const LISTENER_INDEX: u32 = 0;
 const TICK: Duration = Duration::from_secs(1);
@@ -136,6 +143,11 @@ pub struct Shard {
     bufs: ProvidedBufRing,
     reads: ReadPool,
     cold: Vec<Option<ColdRead>>,
+    /// Connections parked because no read buffer was free, oldest first;
+    /// woken as buffers are released.
+    read_waiters: VecDeque<(u32, u32)>,
+    /// `finish` ran (it runs once, on every exit path; see `Drop`).
+    finished: bool,
     listener: socket2::Socket,
     accepting: bool,
     /// Accept stopped on resource exhaustion; re-armed by the next tick.
@@ -200,6 +212,8 @@ impl Shard {
         Ok(Self {
             fence,
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
+            read_waiters: VecDeque::new(),
+            finished: false,
             ring,
             bufs,
             reads,
@@ -230,7 +244,19 @@ impl Shard {
     }
 
     /// The event loop; returns on shutdown after closing every connection.
+    /// The teardown (`finish`: reap until the kernel holds none of our
+    /// memory) runs on every exit path, errors included; a panic runs it
+    /// from `Drop`.
     pub fn run(mut self) -> io::Result<()> {
+        let result = self.run_loop();
+        if let Err(e) = &result {
+            tracing::error!(shard = self.cfg.index, error = %e, "shard stopping on an error");
+        }
+        self.finish();
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         self.arm_accept()?;
         let mut draining_since: Option<Instant> = None;
         loop {
@@ -276,12 +302,10 @@ impl Shard {
                 });
                 let idle = self.live_conns == 0 && !self.accepting;
                 if idle || now.duration_since(since) > DRAIN_TIMEOUT {
-                    break;
+                    return Ok(());
                 }
             }
         }
-        self.finish();
-        Ok(())
     }
 
     /// How long the next io_uring wait may last: [`WAIT`] at most, less
@@ -315,6 +339,9 @@ impl Shard {
     }
 
     fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         // Stop everything still open, then reap until the kernel holds no
         // more of our memory (reads write into the read pool; sends read
         // send slots), bounded in time.
@@ -342,6 +369,14 @@ impl Shard {
                 "disk reads still in flight at exit; leaking the read pool"
             );
             std::mem::forget(std::mem::replace(&mut self.reads, ReadPool::new(0)));
+        }
+        if self.sends.in_flight() > 0 {
+            // Likewise for send slots the kernel may still read.
+            tracing::warn!(
+                shard = self.cfg.index,
+                "sends still in flight at exit; leaking their slots"
+            );
+            std::mem::forget(std::mem::take(&mut self.sends));
         }
     }
 
@@ -524,6 +559,23 @@ impl Shard {
             if let Some(t) = &c.torrent {
                 c.peer.announce_restored(&t.view());
             }
+            if c.send_slot.is_some()
+                && now.saturating_duration_since(c.last_send_progress) >= self.cfg.send_timeout
+            {
+                // The peer stopped reading: keep-alives or requests from it
+                // do not matter, it cannot hold its send forever.
+                tracing::debug!(peer = %c.remote, "send made no progress; closing peer");
+                to_close.push((idx as u32, CloseKind::SendTimeout));
+                continue;
+            }
+            if c.send_slot.is_none() && send_queue_stuck(c, now, self.cfg.send_timeout) {
+                // Everything fitted into the kernel's buffers and the peer
+                // has not read a byte of it since: whatever it sends us
+                // (keep-alives, requests), it does not read.
+                tracing::debug!(peer = %c.remote, "send queue not read; closing peer");
+                to_close.push((idx as u32, CloseKind::SendTimeout));
+                continue;
+            }
             if let Err(reason) = c.peer.handle_tick(now) {
                 c.last_reason = Some(reason);
                 to_close.push((idx as u32, close_kind(reason)));
@@ -602,7 +654,12 @@ impl Shard {
         }
         let c = self.conns[idx as usize].take().expect("present");
         for rb in &c.ready {
-            self.reads.release(rb.buf);
+            // SAFETY: a ready block's READ has completed and it joined no
+            // send (the connection is quiescent).
+            unsafe { self.reads.release(rb.buf) };
+        }
+        if !c.ready.is_empty() {
+            self.wake_read_waiters(c.ready.len() as u32);
         }
         if !c.peer.is_choked() {
             self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
@@ -621,12 +678,38 @@ impl Shard {
     }
 }
 
+/// With nothing of ours in flight, whether the bytes left in `c`'s socket
+/// send queue have not shrunk for `timeout`. Looks (one `SIOCOUTQ`) only at
+/// connections whose last send completed more than `timeout / 2` ago and
+/// whose queue was not seen empty since, so idle peers that read cost
+/// nothing; a peer that stops reading is closed within about 1.5 x `timeout`
+/// of its last completed send.
+fn send_queue_stuck(c: &mut Conn, now: Instant, timeout: Duration) -> bool {
+    use super::conn::SendQueueWatch;
+    if c.send_queue == SendQueueWatch::Drained
+        || !c.peer.is_handshake_complete()
+        || now.saturating_duration_since(c.last_send_progress) < timeout / 2
+    {
+        return false;
+    }
+    let queued = super::uring::sys::unsent_bytes(&c.fd).unwrap_or(0);
+    match c.send_queue {
+        _ if queued == 0 => c.send_queue = SendQueueWatch::Drained,
+        SendQueueWatch::Stuck(before, since) if queued >= before => {
+            return now.saturating_duration_since(since) >= timeout;
+        }
+        _ => c.send_queue = SendQueueWatch::Stuck(queued, now),
+    }
+    false
+}
+
 /// Move a peer's protocol counters into the shard's stats.
 fn fold_counters(stats: &ShardStats, peer: &mut PeerState) {
     use crate::wire::RejectReason as Wire;
     let pc = peer.take_counters();
     ShardStats::add(&stats.requests, pc.requests_received);
     ShardStats::add(&stats.cancelled, pc.cancels_matched);
+    ShardStats::add(&stats.replies_dropped, pc.replies_dropped);
     for r in Wire::ALL {
         let n = pc.rejected(r);
         if n == 0 {
@@ -646,18 +729,29 @@ fn fold_counters(stats: &ShardStats, peer: &mut PeerState) {
 
 /// Map a protocol close reason to its metrics group.
 pub fn close_kind(reason: CloseReason) -> CloseKind {
-    if matches!(
-        reason,
-        CloseReason::HandshakeTimeout | CloseReason::IdleTimeout
-    ) {
-        CloseKind::Timeout
-    } else {
-        CloseKind::ProtocolError
+    match reason {
+        CloseReason::HandshakeTimeout | CloseReason::IdleTimeout => CloseKind::Timeout,
+        CloseReason::SendBacklog | CloseReason::TooManyRequests | CloseReason::UnrequestedData => {
+            CloseKind::Flood
+        }
+        _ => CloseKind::ProtocolError,
     }
 }
 
 impl Drop for Shard {
     fn drop(&mut self) {
+        // `run` finished already unless it never ran or unwound from a
+        // panic: tear down now, before the ring and the memory it points at
+        // are dropped.
+        if !self.finished && !std::thread::panicking() {
+            self.finish();
+        } else if !self.finished {
+            // Unwinding: reaping could panic again; never free what the
+            // kernel may still touch.
+            self.finished = true;
+            std::mem::forget(std::mem::replace(&mut self.reads, ReadPool::new(0)));
+            std::mem::forget(std::mem::take(&mut self.sends));
+        }
         self.bufs.unregister(&self.ring.uring.submitter());
     }
 }

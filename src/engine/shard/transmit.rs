@@ -21,9 +21,9 @@ use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
-use super::super::conn::{Conn, ReadyBlock};
+use super::super::conn::{Conn, ReadyBlock, SendQueueWatch};
 use super::super::stats::{CloseKind, ShardStats};
-use super::super::stream::StreamMode;
+use super::super::stream::seal_outgoing;
 use super::super::uring::{
     sys, OpKind, ReadPool, Ring, SentBlock, UserData, MAX_BLOCKS_PER_SEND, READ_BUF_SIZE,
 };
@@ -52,6 +52,7 @@ impl Shard {
     /// anything to send and no send in flight.
     pub(super) fn flush(&mut self, idx: u32) -> io::Result<()> {
         let zc = self.cfg.send_zc;
+        let read_share = self.read_share();
         let Some(conn) = self.conns[idx as usize].as_mut() else {
             return Ok(());
         };
@@ -59,6 +60,10 @@ impl Shard {
             return Ok(());
         }
         let (slot_id, mut slot) = self.sends.take((idx, conn.generation));
+        // MSE handshake bytes at the head of this send: already in their
+        // final form (the responder encrypted what needs encrypting), so
+        // RC4 below must not touch them.
+        let pre_len = conn.pre_tx.len();
         if conn.pre_tx.is_empty() {
             let ctl = conn.peer.poll_transmit();
             let ctl_len = ctl.len();
@@ -90,6 +95,9 @@ impl Shard {
         // Requests whose piece was withdrawn (data changed on disk) since
         // they were queued: their rejects go out with the next send.
         let mut withdrawn = false;
+        // Read-pool buffers this flush gave back (parked peers may use them).
+        let mut freed_bufs = 0u32;
+        let mut broken = false;
         if let Some(t) = conn.torrent.clone() {
             // Blocks already read from disk go first.
             while slot.has_room(1) {
@@ -97,7 +105,11 @@ impl Shard {
                     break;
                 };
                 if !t.is_live(rb.req.piece) {
-                    self.reads.release(rb.buf);
+                    // SAFETY: a ready block's READ has completed and the
+                    // buffer is in no send: the kernel holds no reference.
+                    unsafe { self.reads.release(rb.buf) };
+                    conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
+                    freed_bufs += 1;
                     conn.peer.reject_popped(rb.req);
                     withdrawn = true;
                     if let Some(ce) = conn.egress.as_mut() {
@@ -116,11 +128,16 @@ impl Shard {
                     },
                 );
                 // The buffer stays reserved until this slot completes.
-                slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize);
+                if !slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize) {
+                    // Not a buffer of the pool: a bug, never sent as some
+                    // other buffer's bytes.
+                    broken = true;
+                    break;
+                }
             }
             // Then queued requests, served from the mmap when resident.
             loop {
-                if !slot.has_room(4) {
+                if broken || !slot.has_room(4) {
                     break;
                 }
                 let (req, at) = match conn.parked.take() {
@@ -157,8 +174,11 @@ impl Shard {
                         )
                     };
                 if !resident {
-                    if conn.reads_inflight > 0 {
-                        // One cold block per connection at a time.
+                    if conn.reads_inflight > 0 || conn.cold_bufs >= read_share {
+                        // One cold block per connection at a time, and a
+                        // small share of the pool: a peer that stops
+                        // reading cannot hold every buffer of the shard.
+                        // Woken when one of its reads or buffers is done.
                         conn.parked = Some((req, at));
                         break;
                     }
@@ -179,7 +199,12 @@ impl Shard {
                             }
                         }
                         false => {
+                            // No buffer free: woken when one is released.
                             conn.parked = Some((req, at));
+                            if !conn.waiting_read_buf {
+                                conn.waiting_read_buf = true;
+                                self.read_waiters.push_back((idx, conn.generation));
+                            }
                             break;
                         }
                     }
@@ -237,6 +262,29 @@ impl Shard {
             conn.dirty = true;
             self.dirty.push(idx);
         }
+        if broken {
+            tracing::error!(
+                shard = self.cfg.index,
+                "read-pool buffer index out of range; closing the peer"
+            );
+            for b in &slot.blocks {
+                if let Some(buf) = b.read_buf {
+                    // SAFETY: this slot was never submitted and the READs
+                    // of its ready blocks have completed.
+                    unsafe { self.reads.release(buf) };
+                }
+            }
+            self.sends.put_back(slot_id, slot);
+            self.close(idx, CloseKind::IoError);
+            self.wake_read_waiters(u32::MAX);
+            return Ok(());
+        }
+        if freed_bufs > 0 {
+            self.wake_read_waiters(freed_bufs);
+        }
+        let Some(conn) = self.conns[idx as usize].as_mut() else {
+            return Ok(());
+        };
         // Nothing left to pay for: unused credit goes back to the buckets.
         if let (Some(ce), Some(e), Some(t)) = (
             conn.egress.as_mut(),
@@ -251,9 +299,15 @@ impl Shard {
             self.sends.put_back(slot_id, slot);
             return Ok(());
         }
-        if let StreamMode::Rc4(rc4) = &mut conn.stream {
-            // The copying path: RC4 must see every byte in order.
-            slot.flatten_and_transform(|bytes| rc4.encrypt(bytes));
+        if conn.stream.is_rc4() {
+            // The copying path: RC4 must see every byte in order, except
+            // the MSE handshake's own bytes at the head.
+            let stream = &mut conn.stream;
+            slot.flatten_and_transform(|bytes| seal_outgoing(stream, bytes, pre_len));
+        }
+        if conn.send_slot.is_none() {
+            // The send-progress clock starts with the first send in flight.
+            conn.last_send_progress = std::time::Instant::now();
         }
         conn.send_slot = Some(slot_id);
         slot.epoch = self.fence.begin();
@@ -279,7 +333,8 @@ impl Shard {
                 c.zc_pending = c.zc_pending.saturating_sub(1);
             }
             if free {
-                self.free_slot(slot_id);
+                // SAFETY: the op finished and this was its last notification.
+                unsafe { self.free_slot(slot_id) };
             }
             self.try_release(cidx);
             return Ok(());
@@ -307,7 +362,8 @@ impl Shard {
                 c.send_slot = None;
             }
             if free {
-                self.free_slot(slot_id);
+                // SAFETY: this CQE ended the op and no notification is due.
+                unsafe { self.free_slot(slot_id) };
             }
             if conn_alive {
                 self.close(cidx, CloseKind::PeerClosed);
@@ -318,7 +374,14 @@ impl Shard {
         }
         if res > 0 {
             self.hist.record_send_size(res as u64);
+            if let Some(c) = self.conn_mut(cidx, cgen) {
+                c.last_send_progress = std::time::Instant::now();
+                c.send_queue = SendQueueWatch::Unknown;
+            }
         }
+        let Some(slot) = self.sends.get_mut(slot_id) else {
+            return Ok(());
+        };
         if !slot.advance(res as usize) {
             // Partial send (socket buffer full): the iovecs now describe the
             // rest; resubmit the same slot.
@@ -353,22 +416,67 @@ impl Shard {
             c.send_slot = None;
         }
         if free {
-            self.free_slot(slot_id);
+            // SAFETY: the batch's last CQE, and no notification is due.
+            unsafe { self.free_slot(slot_id) };
         }
         self.mark_dirty(cidx);
         Ok(())
     }
 
     /// After a slot's last CQE: release its read buffers and recycle it.
-    pub(super) fn free_slot(&mut self, slot_id: u32) {
-        if let Some(slot) = self.sends.release(slot_id) {
+    ///
+    /// # Safety
+    ///
+    /// The slot's last CQE (for SEND_ZC, its notification) has been reaped.
+    pub(super) unsafe fn free_slot(&mut self, slot_id: u32) {
+        // SAFETY: the caller guarantees the kernel is done with the slot.
+        if let Some(slot) = unsafe { self.sends.release(slot_id) } {
             self.fence.end(slot.epoch);
+            let (cidx, cgen) = slot.owner;
+            let mut freed = 0;
             for b in &slot.blocks {
                 if let Some(buf) = b.read_buf {
-                    self.reads.release(buf);
+                    // SAFETY: the buffer's READ completed before it joined
+                    // this slot, and the slot's last CQE has been reaped.
+                    unsafe { self.reads.release(buf) };
+                    freed += 1;
                 }
             }
+            if freed > 0 {
+                if let Some(c) = self.conn_mut(cidx, cgen) {
+                    c.cold_bufs = c.cold_bufs.saturating_sub(freed);
+                    if c.parked.is_some() {
+                        self.mark_dirty(cidx);
+                    }
+                }
+                self.wake_read_waiters(freed);
+            }
             self.sends.recycle(slot);
+        }
+    }
+
+    /// A connection may hold at most this many read-pool buffers (reading,
+    /// ready, or in its sends): a small share of the shard's pool.
+    pub(super) fn read_share(&self) -> u32 {
+        (self.reads.capacity() / READ_SHARE_DIVISOR).max(1)
+    }
+
+    /// `freed` read-pool buffers became free: wake as many connections
+    /// parked for want of one (they retry in this loop turn's flush).
+    pub(super) fn wake_read_waiters(&mut self, mut freed: u32) {
+        while freed > 0 {
+            let Some((idx, generation)) = self.read_waiters.pop_front() else {
+                return;
+            };
+            let Some(c) = self.conn_mut(idx, generation) else {
+                continue;
+            };
+            c.waiting_read_buf = false;
+            if c.closing.is_some() || c.parked.is_none() {
+                continue;
+            }
+            self.mark_dirty(idx);
+            freed -= 1;
         }
     }
 
@@ -392,26 +500,39 @@ impl Shard {
         let cold = self.cold[buf as usize].take().expect("present");
         self.fence.end(cold.epoch);
         let (cidx, cgen) = (cold.conn, cold.generation);
+        // Every release below: this was the READ's last CQE, and the buffer
+        // is in no send yet.
         let Some(conn) = self.conn_mut(cidx, cgen) else {
-            self.reads.release(buf);
+            // SAFETY: see above.
+            unsafe { self.reads.release(buf) };
+            self.wake_read_waiters(1);
             return Ok(());
         };
         conn.reads_inflight = conn.reads_inflight.saturating_sub(1);
         if conn.closing.is_some() {
-            self.reads.release(buf);
+            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
+            // SAFETY: see above.
+            unsafe { self.reads.release(buf) };
             self.try_release(cidx);
+            self.wake_read_waiters(1);
             return Ok(());
         }
         if cold.bytes_read < cold.bytes_expected {
             // Short read: the file shrank under us. Never serve the rest of
             // the buffer; the watcher withdraws the piece.
             conn.peer.reject_popped(cold.req);
-            self.reads.release(buf);
+            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
+            // SAFETY: see above.
+            unsafe { self.reads.release(buf) };
             self.mark_dirty(cidx);
+            self.wake_read_waiters(1);
             return Ok(());
         }
         if cold.failed {
-            self.reads.release(buf);
+            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
+            // SAFETY: see above.
+            unsafe { self.reads.release(buf) };
+            self.wake_read_waiters(1);
             tracing::warn!(
                 piece = cold.req.piece,
                 "reading a block from disk failed; closing the peer"
@@ -428,6 +549,10 @@ impl Shard {
         Ok(())
     }
 }
+
+/// A connection holds at most `1/READ_SHARE_DIVISOR` of its shard's
+/// read-pool buffers (at least one): 8 of the default 256.
+const READ_SHARE_DIVISOR: u32 = 32;
 
 /// Credit a block costs under an upload cap: its piece message.
 fn block_cost(len: u32) -> u64 {
@@ -486,7 +611,8 @@ pub(super) fn start_cold_read(
                 len,
             } => {
                 let Some(file) = t.content.files().get(file_index).and_then(|f| f.file()) else {
-                    reads.release(buf);
+                    // SAFETY: no READ was submitted into `buf` yet.
+                    unsafe { reads.release(buf) };
                     return Ok(false);
                 };
                 segs.push((types::Fd(file.as_raw_fd()), file_offset, len as u32, dest));
@@ -495,6 +621,7 @@ pub(super) fn start_cold_read(
             }
         }
     }
+    conn.cold_bufs += 1;
     if ops == 0 {
         conn.ready.push_back(ReadyBlock { req, buf, at });
         return Ok(true);

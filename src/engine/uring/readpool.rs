@@ -27,10 +27,25 @@ impl ReadPool {
         self.free.pop()
     }
 
-    pub fn release(&mut self, idx: u32) {
+    /// Return buffer `idx` to the pool. Indices out of range and buffers
+    /// already free are ignored.
+    ///
+    /// # Safety
+    ///
+    /// No operation the kernel may still perform may point into buffer
+    /// `idx`: its READ's CQE has been reaped (or no READ was submitted), and
+    /// every send whose iovecs point into it has had its last CQE (for
+    /// SEND_ZC, its notification). A buffer released early can be handed to
+    /// another read while the kernel still writes into it or sends from it.
+    pub unsafe fn release(&mut self, idx: u32) {
         if idx < self.count && !self.free.contains(&idx) {
             self.free.push(idx);
         }
+    }
+
+    /// Buffers in the pool.
+    pub fn capacity(&self) -> u32 {
+        self.count
     }
 
     pub fn in_use(&self) -> usize {
@@ -46,10 +61,16 @@ impl ReadPool {
         self.mem[start..start + len].fill(0);
     }
 
-    /// Start of buffer `idx` (stable for the pool's lifetime).
-    pub(super) fn ptr(&self, idx: u32) -> *const u8 {
-        let idx = (idx.min(self.count.saturating_sub(1))) as usize;
-        self.mem[idx * READ_BUF_SIZE..].as_ptr()
+    /// Start of buffer `idx` (stable for the pool's lifetime); `None` for an
+    /// index outside the pool (never another buffer in its place).
+    pub(super) fn ptr(&self, idx: u32) -> Option<*const u8> {
+        if idx >= self.count {
+            return None;
+        }
+        let start = idx as usize * READ_BUF_SIZE;
+        self.mem
+            .get(start..start + READ_BUF_SIZE)
+            .map(<[u8]>::as_ptr)
     }
 
     /// Submit a READ of `len` bytes at `file_offset` of `fd` into buffer
@@ -103,5 +124,36 @@ impl ReadPool {
                 .build()
                 .user_data(user_data),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptr_refuses_an_index_outside_the_pool() {
+        let pool = ReadPool::new(2);
+        let a = pool.ptr(0).unwrap();
+        let b = pool.ptr(1).unwrap();
+        assert_eq!(b as usize - a as usize, READ_BUF_SIZE);
+        assert!(pool.ptr(2).is_none(), "no clamping to the last buffer");
+        assert!(pool.ptr(u32::MAX).is_none());
+        assert!(ReadPool::new(0).ptr(0).is_none());
+    }
+
+    #[test]
+    fn release_ignores_double_frees_and_bad_indices() {
+        let mut pool = ReadPool::new(2);
+        let a = pool.alloc().unwrap();
+        assert_eq!(pool.in_use(), 1);
+        // SAFETY: nothing was submitted for `a`; the pool is never read by a kernel here.
+        unsafe {
+            pool.release(a);
+            pool.release(a);
+            pool.release(7);
+        }
+        assert_eq!(pool.in_use(), 0);
+        assert!(pool.alloc().is_some() && pool.alloc().is_some() && pool.alloc().is_none());
     }
 }

@@ -169,10 +169,16 @@ impl SendSlot {
 
     /// Append `len` bytes of read-pool buffer `idx`. The pool buffer must
     /// stay reserved for this slot until it is reset (the shard releases it
-    /// when the slot completes).
-    pub fn push_read_buf(&mut self, pool: &ReadPool, idx: u32, len: usize) {
+    /// when the slot completes). Returns false (nothing appended) when `idx`
+    /// is not a buffer of `pool`.
+    #[must_use]
+    pub fn push_read_buf(&mut self, pool: &ReadPool, idx: u32, len: usize) -> bool {
         let len = len.min(READ_BUF_SIZE);
-        self.push_raw(pool.ptr(idx), len);
+        let Some(ptr) = pool.ptr(idx) else {
+            return false;
+        };
+        self.push_raw(ptr, len);
+        true
     }
 
     fn push_raw(&mut self, ptr: *const u8, len: usize) {
@@ -353,9 +359,17 @@ impl SendTable {
             .and_then(|s| s.as_deref_mut())
     }
 
-    /// Take slot `id` out after its last CQE. The caller releases the
-    /// read-pool buffers listed in its blocks, then calls [`SendTable::recycle`].
-    pub fn release(&mut self, id: u32) -> Option<Box<SendSlot>> {
+    /// Take slot `id` out of the table. The caller releases the read-pool
+    /// buffers listed in its blocks, then calls [`SendTable::recycle`].
+    ///
+    /// # Safety
+    ///
+    /// The kernel must be done with the slot: its operation's last CQE has
+    /// been reaped (for SEND_ZC, the notification too). The slot's msghdr,
+    /// iovecs, headers and control bytes are in a submitted SQE until then;
+    /// recycling or dropping it earlier lets the kernel read freed or reused
+    /// memory.
+    pub unsafe fn release(&mut self, id: u32) -> Option<Box<SendSlot>> {
         let slot = self.slots.get_mut(id as usize)?.take()?;
         self.free_ids.push(id);
         Some(slot)

@@ -124,6 +124,19 @@ pub fn raise_nofile_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// Bytes in the socket's send queue not yet acknowledged by the peer
+/// (`SIOCOUTQ`): data a peer that stopped reading leaves with us.
+pub fn unsent_bytes(fd: &impl AsRawFd) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one c_int through the pointer,
+    // which points at `n`, live for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
