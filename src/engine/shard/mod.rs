@@ -23,6 +23,7 @@ mod egress;
 mod input;
 mod superseed;
 mod transmit;
+mod udp;
 
 pub use egress::ConnEgress;
 
@@ -78,6 +79,9 @@ pub struct ShardConfig {
     /// Super-seed selector settings for torrents that super-seed. Default:
     /// one offer per peer at a time (BEP 16), 5 s forward timeout, suggest.
     pub super_seed: SuperSeedConfig,
+    /// uTP on UDP at the TCP port (`--utp`): the engine binds the socket
+    /// when the mode listens. Default `refuse`.
+    pub utp: crate::utp::UtpMode,
 }
 
 impl Default for ShardConfig {
@@ -101,6 +105,7 @@ impl Default for ShardConfig {
                 offers_per_peer: 1,
                 ..SuperSeedConfig::default()
             },
+            utp: crate::utp::UtpMode::default(),
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct Shard {
     // and unregisters before returning.
     ring: Ring,
     bufs: ProvidedBufRing,
+    /// The uTP socket at the TCP port (`None` with `--utp off`).
+    udp: Option<udp::Udp>,
     reads: ReadPool,
     cold: Vec<Option<ColdRead>>,
     listener: socket2::Socket,
@@ -171,6 +178,7 @@ impl Shard {
     pub fn new(
         cfg: ShardConfig,
         listener: socket2::Socket,
+        udp: Option<std::net::UdpSocket>,
         catalog: Arc<Catalog>,
         stats: Arc<ShardStats>,
         hist: ShardHistograms,
@@ -183,6 +191,7 @@ impl Shard {
             cfg.recv_buffers,
             cfg.recv_buffer_size,
         )?;
+        let udp = udp.map(|sock| udp::Udp::new(&ring, sock)).transpose()?;
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
@@ -202,6 +211,7 @@ impl Shard {
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
             ring,
             bufs,
+            udp,
             reads,
             listener,
             accepting: false,
@@ -232,6 +242,7 @@ impl Shard {
     /// The event loop; returns on shutdown after closing every connection.
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accept()?;
+        self.arm_udp()?;
         let mut draining_since: Option<Instant> = None;
         loop {
             let ts = types::Timespec::from(self.wait_time(Instant::now()));
@@ -322,7 +333,9 @@ impl Shard {
             let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
         }
         let deadline = Instant::now() + Duration::from_secs(1);
-        while (self.cold.iter().any(Option::is_some) || self.sends.in_flight() > 0)
+        while (self.cold.iter().any(Option::is_some)
+            || self.sends.in_flight() > 0
+            || self.udp.as_ref().is_some_and(udp::Udp::is_armed))
             && Instant::now() < deadline
         {
             let ts = types::Timespec::from(Duration::from_millis(10));
@@ -334,6 +347,9 @@ impl Shard {
         }
         self.hist.publish();
         self.bufs.unregister(&self.ring.uring.submitter());
+        if let Some(u) = self.udp.as_mut() {
+            u.unregister(&self.ring);
+        }
         if self.cold.iter().any(Option::is_some) {
             // A disk read is still in flight: never free memory the kernel
             // may write into.
@@ -348,6 +364,7 @@ impl Shard {
     fn begin_shutdown(&mut self) {
         // Stop accepting: shutting the listener down ends the multishot accept.
         let _ = self.listener.shutdown(std::net::Shutdown::Both);
+        self.cancel_udp();
         for idx in 0..self.conns.len() as u32 {
             self.close(idx, CloseKind::Shutdown);
         }
@@ -384,6 +401,7 @@ impl Shard {
             OpKind::Recv => self.on_recv(ud, cqe),
             OpKind::Send => self.on_send(ud, cqe),
             OpKind::Read => self.on_read(ud, cqe),
+            OpKind::Udp => self.on_udp(cqe),
             OpKind::Cancel | OpKind::Wake => Ok(()),
         }
     }
@@ -513,6 +531,9 @@ impl Shard {
         if self.accept_backoff && !self.shutdown.load(Ordering::Relaxed) {
             self.accept_backoff = false;
             self.arm_accept()?;
+        }
+        if !self.shutdown.load(Ordering::Relaxed) {
+            self.arm_udp()?;
         }
         let mut to_close = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
@@ -659,6 +680,9 @@ pub fn close_kind(reason: CloseReason) -> CloseKind {
 impl Drop for Shard {
     fn drop(&mut self) {
         self.bufs.unregister(&self.ring.uring.submitter());
+        if let Some(u) = self.udp.as_mut() {
+            u.unregister(&self.ring);
+        }
     }
 }
 
