@@ -1,14 +1,50 @@
-//! Sans-IO uTP (BEP 29, the uTorrent transport protocol): the packet codec
-//! ([`packet`]) and the polite refusal of connections we do not serve
-//! ([`refuse`]).
+//! Sans-IO uTP (BEP 29, the uTorrent transport protocol):
+//!
+//! - [`packet`]: the header, the extension chain (selective ACK), 16-bit
+//!   wrapping sequence arithmetic;
+//! - [`conn`]: one connection's state machine (SYN, STATE, DATA, FIN,
+//!   RESET; connection ids; re-sends with back-off; keep-alive, idle and
+//!   zero-window timeouts; bounded buffers), with [`recv`] (reorder buffer,
+//!   selective ACKs, receive window) and [`congestion`] (LEDBAT with a
+//!   100 ms target and a floor option for seed boxes; RTT/RTO);
+//! - [`endpoint`]: the connections behind one UDP socket, with half-open
+//!   connections capped and expiring;
+//! - [`refuse`]: answering a SYN we will not serve with a rate-limited
+//!   reset (what the shards do today with `--utp refuse`).
 //!
 //! Nothing here does I/O, reads a clock (`now` is passed in) or uses
-//! `unsafe`; the shards' UDP sockets (`engine::shard::udp`) feed it.
+//! `unsafe`; it is driven by tests on a virtual network
+//! (`tests/utp_props.rs`), fuzzers, and the shards' UDP sockets
+//! (`engine::shard::udp`).
+//!
+//! Why our own: the crates evaluated (December 2026) are all bound to a
+//! runtime or to C. `librqbit-utp` (rqbit's, smoltcp-derived) runs its
+//! sockets as tokio tasks with tokio timers and channels; `utp-rs`
+//! (ethereum/trin), `tokio-utp`, `async-utp` and `async-std-utp` are async
+//! sockets as well (the last three unmaintained for years); `libutp-rs` and
+//! `libutp-rs2` wrap the C libutp with callbacks and its own clock. None
+//! takes `now` and packets in and gives packets out, which a thread-per-core
+//! io_uring shard needs (no runtime, no threads, the clock and the socket
+//! are the shard's), and none exposes the send side as offsets into a
+//! buffer the engine could back with the file's mmap. BEP 29 is small
+//! enough that a sans-IO implementation with its own property tests and
+//! fuzz targets is less risk than adapting an async one.
+//!
+//! Not here: path-MTU probing (payloads are a fixed, conservative 1,400
+//! bytes), pacing (the window is sent as fast as acks allow), and the
+//! close-reason extension (skipped like any unknown extension).
 #![forbid(unsafe_code)]
 
+pub mod congestion;
+pub mod conn;
+pub mod endpoint;
 pub mod packet;
+pub mod recv;
 pub mod refuse;
 
+pub use congestion::LedbatConfig;
+pub use conn::{CloseReason, Config, Connection, State};
+pub use endpoint::{ConnKey, Endpoint, EndpointConfig, EndpointDrop};
 pub use packet::{decode, encode, Header, Packet, PacketError, PacketType, SelectiveAck};
 pub use refuse::{DropReason, RefuseConfig, Refuser};
 
