@@ -12,6 +12,7 @@
 mod formats;
 mod peer;
 mod tracker;
+mod utp;
 mod wire;
 
 pub use formats::{check_bencode, check_magnet, check_metainfo};
@@ -20,4 +21,5 @@ pub use peer::{
     V2_HASH,
 };
 pub use tracker::check_tracker;
+pub use utp::{check_utp_conn, check_utp_packet};
 pub use wire::{check_ext_handshake, check_handshake, check_wire_stream};
