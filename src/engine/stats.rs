@@ -145,6 +145,8 @@ pub struct ShardStats {
     pub utp_datagrams: AtomicU64,
     /// uTP: `ST_RESET`s sent (answers to `SYN`s we do not serve).
     pub utp_resets_sent: AtomicU64,
+    /// uTP: connections accepted and handed to the engine (`--utp serve`).
+    pub utp_accepted: AtomicU64,
     /// uTP: datagrams dropped, by [`UtpDrop`] (index as in
     /// `UtpDrop::LABELS`). Use [`ShardStats::utp_drop`].
     pub utp_dropped: [AtomicU64; 6],

@@ -256,6 +256,9 @@ fn register_shard(index: usize) -> ShardHandles {
         }),
         (c(names::UTP_DATAGRAMS), |s| load(&s.utp_datagrams)),
         (c(names::UTP_RESETS_SENT), |s| load(&s.utp_resets_sent)),
+        (c(names::UTP_CONNECTIONS_ACCEPTED), |s| {
+            load(&s.utp_accepted)
+        }),
     ];
     let reason = |name: &'static str, r: &'static str| counter!(name, names::SHARD => shard.clone(), names::REASON => r);
     let mut rejected: Vec<Counter> = RejectReason::ALL
@@ -330,6 +333,10 @@ fn describe_all() {
     describe_counter!(
         UTP_RESETS_SENT,
         "uTP ST_RESETs sent to SYNs that are not served (--utp refuse)."
+    );
+    describe_counter!(
+        UTP_CONNECTIONS_ACCEPTED,
+        "uTP connections accepted and served like TCP peers (--utp serve)."
     );
     describe_counter!(
         UTP_DATAGRAMS_DROPPED,

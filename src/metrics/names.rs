@@ -48,6 +48,8 @@ pub const ACCEPT_ERRORS: &str = "ringseed_accept_errors_total";
 pub const UTP_DATAGRAMS: &str = "ringseed_utp_datagrams_received_total";
 /// `ST_RESET`s sent in answer to `SYN`s that are not served.
 pub const UTP_RESETS_SENT: &str = "ringseed_utp_resets_sent_total";
+/// uTP connections accepted and served like TCP peers (`--utp serve`).
+pub const UTP_CONNECTIONS_ACCEPTED: &str = "ringseed_utp_connections_accepted_total";
 /// Datagrams dropped or left unanswered, by `reason` (malformed, not_syn,
 /// rate_limited, truncated, send_failed, recv_error).
 pub const UTP_DATAGRAMS_DROPPED: &str = "ringseed_utp_datagrams_dropped_total";
@@ -136,6 +138,7 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     UTP_DATAGRAMS,
     UTP_RESETS_SENT,
+    UTP_CONNECTIONS_ACCEPTED,
     UTP_DATAGRAMS_DROPPED,
     UNCHOKED_PEERS,
     OPTIMISTIC_UNCHOKES,
@@ -182,6 +185,7 @@ pub const COUNTERS: &[&str] = &[
     ACCEPT_ERRORS,
     UTP_DATAGRAMS,
     UTP_RESETS_SENT,
+    UTP_CONNECTIONS_ACCEPTED,
     UTP_DATAGRAMS_DROPPED,
     OPTIMISTIC_UNCHOKES,
     DATA_FILES_CHANGED,

@@ -51,11 +51,14 @@ pub use refuse::{DropReason, RefuseConfig, Refuser};
 /// What the shards do with uTP (`--utp`, config key `utp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum UtpMode {
-    /// `refuse` (default): listen on UDP at the TCP port and answer every
-    /// uTP `SYN` with an `ST_RESET`, so clients that try uTP first (every
+    /// `serve` (default): accept uTP connections on UDP at the TCP port and
+    /// serve them like TCP peers (SYNs over the connection caps get a reset).
+    #[default]
+    Serve,
+    /// `refuse`: listen on UDP at the TCP port and answer every uTP `SYN`
+    /// with an `ST_RESET`, so clients that try uTP first (every
     /// libtorrent-based one) fall back to TCP at once instead of after a
     /// 3-4 s connect timeout.
-    #[default]
     Refuse,
     /// `off`: do not listen on UDP (clients time out on uTP, then use TCP).
     Off,
@@ -65,6 +68,7 @@ impl UtpMode {
     /// The command-line spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
+            UtpMode::Serve => "serve",
             UtpMode::Refuse => "refuse",
             UtpMode::Off => "off",
         }
@@ -85,15 +89,9 @@ impl std::fmt::Display for UtpMode {
 impl std::str::FromStr for UtpMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [UtpMode::Refuse, UtpMode::Off]
+        [UtpMode::Serve, UtpMode::Refuse, UtpMode::Off]
             .into_iter()
             .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                if s == "serve" {
-                    "--utp serve is not built yet: use refuse (clients fall back to TCP at once) or off".to_owned()
-                } else {
-                    format!("unknown uTP mode {s:?}: use refuse or off")
-                }
-            })
+            .ok_or_else(|| format!("unknown uTP mode {s:?}: use serve, refuse or off"))
     }
 }

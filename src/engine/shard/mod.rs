@@ -24,6 +24,7 @@ mod input;
 mod superseed;
 mod transmit;
 mod udp;
+mod utp;
 
 pub use egress::ConnEgress;
 
@@ -191,7 +192,9 @@ impl Shard {
             cfg.recv_buffers,
             cfg.recv_buffer_size,
         )?;
-        let udp = udp.map(|sock| udp::Udp::new(&ring, sock)).transpose()?;
+        let udp = udp
+            .map(|sock| udp::Udp::new(&ring, sock, cfg.utp, cfg.max_connections))
+            .transpose()?;
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
@@ -264,6 +267,7 @@ impl Shard {
             self.egress_poll(now);
             self.superseed_timers(now);
             self.flush_dirty()?;
+            self.utp_turn(now)?;
             self.rearm_recvs()?;
             self.fence_turn();
 
@@ -304,6 +308,15 @@ impl Shard {
         }
         let egress = self.egress.as_ref().and_then(|e| e.next_ready(now));
         let deadline = match (egress, self.superseed.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let utp = self
+            .udp
+            .as_ref()
+            .and_then(|u| u.serving.as_ref())
+            .and_then(|s| s.deadline());
+        let deadline = match (deadline, utp) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -401,7 +414,7 @@ impl Shard {
             OpKind::Recv => self.on_recv(ud, cqe),
             OpKind::Send => self.on_send(ud, cqe),
             OpKind::Read => self.on_read(ud, cqe),
-            OpKind::Udp => self.on_udp(cqe),
+            OpKind::Udp => self.on_udp(ud, cqe),
             OpKind::Cancel | OpKind::Wake => Ok(()),
         }
     }
@@ -535,6 +548,7 @@ impl Shard {
         if !self.shutdown.load(Ordering::Relaxed) {
             self.arm_udp()?;
         }
+        self.utp_mark_all();
         let mut to_close = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c.as_mut() else { continue };

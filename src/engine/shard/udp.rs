@@ -2,12 +2,15 @@
 //! remote address always lands on one shard): datagrams arrive through the
 //! ring's multishot RECVMSG ([`UdpInput`]) and go to the sans-IO uTP side.
 //!
-//! With `--utp refuse` (what exists today) every uTP `SYN` gets an
-//! `ST_RESET` ([`crate::utp::refuse`]: one 20-byte datagram per SYN at
-//! most, rate limited per source and per shard) and everything else is
-//! dropped, counted by reason. The reset is sent with a non-blocking
-//! `sendto` straight from the shard: it is rare, tiny and rate limited, so
-//! an SQE and an in-flight slot per reset would buy nothing.
+//! With `--utp serve` (default) datagrams go to the shard's uTP endpoint
+//! and its connections are served like TCP peers (see [`super::utp`]); a
+//! SYN the endpoint will not take (connection or half-open caps) is refused
+//! like with `--utp refuse`: every uTP `SYN` gets an `ST_RESET`
+//! ([`crate::utp::refuse`]: one 20-byte datagram per SYN at most, rate
+//! limited per source and per shard) and everything else is dropped,
+//! counted by reason. Resets go with a non-blocking `sendto` straight from
+//! the shard: they are rare, tiny and rate limited, so an SQE and an
+//! in-flight slot per reset would buy nothing.
 
 use std::io;
 use std::net::UdpSocket;
@@ -17,7 +20,7 @@ use std::time::Instant;
 use io_uring::cqueue;
 
 use crate::utp::packet::HEADER_LEN;
-use crate::utp::{RefuseConfig, Refuser};
+use crate::utp::{RefuseConfig, Refuser, UtpMode};
 
 use super::super::stats::{ShardStats, UtpDrop};
 use super::super::uring::{OpKind, Ring, UdpInput, UserData};
@@ -30,20 +33,33 @@ const UDP_PAYLOAD: u32 = 2048;
 
 /// One shard's uTP side.
 pub(super) struct Udp {
-    sock: UdpSocket,
+    pub(super) sock: UdpSocket,
     input: UdpInput,
     refuser: Refuser,
+    /// The uTP connections (`--utp serve`).
+    pub(super) serving: Option<super::utp::Serving>,
     /// Origin of the microsecond timestamps we put in packets.
     epoch: Instant,
 }
 
 impl Udp {
-    pub(super) fn new(ring: &Ring, sock: UdpSocket) -> io::Result<Self> {
+    pub(super) fn new(
+        ring: &Ring,
+        sock: UdpSocket,
+        mode: UtpMode,
+        max_connections: usize,
+    ) -> io::Result<Self> {
         sock.set_nonblocking(true)?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (sock.as_raw_fd() as u64) << 32;
         Ok(Self {
             input: UdpInput::new(ring, UDP_BUFFERS, UDP_PAYLOAD)?,
             sock,
             refuser: Refuser::new(RefuseConfig::default()),
+            serving: (mode == UtpMode::Serve)
+                .then(|| super::utp::Serving::new(max_connections, seed)),
             epoch: Instant::now(),
         })
     }
@@ -78,7 +94,11 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_udp(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
+    pub(super) fn on_udp(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
+        if ud.index != 0 {
+            self.on_pump_poll(ud, cqueue::more(cqe.flags()));
+            return Ok(());
+        }
         let Some(u) = self.udp.as_mut() else {
             return Ok(());
         };
@@ -89,6 +109,7 @@ impl Shard {
             sock,
             input,
             refuser,
+            serving,
             ..
         } = u;
         let res = cqe.result();
@@ -105,6 +126,11 @@ impl Shard {
             if d.truncated {
                 stats.utp_drop(UtpDrop::Truncated);
                 return;
+            }
+            if let Some(s) = serving.as_mut() {
+                if s.handle(now, d.from, d.payload) {
+                    return;
+                }
             }
             let mut out = [0u8; HEADER_LEN];
             match refuser.handle(now, now_us, d.from.ip(), d.payload, &mut out) {
