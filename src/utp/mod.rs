@@ -35,6 +35,7 @@
 //! close-reason extension (skipped like any unknown extension).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod congestion;
 pub mod conn;
 pub mod endpoint;
