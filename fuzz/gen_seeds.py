@@ -170,6 +170,29 @@ def main():
     v2_stream = handshake(V2_HASH, fast=False, ext=True, v2=True) + session
     write("peer_state", "v2_no_fast", partial_choked + b"\x00\x00" + v2_stream)
 
+    utp_seeds()
+
+
+def utp_header(ty, conn, seq, ack, wnd=1 << 20, ext=0, ts=1000, diff=0):
+    return struct.pack(">BBHIIIHH", (ty << 4) | 1, ext, conn, ts, diff, wnd, seq, ack)
+
+
+def utp_seeds():
+    # utp_packet: one datagram each.
+    write("utp_packet", "syn", utp_header(4, 0x1234, 1, 0))
+    write("utp_packet", "data", utp_header(0, 0x1235, 2, 77) + b"\x13BitTorrent protocol")
+    write("utp_packet", "state_sack", utp_header(2, 9, 5, 3, ext=1) + b"\x00\x04\x05\x00\x00\x80")
+    write("utp_packet", "unknown_ext_then_sack",
+          utp_header(2, 9, 5, 3, ext=3) + b"\x01\x02\xaa\xbb\x00\x08" + b"\xff" * 8 + b"tail")
+    write("utp_packet", "reset", utp_header(3, 0x1234, 9, 1))
+    write("utp_packet", "version0", b"\x40" + utp_header(4, 1, 1, 0)[1:])
+    # utp_conn: ops (see fuzz/src/checks/utp.rs).
+    write("utp_conn", "transfer", bytes([2, 0, 0, 40, 2, 0, 1, 3, 10, 2, 0, 1, 6, 2, 0, 3, 100, 2, 0, 1]))
+    write("utp_conn", "lossy", bytes([2, 0, 0, 200, 2, 0x55, 3, 80, 2, 0x11, 3, 200, 2, 0, 1, 3, 255, 2, 0, 1]))
+    write("utp_conn", "injected", bytes([2, 0, 0, 10, 5, 0x80, 0, 2, 0, 0, 1, 5, 3, 1, 0, 0, 1, 0,
+                                         4, 20] + list(utp_header(4, 7, 1, 0)) + [2, 0, 1]))
+    write("utp_conn", "server_sends_zero_window", bytes([2, 0] + [7] * 40 + [2, 0, 3, 255] * 20))
+
 
 if __name__ == "__main__":
     main()

@@ -5,12 +5,14 @@ seeder, measured in the same run, alternating (A B A B ...), medians.
 usage: lt_leechers_bench.py --torrent FILE --data PATH [--leechers 1,4]
                             [--rounds 3] [--ringseed-bin target/release/ringseed]
                             [--server-cpu 0] [--leecher-cpu 1] [--work DIR]
+                            [--transport tcp|utp]
 
 Each round starts the seeder pinned to --server-cpu (ringseed with one
 shard, or loadtest/lt_seed.py with libtorrent's high_performance_seed
 settings), then N leechers (tests/interop/lt_download.py, connect_peer, no
 tracker) pinned to --leecher-cpu, each saving into its own directory under
---work (put it on tmpfs). Throughput = N * size / time until the last leecher
+--work (put it on tmpfs). --transport utp: leechers with TCP off, the
+seeders accepting uTP (ringseed --utp serve, libtorrent incoming uTP on). Throughput = N * size / time until the last leecher
 completes, from adding the torrents. Server CPU-seconds from /proc/PID/stat.
 Prints a table and one JSON line. Note: libtorrent leechers hash every piece
 they receive (SHA-1), so on a 2-core machine the leechers are usually the
@@ -39,10 +41,13 @@ def start_server(kind, args):
     if kind == "ringseed":
         cmd = ["taskset", "-c", str(args.server_cpu), args.ringseed_bin, "serve",
                "--torrent", args.torrent, "--data", args.data, "--listen", "127.0.0.1:0",
-               "--shards", "1", "--metrics", "off", "--tracker-listen", "off", "--skip-verify"]
+               "--shards", "1", "--metrics", "off", "--tracker-listen", "off", "--skip-verify",
+               "--utp", "serve" if args.transport == "utp" else "refuse"]
     else:
         cmd = ["taskset", "-c", str(args.server_cpu), sys.executable,
                os.path.join(ROOT, "loadtest", "lt_seed.py"), "--torrent", args.torrent, "--data", args.data]
+        if args.transport == "utp":
+            cmd.append("--utp")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
         if line.startswith("listening on "):
@@ -64,7 +69,7 @@ def run_round(kind, n, args, size):
         procs = [subprocess.Popen(
             ["taskset", "-c", str(args.leecher_cpu), sys.executable,
              os.path.join(ROOT, "tests", "interop", "lt_download.py"), "--peer", addr, "--save", d,
-             "--timeout", "300", "--torrent", args.torrent],
+             "--timeout", "300", "--torrent", args.torrent, "--transport", args.transport],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for d in dirs]
         ok = True
         for p in procs:
@@ -92,6 +97,7 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--leecher-cpu", type=int, default=1)
     ap.add_argument("--work", default="/dev/shm/ringseed-lt-bench")
+    ap.add_argument("--transport", default="tcp", choices=["tcp", "utp"])
     args = ap.parse_args()
     size = os.path.getsize(args.data) if os.path.isfile(args.data) else None
     if size is None:

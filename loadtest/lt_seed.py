@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A libtorrent 2.1.1 seeder for `ringseed-loadtest compare`.
 
-usage: lt_seed.py --torrent FILE --data PATH [--listen 127.0.0.1]
+usage: lt_seed.py --torrent FILE --data PATH [--listen 127.0.0.1] [--utp]
 Seeds FILE from PATH (the content itself, or its parent directory) with
 libtorrent's high_performance_seed() settings, PEX/DHT/LSD/uTP/UPnP off,
 plaintext only, multiple connections per IP allowed. After the data is
@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--listen", default="127.0.0.1")
+    ap.add_argument("--utp", action="store_true", help="accept uTP connections too")
     args = ap.parse_args()
 
     s = lt.high_performance_seed()
@@ -39,6 +40,8 @@ def main():
         "unchoke_slots_limit": -1,
         "alert_mask": lt.alert_category.error,
     })
+    if args.utp:
+        s["enable_incoming_utp"] = True
     ses = lt.session(s)
     ti = lt.torrent_info(args.torrent)
     p = lt.add_torrent_params()

@@ -232,6 +232,11 @@ pub struct ServeArgs {
     /// require-plaintext, or allow-rc4 (RC4 whenever offered).
     #[arg(long, value_name = "POLICY")]
     pub encryption: Option<String>,
+    /// uTP (BEP 29) on UDP at the listen port: refuse (default: answer
+    /// every uTP connect with a reset so clients fall back to TCP at once)
+    /// or off (no UDP socket; clients that try uTP first wait ~4 s).
+    #[arg(long, value_name = "MODE")]
+    pub utp: Option<String>,
     /// Skip the start-up verification (trust the data). Dangerous.
     #[arg(long)]
     pub skip_verify: bool,

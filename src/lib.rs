@@ -7,6 +7,7 @@
 //! - [`wire`]: sans-IO peer protocol (codec and per-peer state machine).
 //! - [`swarm`]: sans-IO seeding policies (choker, limits).
 //! - [`tracker`]: announcing to trackers, and the embedded tracker.
+//! - [`utp`]: sans-IO uTP (BEP 29): packets, refusing with resets.
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
 //! - [`control`]: the control plane's HTTP server (hyper), where the control API and
@@ -26,4 +27,5 @@ pub mod metrics;
 pub mod storage;
 pub mod swarm;
 pub mod tracker;
+pub mod utp;
 pub mod wire;

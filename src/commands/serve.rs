@@ -92,6 +92,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         choker: cfg.choker_config(),
         send_zc: cfg.send_zc,
         encryption: cfg.encryption,
+        utp: cfg.utp,
         upload_rate_limit: cfg.upload_rate_limit,
         send_timeout: cfg.send_timeout,
         ..ShardConfig::default()

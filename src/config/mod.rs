@@ -207,6 +207,11 @@ pub struct ServeConfig {
         serialize_with = "serialize_encryption"
     )]
     pub encryption: EncryptionPolicy,
+    /// uTP on UDP at the `listen` port: `"refuse"` (default: every uTP
+    /// `SYN` is answered with an `ST_RESET`, so clients that try uTP
+    /// first fall back to TCP at once) or `"off"` (no UDP socket).
+    #[serde(deserialize_with = "deserialize_utp", serialize_with = "serialize_utp")]
+    pub utp: UtpMode,
     /// Skip start-up verification and trust the data. Default false.
     pub skip_verify: bool,
     /// Prometheus endpoint address or `"off"`. Default `"127.0.0.1:9100"`.
@@ -314,6 +319,7 @@ impl Default for ServeConfig {
             send_timeout: Duration::from_secs(30),
             send_zc: false,
             encryption: EncryptionPolicy::default(),
+            utp: UtpMode::default(),
             skip_verify: false,
             metrics: MetricsEndpoint::Listen(SocketAddr::from(([127, 0, 0, 1], 9100))),
             log_level: "info".to_owned(),
@@ -475,6 +481,13 @@ impl ServeConfig {
             self.encryption = e.parse().map_err(|reason: String| ConfigError::Flag {
                 flag: "--encryption",
                 value: e.clone(),
+                reason,
+            })?;
+        }
+        if let Some(m) = &args.utp {
+            self.utp = m.parse().map_err(|reason: String| ConfigError::Flag {
+                flag: "--utp",
+                value: m.clone(),
                 reason,
             })?;
         }
@@ -848,4 +861,15 @@ fn serialize_encryption<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.serialize_str(p.as_str())
+}
+
+use crate::utp::UtpMode;
+
+fn deserialize_utp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<UtpMode, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn serialize_utp<S: serde::Serializer>(m: &UtpMode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
 }

@@ -118,6 +118,66 @@ pub struct Engine {
     stats: Vec<Arc<ShardStats>>,
 }
 
+/// A shard's UDP socket for uTP, at the TCP listener's address and port
+/// (SO_REUSEPORT: the kernel hashes a remote address to one shard's socket).
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM.cloexec(),
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// One TCP listener per shard and, if `udp`, one UDP socket per shard on
+/// the same port.
+type Bound = (Vec<socket2::Socket>, Vec<std::net::UdpSocket>, SocketAddr);
+
+fn bind_all(listen: SocketAddr, shards: usize, udp: bool) -> Result<Bound, EngineError> {
+    let err = |addr| move |source| EngineError::Listen { addr, source };
+    // With port 0 the TCP bind picks the port; that port may be taken for
+    // UDP by someone else, so pick again (a few times) rather than fail.
+    let attempts = if listen.port() == 0 && udp { 8 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let first = bind_listener(listen).map_err(err(listen))?;
+        let local_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(listen);
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(bind_listener(local_addr).map_err(err(local_addr))?);
+        }
+        if !udp {
+            return Ok((listeners, Vec::new(), local_addr));
+        }
+        match (0..shards)
+            .map(|_| bind_udp(local_addr))
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(udps) => return Ok((listeners, udps, local_addr)),
+            Err(e) => {
+                last = Some(EngineError::Listen {
+                    addr: local_addr,
+                    source: io::Error::new(
+                        e.kind(),
+                        format!("uTP (UDP) socket: {e}; free the UDP port or run with --utp off"),
+                    ),
+                })
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 fn bind_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(
@@ -169,28 +229,11 @@ impl Engine {
         uring::sys::raise_nofile_limit();
         let shards = cfg.shards.max(1);
         // The first bind resolves port 0; the others join the same port.
-        let mut listeners = Vec::with_capacity(shards);
-        let first = bind_listener(cfg.listen).map_err(|source| EngineError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-        let local_addr = first
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(cfg.listen);
-        listeners.push(first);
-        for _ in 1..shards {
-            listeners.push(
-                bind_listener(local_addr).map_err(|source| EngineError::Listen {
-                    addr: local_addr,
-                    source,
-                })?,
-            );
-        }
+        let (listeners, udps, local_addr) = bind_all(cfg.listen, shards, cfg.shard.utp.listens())?;
         Ok(BoundEngine {
             cfg,
             listeners,
+            udps,
             local_addr,
         })
     }
@@ -200,6 +243,8 @@ impl Engine {
 pub struct BoundEngine {
     cfg: EngineConfig,
     listeners: Vec<socket2::Socket>,
+    /// One per shard, or none (`--utp off`).
+    udps: Vec<std::net::UdpSocket>,
     local_addr: SocketAddr,
 }
 
@@ -218,8 +263,10 @@ impl BoundEngine {
         let BoundEngine {
             mut cfg,
             listeners,
+            udps,
             local_addr,
         } = self;
+        let mut udps = udps.into_iter();
         // Advertise the real port (`p` in the extension handshake).
         cfg.shard.peer.listen_port.get_or_insert(local_addr.port());
         let shards = listeners.len();
@@ -248,9 +295,12 @@ impl BoundEngine {
             let catalog = catalog.clone();
             let shutdown = shutdown.clone();
             let ready_tx = ready_tx.clone();
+            let udp = udps.next();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{index:02}"))
-                .spawn(move || shard_main(scfg, listener, catalog, st, hist, shutdown, ready_tx))
+                .spawn(move || {
+                    shard_main(scfg, listener, udp, catalog, st, hist, shutdown, ready_tx)
+                })
                 .map_err(|source| EngineError::ShardStart { index, source })?;
             threads.push(handle);
         }
@@ -329,9 +379,11 @@ impl Engine {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn shard_main(
     cfg: ShardConfig,
     listener: socket2::Socket,
+    udp: Option<std::net::UdpSocket>,
     catalog: Arc<Catalog>,
     stats: Arc<ShardStats>,
     hist: crate::metrics::ShardHistograms,
@@ -344,7 +396,8 @@ fn shard_main(
             tracing::warn!(shard = index, cpu, error = %e, "could not pin shard to its CPU; running unpinned");
         }
     }
-    let shard = match shard::Shard::new(cfg, listener, catalog, stats, hist, shutdown.clone()) {
+    let shard = match shard::Shard::new(cfg, listener, udp, catalog, stats, hist, shutdown.clone())
+    {
         Ok(s) => {
             let _ = ready.send((index, Ok(())));
             s

@@ -154,6 +154,48 @@ pub struct ShardStats {
     /// Upload cap: this shard's share of the box-wide cap in bytes per
     /// second, 0 when unlimited (gauge, set once at start).
     pub upload_limit: AtomicU64,
+    /// uTP: datagrams received on the shard's UDP socket.
+    pub utp_datagrams: AtomicU64,
+    /// uTP: `ST_RESET`s sent (answers to `SYN`s we do not serve).
+    pub utp_resets_sent: AtomicU64,
+    /// uTP: connections accepted and handed to the engine (`--utp serve`).
+    pub utp_accepted: AtomicU64,
+    /// uTP: datagrams dropped, by [`UtpDrop`] (index as in
+    /// `UtpDrop::LABELS`). Use [`ShardStats::utp_drop`].
+    pub utp_dropped: [AtomicU64; 6],
+}
+
+/// Why a uTP datagram was dropped or got no answer (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UtpDrop {
+    /// Refused by the sans-IO side: malformed, not a SYN, rate limited.
+    Refused(crate::utp::DropReason),
+    /// Longer than the receive buffer.
+    Truncated,
+    /// The answer could not be sent (socket buffer full, ...).
+    SendFailed,
+    /// The receive operation failed.
+    RecvError,
+}
+
+impl UtpDrop {
+    pub const LABELS: [&'static str; 6] = [
+        "malformed",
+        "not_syn",
+        "rate_limited",
+        "truncated",
+        "send_failed",
+        "recv_error",
+    ];
+
+    pub fn index(self) -> usize {
+        match self {
+            UtpDrop::Refused(r) => r.index(),
+            UtpDrop::Truncated => 3,
+            UtpDrop::SendFailed => 4,
+            UtpDrop::RecvError => 5,
+        }
+    }
 }
 
 impl ShardStats {
@@ -182,6 +224,11 @@ impl ShardStats {
             .position(|r| *r == reason)
             .unwrap_or(0);
         Self::add(&self.handshake_failures[i], 1);
+    }
+
+    /// Counts one dropped uTP datagram by its reason.
+    pub fn utp_drop(&self, reason: UtpDrop) {
+        Self::add(&self.utp_dropped[reason.index()], 1);
     }
 
     pub fn get(c: &AtomicU64) -> u64 {

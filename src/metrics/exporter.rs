@@ -29,7 +29,7 @@ use super::names;
 use super::process::{ProcessStats, VerifyStats};
 use super::BuildInfo;
 use crate::control::{HttpRequest, HttpResponse, HttpServer, HttpServerConfig, Service};
-use crate::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
+use crate::engine::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats, UtpDrop};
 use crate::storage::watch::DataChangeStats;
 
 /// Everything the exporter reads at scrape time.
@@ -63,6 +63,7 @@ struct ShardHandles {
     rejected: Vec<Counter>,
     closed: Vec<Counter>,
     handshake_failures: Vec<Counter>,
+    utp_dropped: Vec<Counter>,
     connections: Gauge,
     unchoked: Gauge,
     upload_limit: Gauge,
@@ -138,6 +139,9 @@ impl Renderer {
                 counter.absolute(load(stats.closed(kind)));
             }
             for (counter, c) in h.handshake_failures.iter().zip(&stats.handshake_failures) {
+                counter.absolute(load(c));
+            }
+            for (counter, c) in h.utp_dropped.iter().zip(&stats.utp_dropped) {
                 counter.absolute(load(c));
             }
             h.connections
@@ -259,6 +263,11 @@ fn register_shard(index: usize) -> ShardHandles {
         (c(names::SUPERSEED_SUGGESTS), |s| {
             load(&s.superseed_suggests)
         }),
+        (c(names::UTP_DATAGRAMS), |s| load(&s.utp_datagrams)),
+        (c(names::UTP_RESETS_SENT), |s| load(&s.utp_resets_sent)),
+        (c(names::UTP_CONNECTIONS_ACCEPTED), |s| {
+            load(&s.utp_accepted)
+        }),
     ];
     let reason = |name: &'static str, r: &'static str| counter!(name, names::SHARD => shard.clone(), names::REASON => r);
     let mut rejected: Vec<Counter> = RejectReason::ALL
@@ -276,6 +285,10 @@ fn register_shard(index: usize) -> ShardHandles {
         handshake_failures: HandshakeFailure::ALL
             .iter()
             .map(|f| reason(names::HANDSHAKE_FAILURES, f.as_str()))
+            .collect(),
+        utp_dropped: UtpDrop::LABELS
+            .iter()
+            .map(|r| reason(names::UTP_DATAGRAMS_DROPPED, r))
             .collect(),
         connections: gauge!(names::CONNECTIONS, names::SHARD => shard.clone()),
         unchoked: gauge!(names::UNCHOKED_PEERS, names::SHARD => shard.clone()),
@@ -326,6 +339,22 @@ fn describe_all() {
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by reason.");
     describe_counter!(HANDSHAKE_FAILURES, "Failed handshakes, by reason.");
     describe_counter!(ACCEPT_ERRORS, "accept(2) errors.");
+    describe_counter!(
+        UTP_DATAGRAMS,
+        "Datagrams received on the shard's uTP (UDP) socket."
+    );
+    describe_counter!(
+        UTP_RESETS_SENT,
+        "uTP ST_RESETs sent to SYNs that are not served (--utp refuse)."
+    );
+    describe_counter!(
+        UTP_CONNECTIONS_ACCEPTED,
+        "uTP connections accepted and served like TCP peers (--utp serve)."
+    );
+    describe_counter!(
+        UTP_DATAGRAMS_DROPPED,
+        "uTP datagrams dropped or left unanswered, by reason."
+    );
     describe_gauge!(UNCHOKED_PEERS, "Peers currently unchoked.");
     describe_counter!(OPTIMISTIC_UNCHOKES, "Optimistic unchokes performed.");
     describe_counter!(

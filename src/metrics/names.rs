@@ -46,6 +46,17 @@ pub const HANDSHAKE_FAILURES: &str = "ringseed_handshake_failures_total";
 /// accept(2) errors (EMFILE, ENOBUFS, ...).
 pub const ACCEPT_ERRORS: &str = "ringseed_accept_errors_total";
 
+// uTP on the shards' UDP sockets (per shard).
+/// Datagrams received on the shard's UDP socket.
+pub const UTP_DATAGRAMS: &str = "ringseed_utp_datagrams_received_total";
+/// `ST_RESET`s sent in answer to `SYN`s that are not served.
+pub const UTP_RESETS_SENT: &str = "ringseed_utp_resets_sent_total";
+/// uTP connections accepted and served like TCP peers (`--utp serve`).
+pub const UTP_CONNECTIONS_ACCEPTED: &str = "ringseed_utp_connections_accepted_total";
+/// Datagrams dropped or left unanswered, by `reason` (malformed, not_syn,
+/// rate_limited, truncated, send_failed, recv_error).
+pub const UTP_DATAGRAMS_DROPPED: &str = "ringseed_utp_datagrams_dropped_total";
+
 // Choker (per shard).
 /// Peers currently unchoked (gauge).
 pub const UNCHOKED_PEERS: &str = "ringseed_unchoked_peers";
@@ -129,6 +140,10 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_CLOSED,
     HANDSHAKE_FAILURES,
     ACCEPT_ERRORS,
+    UTP_DATAGRAMS,
+    UTP_RESETS_SENT,
+    UTP_CONNECTIONS_ACCEPTED,
+    UTP_DATAGRAMS_DROPPED,
     UNCHOKED_PEERS,
     OPTIMISTIC_UNCHOKES,
     DATA_FILES_CHANGED,
@@ -173,6 +188,10 @@ pub const COUNTERS: &[&str] = &[
     CONNECTIONS_CLOSED,
     HANDSHAKE_FAILURES,
     ACCEPT_ERRORS,
+    UTP_DATAGRAMS,
+    UTP_RESETS_SENT,
+    UTP_CONNECTIONS_ACCEPTED,
+    UTP_DATAGRAMS_DROPPED,
     OPTIMISTIC_UNCHOKES,
     DATA_FILES_CHANGED,
     DATA_PIECES_WITHDRAWN,

@@ -27,6 +27,8 @@ def main():
     ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     ap.add_argument("--linger", type=float, default=0,
                     help="keep seeding this many seconds after completing (for swarm tests)")
+    ap.add_argument("--transport", default="tcp", choices=["tcp", "utp"],
+                    help="tcp (default): uTP off; utp: TCP off")
     args = ap.parse_args()
 
     settings = {
@@ -46,6 +48,9 @@ def main():
     elif args.enc == "rc4":
         settings["out_enc_policy"] = lt.enc_policy.forced
         settings["allowed_enc_level"] = lt.enc_level.rc4
+    if args.transport == "utp":
+        settings.update({"enable_incoming_utp": True, "enable_outgoing_utp": True,
+                         "enable_incoming_tcp": False, "enable_outgoing_tcp": False})
     if args.download_limit:
         settings["download_rate_limit"] = args.download_limit
     ses = lt.session(settings)

@@ -13,6 +13,7 @@ mod formats;
 mod ledger;
 mod peer;
 mod tracker;
+mod utp;
 mod wire;
 
 pub use formats::{check_bencode, check_magnet, check_metainfo};
@@ -22,4 +23,5 @@ pub use peer::{
     V2_HASH,
 };
 pub use tracker::check_tracker;
+pub use utp::{check_utp_conn, check_utp_packet};
 pub use wire::{check_ext_handshake, check_handshake, check_wire_stream};

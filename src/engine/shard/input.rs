@@ -74,15 +74,27 @@ impl Shard {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        self.adopt(fd, remote).map(|_| ())
+    }
+
+    /// Make `fd` a peer connection from `remote`, within the shard's limits
+    /// (a TCP socket just accepted, or the engine's end of a uTP
+    /// connection's stream, see `udp`). `Ok(None)`: refused by a limit
+    /// (the fd is closed).
+    pub(super) fn adopt(
+        &mut self,
+        fd: std::os::fd::OwnedFd,
+        remote: SocketAddr,
+    ) -> io::Result<Option<u32>> {
         if self.live_conns >= self.cfg.max_connections {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
-            return Ok(());
+            return Ok(None);
         }
         let ip = remote.ip();
         let n = self.per_ip.entry(ip).or_insert(0);
         if *n >= self.cfg.max_per_ip {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
-            return Ok(());
+            return Ok(None);
         }
         *n += 1;
         ShardStats::add(&self.stats.accepted, 1);
@@ -100,7 +112,8 @@ impl Shard {
         let generation = self.generations[idx as usize];
         self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, peer, now));
         self.live_conns += 1;
-        self.arm_recv(idx)
+        self.arm_recv(idx)?;
+        Ok(Some(idx))
     }
 
     // ---- receive ------------------------------------------------------

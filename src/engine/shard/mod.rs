@@ -23,6 +23,8 @@ mod egress;
 mod input;
 mod superseed;
 mod transmit;
+mod udp;
+mod utp;
 
 pub use egress::ConnEgress;
 
@@ -81,6 +83,9 @@ pub struct ShardConfig {
     /// Super-seed selector settings for torrents that super-seed. Default:
     /// one offer per peer at a time (BEP 16), 5 s forward timeout, suggest.
     pub super_seed: SuperSeedConfig,
+    /// uTP on UDP at the TCP port (`--utp`): the engine binds the socket
+    /// when the mode listens. Default `refuse`.
+    pub utp: crate::utp::UtpMode,
 }
 
 impl Default for ShardConfig {
@@ -105,6 +110,7 @@ impl Default for ShardConfig {
                 offers_per_peer: 1,
                 ..SuperSeedConfig::default()
             },
+            utp: crate::utp::UtpMode::default(),
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct Shard {
     // and unregisters before returning.
     ring: Ring,
     bufs: ProvidedBufRing,
+    /// The uTP socket at the TCP port (`None` with `--utp off`).
+    udp: Option<udp::Udp>,
     reads: ReadPool,
     cold: Vec<Option<ColdRead>>,
     /// Connections parked because no read buffer was free, oldest first;
@@ -183,6 +191,7 @@ impl Shard {
     pub fn new(
         cfg: ShardConfig,
         listener: socket2::Socket,
+        udp: Option<std::net::UdpSocket>,
         catalog: Arc<Catalog>,
         stats: Arc<ShardStats>,
         hist: ShardHistograms,
@@ -195,6 +204,9 @@ impl Shard {
             cfg.recv_buffers,
             cfg.recv_buffer_size,
         )?;
+        let udp = udp
+            .map(|sock| udp::Udp::new(&ring, sock, cfg.utp, cfg.max_connections))
+            .transpose()?;
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
@@ -216,6 +228,7 @@ impl Shard {
             finished: false,
             ring,
             bufs,
+            udp,
             reads,
             listener,
             accepting: false,
@@ -258,6 +271,7 @@ impl Shard {
 
     fn run_loop(&mut self) -> io::Result<()> {
         self.arm_accept()?;
+        self.arm_udp()?;
         let mut draining_since: Option<Instant> = None;
         loop {
             let ts = types::Timespec::from(self.wait_time(Instant::now()));
@@ -279,6 +293,7 @@ impl Shard {
             self.egress_poll(now);
             self.superseed_timers(now);
             self.flush_dirty()?;
+            self.utp_turn(now)?;
             self.rearm_recvs()?;
             self.fence_turn();
 
@@ -320,6 +335,15 @@ impl Shard {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let utp = self
+            .udp
+            .as_ref()
+            .and_then(|u| u.serving.as_ref())
+            .and_then(|s| s.deadline());
+        let deadline = match (deadline, utp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         deadline.map_or(WAIT, |d| d.saturating_duration_since(now).min(WAIT))
     }
 
@@ -349,7 +373,9 @@ impl Shard {
             let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
         }
         let deadline = Instant::now() + Duration::from_secs(1);
-        while (self.cold.iter().any(Option::is_some) || self.sends.in_flight() > 0)
+        while (self.cold.iter().any(Option::is_some)
+            || self.sends.in_flight() > 0
+            || self.udp.as_ref().is_some_and(udp::Udp::is_armed))
             && Instant::now() < deadline
         {
             let ts = types::Timespec::from(Duration::from_millis(10));
@@ -361,6 +387,9 @@ impl Shard {
         }
         self.hist.publish();
         self.bufs.unregister(&self.ring.uring.submitter());
+        if let Some(u) = self.udp.as_mut() {
+            u.unregister(&self.ring);
+        }
         if self.cold.iter().any(Option::is_some) {
             // A disk read is still in flight: never free memory the kernel
             // may write into.
@@ -383,6 +412,7 @@ impl Shard {
     fn begin_shutdown(&mut self) {
         // Stop accepting: shutting the listener down ends the multishot accept.
         let _ = self.listener.shutdown(std::net::Shutdown::Both);
+        self.cancel_udp();
         for idx in 0..self.conns.len() as u32 {
             self.close(idx, CloseKind::Shutdown);
         }
@@ -419,6 +449,7 @@ impl Shard {
             OpKind::Recv => self.on_recv(ud, cqe),
             OpKind::Send => self.on_send(ud, cqe),
             OpKind::Read => self.on_read(ud, cqe),
+            OpKind::Udp => self.on_udp(ud, cqe),
             OpKind::Cancel | OpKind::Wake => Ok(()),
         }
     }
@@ -549,6 +580,10 @@ impl Shard {
             self.accept_backoff = false;
             self.arm_accept()?;
         }
+        if !self.shutdown.load(Ordering::Relaxed) {
+            self.arm_udp()?;
+        }
+        self.utp_mark_all();
         let mut to_close = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c.as_mut() else { continue };
@@ -753,6 +788,9 @@ impl Drop for Shard {
             std::mem::forget(std::mem::take(&mut self.sends));
         }
         self.bufs.unregister(&self.ring.uring.submitter());
+        if let Some(u) = self.udp.as_mut() {
+            u.unregister(&self.ring);
+        }
     }
 }
 

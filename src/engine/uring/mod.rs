@@ -15,10 +15,12 @@ pub mod readpool;
 pub mod ring;
 pub mod send;
 pub mod sys;
+pub mod udp;
 pub mod user_data;
 
 pub use bufring::ProvidedBufRing;
 pub use readpool::{ReadPool, READ_BUF_SIZE};
 pub use ring::{probe_kernel, Ring, RingConfig};
 pub use send::{SendSlot, SendTable, SentBlock, MAX_BLOCKS_PER_SEND};
+pub use udp::{Datagram, UdpInput};
 pub use user_data::{OpKind, UserData};

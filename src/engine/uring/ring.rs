@@ -181,6 +181,21 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// Multishot poll of `fd` for `events` (POLLIN, ...).
+    pub fn push_poll_multi(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        events: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = opcode::PollAdd::new(io_uring::types::Fd(fd), events)
+            .multi(true)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers in this SQE.
+        unsafe { self.push(&e) }
+    }
+
     /// Cancel the operation(s) tagged `target`.
     pub fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
         let e = opcode::AsyncCancel::new(target)

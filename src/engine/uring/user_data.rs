@@ -15,6 +15,8 @@ pub enum OpKind {
     Read = 4,
     Cancel = 5,
     Wake = 6,
+    /// The multishot receive of a shard's UDP (uTP) socket.
+    Udp = 7,
 }
 
 impl OpKind {
@@ -26,6 +28,7 @@ impl OpKind {
             4 => Self::Read,
             5 => Self::Cancel,
             6 => Self::Wake,
+            7 => Self::Udp,
             _ => return None,
         })
     }
@@ -85,6 +88,7 @@ mod tests {
             OpKind::Read,
             OpKind::Cancel,
             OpKind::Wake,
+            OpKind::Udp,
         ] {
             for (g, i) in [(0, 0), (GEN_MASK, u32::MAX), (12345, 678)] {
                 let ud = UserData::new(kind, g, i);
