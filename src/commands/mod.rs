@@ -9,6 +9,7 @@ mod create;
 mod inspect;
 mod ledger;
 mod serve;
+mod torrents;
 mod verify;
 
 /// Run one subcommand, print its error (with context) and map it to an exit
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         Command::Serve(args) => serve::run(*args),
         Command::Ledger(args) => ledger::run(args.command),
+        Command::Torrents(args) => torrents::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -15,12 +15,16 @@
 //! KEY is a served torrent's name (as `ringseed inspect` and the start-up
 //! banner print it), its v1 info-hash (40 hex digits) or its v2 info-hash
 //! (64 hex digits). Keys are matched once the torrents are prepared, since
-//! `serve DIR` only learns the info-hashes then: a key that matches no served
-//! torrent, a name shared by two torrents, or two keys for one torrent stop
-//! the start-up with an error that lists what is served.
+//! `serve DIR` only learns the info-hashes then, and again for every torrent
+//! added while serving (a new entry in DIR, `POST /torrents`): a key that
+//! matches no torrent at start-up is a warning that lists what is served (it
+//! may name one added later); a name shared by two torrents, or two keys for
+//! one torrent, stop the start-up with an error. For a torrent added later,
+//! the first matching key (in key order) applies and any other is warned
+//! about.
 //!
-//! What it does not do: change settings at run time (restart to apply), or
-//! hold any setting other than these two.
+//! What it does not do: change the settings of a torrent already served
+//! (remove and add it again), or hold any setting other than these two.
 
 use serde::{Deserialize, Serialize};
 
@@ -79,10 +83,14 @@ impl ServeConfig {
             let i = match hits.as_slice() {
                 [i] => *i,
                 [] => {
-                    return Err(ConfigError::UnknownTorrent {
-                        key: key.clone(),
-                        served: served_list(torrents),
-                    })
+                    tracing::warn!(
+                        "{}",
+                        ConfigError::UnknownTorrent {
+                            key: key.clone(),
+                            served: served_list(torrents),
+                        }
+                    );
+                    continue;
                 }
                 _ => {
                     return Err(ConfigError::AmbiguousTorrent {
@@ -107,6 +115,42 @@ impl ServeConfig {
             }
         }
         Ok(settings)
+    }
+    /// The keys of `[per_torrent]` that name none of `torrents`.
+    pub fn unmatched_per_torrent(&self, torrents: &[&Torrent]) -> Vec<String> {
+        self.per_torrent
+            .keys()
+            .filter(|k| !torrents.iter().any(|t| key_matches(k, t)))
+            .cloned()
+            .collect()
+    }
+
+    /// The settings of a torrent added while serving: the global
+    /// `super_seed`, then the first `[per_torrent]` table that names it.
+    pub fn settings_for(&self, torrent: &Torrent) -> TorrentSettings {
+        let mut settings = TorrentSettings {
+            super_seed: self.super_seed,
+            upload_rate_limit: Rate::UNLIMITED,
+        };
+        let mut keys = self
+            .per_torrent
+            .iter()
+            .filter(|(k, _)| key_matches(k, torrent));
+        if let Some((key, o)) = keys.next() {
+            if let Some(s) = o.super_seed {
+                settings.super_seed = s;
+            }
+            if let Some(r) = o.upload_rate_limit {
+                settings.upload_rate_limit = r;
+            }
+            for (other, _) in keys {
+                tracing::warn!(
+                    torrent = %torrent.name,
+                    "[per_torrent.{other:?}] also names this torrent; [per_torrent.{key:?}] applies"
+                );
+            }
+        }
+        settings
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Prepared {
     pub bad_pieces: u32,
     /// How the pieces were established: "verified", "resume record", "created".
     pub source: &'static str,
+    /// The `serve DIR` entry it was made for, if any.
+    pub dir_entry: Option<String>,
 }
 
 /// Prepare every torrent the configuration names.
@@ -101,7 +103,7 @@ pub fn prepare_all(
 }
 
 /// Files and top-level directories of DIR, sorted, hidden entries skipped.
-fn dir_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn dir_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut entries = Vec::new();
     for e in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
@@ -124,7 +126,10 @@ fn progress_for(label: &str, bytes: u64) -> Progress {
     Progress::new(label, bytes)
 }
 
-fn prepare_dir_entry(
+/// `serve DIR` entry `path`: reuse the torrent made last time (in `state`)
+/// if its resume record proves the data unchanged, else create a hybrid
+/// torrent for it (hashing every byte, with a progress line).
+pub fn prepare_dir_entry(
     path: &Path,
     state: &Path,
     threads: usize,
@@ -157,6 +162,7 @@ fn prepare_dir_entry(
                         torrent_path,
                         bad_pieces: bad,
                         source: "resume record",
+                        dir_entry: Some(name),
                     });
                 }
             }
@@ -196,6 +202,7 @@ fn prepare_dir_entry(
         torrent_path,
         bad_pieces: 0,
         source: "created",
+        dir_entry: Some(name),
     })
 }
 
@@ -271,6 +278,34 @@ fn prepare_pair(
     let torrent = Torrent::from_bytes(&bytes)
         .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
     let content = Content::open(&torrent, data)?;
+    let mut p = prepare_opened(
+        torrent,
+        content,
+        torrent_file.to_path_buf(),
+        state,
+        cfg.skip_verify,
+        threads,
+        verify_stats,
+    )?;
+    p.served.id = crate::wire::TorrentId(id);
+    Ok(p)
+}
+
+/// A parsed torrent whose content is open: trust its resume record if it
+/// proves the data unchanged, else verify every piece (with a progress
+/// line), and save a new record. `torrent_path`: where its `.torrent` is,
+/// for the operator.
+pub fn prepare_opened(
+    torrent: Torrent,
+    content: Content,
+    torrent_path: PathBuf,
+    state: Option<&Path>,
+    skip_verify: bool,
+    threads: usize,
+    verify_stats: &VerifyStats,
+) -> anyhow::Result<Prepared> {
+    let torrent_file = torrent_path.as_path();
+    let id = 0;
     if let Some(state) = state {
         if let Ok(Some(rec)) = ResumeRecord::load(&torrent, state) {
             if let Ok(have) = rec.check(&torrent, content.root()) {
@@ -281,11 +316,12 @@ fn prepare_pair(
                     torrent_path: torrent_file.to_path_buf(),
                     bad_pieces: bad,
                     source: "resume record",
+                    dir_entry: None,
                 });
             }
         }
     }
-    let (have, bad, source) = if cfg.skip_verify {
+    let (have, bad, source) = if skip_verify {
         let have = Bitfield::full(torrent.num_pieces);
         tracing::warn!(torrent = %torrent.name, "--skip-verify: serving pieces without checking them");
         (have, 0, "trusted (--skip-verify)")
@@ -332,5 +368,6 @@ fn prepare_pair(
         torrent_path: torrent_file.to_path_buf(),
         bad_pieces: bad,
         source,
+        dir_entry: None,
     })
 }

@@ -41,6 +41,8 @@ pub struct MetricsSources {
     pub verify: Arc<VerifyStats>,
     /// Files changed on disk, leases (`storage::watch`).
     pub data: Arc<DataChangeStats>,
+    /// Torrents by state, changes while serving (`control`).
+    pub torrents: Arc<super::TorrentCounts>,
     pub build: BuildInfo,
     /// The release ledger's counters, when `serve --ledger` runs one.
     pub ledger: Option<Arc<crate::ledger::node::NodeStats>>,
@@ -182,6 +184,7 @@ impl Renderer {
                 .iter()
                 .map(|s| load(&s.throttle_wait_nanos) as f64 / 1e9),
         );
+        self.sources.torrents.render(&mut out);
         let p = ProcessStats::read();
         float_counter(
             &mut out,

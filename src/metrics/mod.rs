@@ -19,10 +19,12 @@ pub mod exporter;
 pub mod histogram;
 pub mod names;
 pub mod process;
+pub mod torrents;
 
 pub use exporter::{MetricsServer, MetricsSources, Renderer};
 pub use histogram::{HistogramSet, LocalHist, ShardHistograms, SharedHistograms};
 pub use process::{ProcessStats, VerifyStats};
+pub use torrents::{TorrentChange, TorrentCounts, TorrentState};
 
 /// Which build is running: exported as `ringseed_build_info{version,commit} 1`.
 #[derive(Clone, Debug, PartialEq, Eq)]

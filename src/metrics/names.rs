@@ -96,6 +96,10 @@ pub const UPLOAD_THROTTLE_WAIT_SECONDS: &str = "ringseed_upload_throttle_wait_se
 pub const PIECES_VERIFIED: &str = "ringseed_pieces_verified_total";
 /// Pieces that failed their hash check.
 pub const PIECES_FAILED: &str = "ringseed_pieces_failed_total";
+/// Torrents by `state` (verifying, serving, draining) (gauge).
+pub const TORRENTS: &str = "ringseed_torrents";
+/// Torrents `added`, `removed`, `replaced` while serving.
+pub const TORRENT_CHANGES: &str = "ringseed_torrent_changes_total";
 /// Pieces queued for verification and not checked yet (gauge).
 pub const PIECES_PENDING: &str = "ringseed_pieces_pending";
 /// Bytes hashed by verification.
@@ -162,6 +166,8 @@ pub const ALL: &[&str] = &[
     PIECES_PENDING,
     VERIFY_BYTES,
     VERIFY_SECONDS,
+    TORRENTS,
+    TORRENT_CHANGES,
     REQUEST_TO_SEND_SECONDS,
     HANDSHAKE_TO_UNCHOKE_SECONDS,
     SEND_SIZE_BYTES,
@@ -205,6 +211,7 @@ pub const COUNTERS: &[&str] = &[
     PIECES_FAILED,
     VERIFY_BYTES,
     VERIFY_SECONDS,
+    TORRENT_CHANGES,
     CPU_SECONDS,
 ];
 

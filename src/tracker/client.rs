@@ -224,7 +224,11 @@ struct Job {
 
 enum Command {
     Add(AnnounceTarget),
-    Shutdown { deadline: Instant },
+    /// Stop announcing these swarms; `stopped` to trackers that got `started`.
+    Remove(Vec<InfoHash>),
+    Shutdown {
+        deadline: Instant,
+    },
 }
 
 /// Handle to the announcer thread.
@@ -278,6 +282,12 @@ impl Announcer {
         let _ = self.commands.send(Command::Add(target));
     }
 
+    /// Stop announcing a torrent taken out while running: `stopped` goes to
+    /// every tracker that got `started` for these swarms.
+    pub fn remove(&self, info_hashes: Vec<InfoHash>) {
+        let _ = self.commands.send(Command::Remove(info_hashes));
+    }
+
     pub fn counters(&self) -> Arc<AnnounceCounters> {
         self.counters.clone()
     }
@@ -317,6 +327,7 @@ impl Worker {
             loop {
                 match rx.try_recv() {
                     Ok(Command::Add(t)) => self.add(t),
+                    Ok(Command::Remove(h)) => self.remove(&h),
                     Ok(Command::Shutdown { deadline }) => return self.stop_all(deadline),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
@@ -335,6 +346,7 @@ impl Worker {
                     let wait = other.map_or(Duration::from_secs(3600), |(_, at)| at - now);
                     match rx.recv_timeout(wait) {
                         Ok(Command::Add(t)) => self.add(t),
+                        Ok(Command::Remove(h)) => self.remove(&h),
                         Ok(Command::Shutdown { deadline }) => return self.stop_all(deadline),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -460,10 +472,23 @@ impl Worker {
         self.jobs.push(job);
     }
 
+    fn remove(&mut self, hashes: &[InfoHash]) {
+        let (gone, keep): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .partition(|j| hashes.contains(&j.info_hash));
+        self.jobs = keep;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.stop_jobs(&gone, deadline);
+    }
+
     /// `stopped` to every tracker that got `started`, until `deadline`.
     fn stop_all(&mut self, deadline: Instant) {
         let jobs = std::mem::take(&mut self.jobs);
-        for job in &jobs {
+        self.stop_jobs(&jobs, deadline);
+    }
+
+    fn stop_jobs(&mut self, jobs: &[Job], deadline: Instant) {
+        for job in jobs {
             for tier in &job.tiers.0 {
                 for entry in tier.iter().filter(|e| e.started_sent) {
                     let (Some(url), true) = (&entry.url, Instant::now() < deadline) else {

@@ -224,6 +224,11 @@ impl EmbeddedTracker {
         self.shared.swarms().add_known_unlisted(info_hash);
     }
 
+    /// Stop tracking a torrent we no longer serve.
+    pub fn remove_torrent(&self, info_hash: &InfoHash) {
+        self.shared.swarms().remove_known(info_hash);
+    }
+
     pub fn scrape(&self, info_hash: &InfoHash) -> Option<ScrapeStats> {
         self.shared.swarms().scrape(info_hash)
     }

@@ -169,6 +169,13 @@ impl Swarms {
         self.add(hash, true);
     }
 
+    /// A torrent we no longer serve: its swarm and peers are forgotten.
+    pub fn remove_known(&mut self, hash: &InfoHash) {
+        if self.swarms.get(hash).is_some_and(|s| s.known) {
+            self.swarms.remove(hash);
+        }
+    }
+
     /// A swarm we serve whose peer lists do not name the seed: the truncated
     /// v2 swarm of a hybrid torrent. libtorrent 2.1 expects a peer it learnt
     /// from the v2 swarm to answer with the v2 info-hash, and rejects our

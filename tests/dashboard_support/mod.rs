@@ -470,6 +470,18 @@ pub fn generate_dashboard() -> Value {
         "short",
         vec![target("A", format!("sum by (instance) (ringseed_data_files_leased{I})"), "{{instance}} leased")],
     ));
+    l.panel(12, timeseries(
+        "Torrents",
+        "Torrents by state: verifying (being created or verified, not served yet), serving, draining (removed: no new peers, its peers being closed).",
+        "short",
+        vec![target("A", format!("sum by (instance, state) (ringseed_torrents{I})"), "{{instance}} {{state}}")],
+    ));
+    l.panel(12, timeseries(
+        "Torrent changes while serving",
+        "Torrents added, removed and replaced (new content under a served DIR name) without a restart: the served DIR and the control API.",
+        "short",
+        vec![target("A", format!("sum by (instance, kind) (increase(ringseed_torrent_changes_total{I}[$__rate_interval]))"), "{{instance}} {{kind}}")],
+    ));
 
     l.row("Release ledger");
     l.panel(8, timeseries(
@@ -685,6 +697,7 @@ impl FakeLoad {
             histograms,
             verify: Arc::new(VerifyStats::default()),
             data: Default::default(),
+            torrents: Default::default(),
             build: BuildInfo::current(),
             ledger: Some(Default::default()),
         };

@@ -735,3 +735,120 @@ pub fn download_without_fast(
     report.elapsed = start.elapsed();
     Ok(report)
 }
+
+/// How a [`download_until_closed`] ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ended {
+    /// Payload bytes received, every one checked against the expected data.
+    pub bytes: u64,
+    /// The whole piece space arrived.
+    pub complete: bool,
+    /// The seeder closed the connection (FIN) before that.
+    pub closed: bool,
+    /// Bytes of an unfinished message when it closed (a torn message).
+    pub torn: usize,
+    pub chokes: u64,
+}
+
+/// Downloads the piece space `expected` of `info_hash` like [`download`],
+/// checking every block, until it is complete or the seeder closes the
+/// connection; a close is fine (not an error) if it falls between
+/// messages. Errors: a corrupt or unrequested block, a reset, a stall.
+pub fn download_until_closed(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    piece_length: u32,
+    expected: &[u8],
+    pipeline: usize,
+) -> Result<Ended> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(STALL_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut r = Reader::new(stream);
+    let hs = handshake_bytes(info_hash, true, false);
+    let mut out = hs.to_vec();
+    Message::Interested.encode(&mut out);
+    r.stream().write_all(&out).map_err(|e| e.to_string())?;
+    r.read_handshake()?;
+    let total_len = expected.len() as u64;
+    let num_pieces = total_len.div_ceil(u64::from(piece_length)) as u32;
+    let mut todo: std::collections::VecDeque<BlockRequest> = (0..num_pieces)
+        .flat_map(|p| piece_blocks(p, piece_length, total_len))
+        .collect();
+    let mut outstanding: Vec<BlockRequest> = Vec::new();
+    let mut ended = Ended::default();
+    let mut unchoked = false;
+    while ended.bytes < total_len {
+        if unchoked && outstanding.len() < pipeline && !todo.is_empty() {
+            let mut out = Vec::new();
+            while outstanding.len() < pipeline {
+                let Some(req) = todo.pop_front() else { break };
+                Message::Request(req).encode(&mut out);
+                outstanding.push(req);
+            }
+            // The seeder may have shut its side already; a failed write
+            // shows up as the close read below.
+            let _ = r.stream().write_all(&out);
+        }
+        enum Ev {
+            Unchoke,
+            Choke,
+            Reject(BlockRequest),
+            Block(BlockRequest, bool),
+            Other,
+        }
+        let ev = match r.next(|m| match m {
+            Message::Unchoke => Ev::Unchoke,
+            Message::Choke => Ev::Choke,
+            Message::Reject(req) => Ev::Reject(req),
+            Message::Piece { index, begin, data } => {
+                let off = u64::from(index) * u64::from(piece_length) + u64::from(begin);
+                let ok = expected.get(off as usize..off as usize + data.len()) == Some(data);
+                let req = BlockRequest {
+                    piece: index,
+                    begin,
+                    len: data.len() as u32,
+                };
+                Ev::Block(req, ok)
+            }
+            _ => Ev::Other,
+        }) {
+            Ok(ev) => ev,
+            Err(e) if e == "seeder closed the connection" => {
+                ended.closed = true;
+                ended.torn = r.buf.len() - r.start;
+                return Ok(ended);
+            }
+            Err(e) => return Err(format!("after {} bytes: {e}", ended.bytes)),
+        };
+        match ev {
+            Ev::Unchoke => unchoked = true,
+            Ev::Choke => {
+                // Fast extension: what was requested is either still sent
+                // or rejected one by one.
+                ended.chokes += 1;
+                unchoked = false;
+            }
+            Ev::Reject(req) => {
+                if let Some(pos) = outstanding.iter().position(|o| *o == req) {
+                    outstanding.remove(pos);
+                    todo.push_front(req);
+                }
+            }
+            Ev::Block(req, ok) => {
+                if !ok {
+                    return Err(format!("corrupt block {req:?}"));
+                }
+                let Some(pos) = outstanding.iter().position(|o| *o == req) else {
+                    return Err(format!("unrequested block {req:?}"));
+                };
+                outstanding.remove(pos);
+                ended.bytes += u64::from(req.len);
+            }
+            Ev::Other => {}
+        }
+    }
+    ended.complete = true;
+    Ok(ended)
+}

@@ -18,6 +18,10 @@ pub struct ServeProc {
     pub metrics: Option<String>,
     /// Everything printed on stdout before `listening on` (torrents, magnets).
     pub banner: Vec<String>,
+    /// Control API address (`control on http://ADDR`), if enabled.
+    pub control: Option<String>,
+    /// Lines printed on stdout after `listening on` (torrents added later).
+    pub later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServeProc {
@@ -31,19 +35,30 @@ impl ServeProc {
     /// Any command that ends up exec'ing `ringseed serve` (e.g. under
     /// `sh -c 'ulimit ...; exec ...'`).
     pub fn spawn(mut cmd: Command) -> ServeProc {
+        // stderr: inherited unless the caller redirected it.
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ringseed serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let later2 = std::sync::Arc::clone(&later);
         std::thread::spawn(move || {
             let mut banner = Vec::new();
             let mut metrics = None;
+            let mut control = None;
+            let mut listening = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if listening {
+                    later2.lock().unwrap().push(line);
+                    continue;
+                }
                 if let Some(m) = line.strip_prefix("metrics on http://") {
                     metrics = Some(m.trim_end_matches("/metrics").to_string());
+                }
+                if let Some(c) = line.strip_prefix("control on http://") {
+                    control = Some(c.to_string());
                 }
                 if let Some(rest) = line.strip_prefix("listening on ") {
                     let addr = rest
@@ -51,13 +66,19 @@ impl ServeProc {
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    let _ = tx.send((addr, metrics.clone(), std::mem::take(&mut banner)));
+                    let _ = tx.send((
+                        addr,
+                        metrics.clone(),
+                        control.clone(),
+                        std::mem::take(&mut banner),
+                    ));
+                    listening = true;
                     continue;
                 }
                 banner.push(line);
             }
         });
-        let (addr, metrics, banner) = rx
+        let (addr, metrics, control, banner) = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("ringseed serve printed its listen address");
         ServeProc {
@@ -65,6 +86,8 @@ impl ServeProc {
             addr,
             metrics,
             banner,
+            control,
+            later,
         }
     }
 
@@ -89,6 +112,21 @@ impl ServeProc {
             *b = u8::from_str_radix(&v1[2 * i..2 * i + 2], 16).unwrap();
         }
         (hash, plen, size)
+    }
+
+    /// The first line printed after `listening on` that satisfies `f`,
+    /// waiting up to `timeout`.
+    pub fn wait_line(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.later.lock().unwrap().iter().find(|l| f(l)) {
+                return Some(l.clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGTERM (by PID) and how long the process took to exit.
