@@ -28,6 +28,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// The release ledger: a signed, append-only history of releases.
     Ledger(LedgerArgs),
+    /// List, add or remove the torrents of a running server (control API).
+    Torrents(TorrentsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +90,46 @@ pub enum LedgerCommand {
         ledger: PathBuf,
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TorrentsArgs {
+    #[command(subcommand)]
+    pub command: TorrentsCommand,
+    /// The server's control API.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9101"
+    )]
+    pub server: String,
+    /// File with the control API's bearer token (its --control-token-file).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TorrentsCommand {
+    /// Every torrent: name, state, size, pieces, peers, uploaded, info-hash.
+    List,
+    /// Serve DATA: verified against --torrent FILE, or a hybrid torrent is
+    /// created for it. Returns once it is served.
+    Add {
+        /// The content (a path on the server's machine).
+        data: PathBuf,
+        /// An existing .torrent for DATA (read here, sent to the server).
+        #[arg(long, value_name = "FILE")]
+        torrent: Option<PathBuf>,
+    },
+    /// Take a torrent out (its peers are drained, trackers told `stopped`).
+    Remove {
+        /// v1 or v2 info-hash in hex (or the torrent's name).
+        infohash: String,
     },
 }
 
@@ -218,9 +260,14 @@ pub struct ServeArgs {
     /// Maximum peer connections in total.
     #[arg(long)]
     pub max_connections: Option<u32>,
-    /// Maximum peer connections from one IP address.
+    /// Maximum peer connections from one source, box-wide (an IPv4
+    /// address, or an IPv6 prefix of --ipv6-prefix-len bits).
     #[arg(long)]
     pub max_per_ip: Option<u32>,
+    /// Leading bits of an IPv6 address that count as one source for
+    /// --max-per-ip (default 64; 128 counts every address).
+    #[arg(long, value_name = "BITS")]
+    pub ipv6_prefix_len: Option<u8>,
     /// Maximum outstanding requests per peer (advertised as `reqq`).
     #[arg(long)]
     pub max_requests: Option<u32>,
@@ -243,7 +290,8 @@ pub struct ServeArgs {
     /// Prometheus endpoint address, or `off` (default 127.0.0.1:9100).
     #[arg(long)]
     pub metrics: Option<String>,
-    /// Maximum peer connections per shard (default: max-connections / shards).
+    /// Maximum peer connections one shard takes, on top of the box-wide
+    /// --max-connections (default: no per-shard limit).
     #[arg(long)]
     pub max_connections_per_shard: Option<u32>,
     /// Seed choker: round_robin (rotate slots) or fastest_upload.
@@ -326,4 +374,24 @@ pub struct ServeArgs {
     /// How often a random peer's ledger checkpoint is pulled (default 1s).
     #[arg(long, value_name = "DURATION")]
     pub ledger_pull_interval: Option<String>,
+    /// Control API address (GET/POST/DELETE /torrents), or `off`
+    /// (default 127.0.0.1:9101, skipped with a warning if taken).
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<String>,
+    /// File holding the control API's bearer token; required when --control
+    /// is not a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Keep serving the peers of a removed torrent this long, e.g. `30s`
+    /// (default 0s: closed once their in-flight sends complete).
+    #[arg(long, value_name = "DURATION")]
+    pub drain_grace: Option<String>,
+    /// `serve DIR`: pick up a new entry once it has been quiet this long
+    /// (default 2s; at once when it arrives by an atomic rename).
+    #[arg(long, value_name = "DURATION")]
+    pub settle: Option<String>,
+    /// A directory the control API may serve data from (repeatable; the
+    /// served DIR and the paths given at start are always allowed).
+    #[arg(long = "allow-root", value_name = "DIR")]
+    pub allow_roots: Vec<PathBuf>,
 }

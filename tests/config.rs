@@ -120,7 +120,7 @@ fn file_overrides_defaults_and_flags_override_the_file() {
         }]
     );
     // Derived per-shard values.
-    assert_eq!(c.connections_per_shard(), 100);
+    assert_eq!(c.connections_per_shard(), 300, "box-wide by default");
     assert_eq!(c.choker_config().upload_slots, 4); // ceil(10 / 3)
     assert_eq!(c.choker_config().mode, ChokerMode::FastestUpload);
 
@@ -451,18 +451,32 @@ fn per_torrent_tables_name_served_torrents_by_name_or_info_hash() {
         ]
     );
 
-    // By name; a name that matches nothing lists what is served.
+    // By name; a name that matches nothing is a warning (it may name a
+    // torrent added later), and applies to that torrent when it comes.
     let mut c = ServeConfig::default();
-    c.per_torrent
-        .insert("a.bin".into(), TorrentOverrides::default());
-    c.per_torrent
-        .insert("typo.bin".into(), TorrentOverrides::default());
-    let msg = c.torrent_settings(&[&a, &b]).unwrap_err().to_string();
-    assert!(
-        msg.contains(r#"[per_torrent."typo.bin"] names no served torrent"#)
-            && msg.contains(r#""a.bin" (v1 "#)
-            && msg.contains(r#""b.bin" (v1 "#),
-        "{msg}"
+    c.per_torrent.insert(
+        "a.bin".into(),
+        TorrentOverrides {
+            super_seed: Some(true),
+            ..TorrentOverrides::default()
+        },
+    );
+    c.per_torrent.insert(
+        "typo.bin".into(),
+        TorrentOverrides {
+            upload_rate_limit: Some(Rate::from_bytes_per_sec(1_000_000)),
+            ..TorrentOverrides::default()
+        },
+    );
+    let got = c.torrent_settings(&[&a, &b]).unwrap();
+    assert!(got[0].super_seed && !got[1].super_seed);
+    assert_eq!(c.unmatched_per_torrent(&[&a, &b]), ["typo.bin"]);
+    assert!(c.settings_for(&a).super_seed);
+    let mut later = b.clone();
+    later.name = "typo.bin".into();
+    assert_eq!(
+        c.settings_for(&later).upload_rate_limit,
+        Rate::from_bytes_per_sec(1_000_000)
     );
 
     // A name two torrents share must be an info-hash instead.

@@ -74,6 +74,7 @@ impl Server {
                 peer: PeerConfig::default(),
                 ..ShardConfig::default()
             },
+            ..EngineConfig::default()
         };
         let engine = Engine::start(cfg, Arc::clone(&catalog)).expect("engine starts");
         Server {

@@ -59,6 +59,7 @@ fn setup(dir: &Path, max_per_ip: u32) -> (Engine, Torrent, Vec<u8>) {
             },
             ..ShardConfig::default()
         },
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(Catalog::new(vec![served]))).unwrap();
     (engine, t, data)
@@ -470,6 +471,7 @@ fn client_without_fast_keeping_2000_requests_outstanding_downloads_256_mib() {
         max_connections: 100,
         max_per_ip: 100,
         shard: ShardConfig::default(), // reqq 500, as shipped
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(Catalog::new(vec![served]))).unwrap();
     let report = leecher::download_without_fast(

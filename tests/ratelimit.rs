@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
 use ringseed::swarm::ratelimit::{
-    EgressLimiter, Rate, TokenBucket, DEFAULT_QUANTUM, MAX_BLOCK_MESSAGE,
+    pool_for, EgressLimiter, Rate, TokenBucket, TokenPool, DEFAULT_QUANTUM, MAX_BLOCK_MESSAGE,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -68,20 +70,6 @@ fn rate_from_config_accepts_strings_and_integers() {
 }
 
 #[test]
-fn shard_shares_add_up() {
-    let r = Rate::from_bytes_per_sec(1_000_000_007);
-    let sum: u64 = (0..6)
-        .map(|i| r.per_shard(6, i).bytes_per_sec().unwrap())
-        .sum();
-    assert_eq!(sum, 1_000_000_007);
-    assert!(Rate::UNLIMITED.per_shard(4, 0).is_unlimited());
-    assert_eq!(
-        Rate::from_bytes_per_sec(2).per_shard(4, 3).bytes_per_sec(),
-        Some(1)
-    );
-}
-
-#[test]
 fn bucket_grants_rate_and_burst() {
     let t0 = Instant::now();
     let mut b = TokenBucket::new(t0, 1000, 500);
@@ -125,7 +113,7 @@ fn bucket_does_not_drift_over_odd_steps() {
 #[test]
 fn unlimited_limiter_grants_everything() {
     let t0 = Instant::now();
-    let mut l = EgressLimiter::<u32>::for_shard(t0, Rate::UNLIMITED, 4, 0);
+    let mut l = EgressLimiter::<u32>::shared(pool_for(t0, Rate::UNLIMITED));
     assert_eq!(l.request(t0, 1, 10 << 20), 10 << 20);
     assert_eq!(l.next_ready(t0), None);
 }
@@ -134,7 +122,8 @@ fn unlimited_limiter_grants_everything() {
 fn waiters_are_served_in_order_and_nobody_jumps_the_queue() {
     let t0 = Instant::now();
     let batch = 4 * MAX_BLOCK_MESSAGE;
-    let mut l = EgressLimiter::new(t0, Rate::from_bytes_per_sec(1_000_000), batch, batch);
+    let pool = Arc::new(TokenPool::new(t0, 1_000_000, batch));
+    let mut l = EgressLimiter::new(Some(pool), batch);
     assert_eq!(l.request(t0, 1, batch), batch, "bucket starts full");
     assert_eq!(l.request(t0, 2, batch), 0);
     assert_eq!(l.request(t0, 3, MAX_BLOCK_MESSAGE), 0);
@@ -150,19 +139,24 @@ fn waiters_are_served_in_order_and_nobody_jumps_the_queue() {
     out.clear();
     l.poll_ready(ready + Duration::from_secs(1), &mut out);
     assert_eq!(out, [(3, MAX_BLOCK_MESSAGE), (4, 1)]);
-    // Removing a waiter (closed connection) takes it out of the queue.
-    assert_eq!(l.request(ready + Duration::from_secs(1), 5, 10 * batch), 0);
-    l.remove(5);
+    // A full pool with nobody waiting grants at once; a waiter removed
+    // (closed connection) leaves the queue and its booking goes back.
+    let t2 = ready + Duration::from_secs(1);
+    assert_eq!(l.request(t2, 5, 10 * batch), batch);
+    assert_eq!(l.request(t2, 6, batch), 0);
+    l.remove(6);
     assert_eq!(l.waiting(), 0);
+    let refilled = t2 + Duration::from_micros(batch * 1_000_000 / 1_000_000);
+    assert_eq!(l.pool().unwrap().available(refilled), batch);
 }
 
 #[test]
 fn quantum_and_burst_cover_at_least_one_block() {
     let t0 = Instant::now();
-    let l = EgressLimiter::<u32>::for_shard(t0, Rate::from_bytes_per_sec(1000), 1, 0);
+    let l = EgressLimiter::<u32>::shared(pool_for(t0, Rate::from_bytes_per_sec(1000)));
     assert_eq!(l.quantum(), MAX_BLOCK_MESSAGE);
-    assert!(l.bucket().burst() >= MAX_BLOCK_MESSAGE);
-    let fast = EgressLimiter::<u32>::for_shard(t0, "10Gbit".parse().unwrap(), 2, 1);
+    assert!(l.pool().unwrap().burst() >= MAX_BLOCK_MESSAGE);
+    let fast = EgressLimiter::<u32>::shared(pool_for(t0, "10Gbit".parse().unwrap()));
     assert_eq!(fast.quantum(), DEFAULT_QUANTUM);
 }
 
@@ -185,18 +179,43 @@ struct Conn {
 /// `secs` virtual seconds in 1 ms steps; returns the bytes granted per ms and
 /// the connections.
 fn run_shard(rate: Rate, n: usize, secs: u64, seed: u64) -> (Vec<u64>, Vec<Conn>) {
+    let (per_ms, mut shards) = run_shards(rate, &[n], 0, secs, seed);
+    (per_ms, shards.remove(0))
+}
+
+/// Like [`run_shard`] for several shards whose limiters draw from one
+/// box-wide pool: `greedy` connections per shard listed first (always
+/// backlogged), `shard_conns[i] - greedy` of random demand. Shards are
+/// polled in a fixed order each step (the worst case for fairness).
+fn run_shards(
+    rate: Rate,
+    shard_conns: &[usize],
+    greedy_per_shard: usize,
+    secs: u64,
+    seed: u64,
+) -> (Vec<u64>, Vec<Vec<Conn>>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
-    let mut l = EgressLimiter::for_shard(t0, rate, 1, 0);
+    let pool = pool_for(t0, rate);
+    let mut limiters: Vec<EgressLimiter<usize>> = shard_conns
+        .iter()
+        .map(|_| EgressLimiter::shared(pool.clone()))
+        .collect();
     let per_conn_link = 50_000_000u64; // bytes/s a connection's socket drains
-    let mut conns: Vec<Conn> = (0..n)
-        .map(|i| Conn {
-            backlog: 0,
-            busy_until: t0,
-            next_demand: t0 + MS * rng.random_range(0..200),
-            waiting: false,
-            got: 0,
-            greedy: i < 4,
+    let single = shard_conns.len() == 1;
+    let mut shards: Vec<Vec<Conn>> = shard_conns
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|i| Conn {
+                    backlog: 0,
+                    busy_until: t0,
+                    next_demand: t0 + MS * rng.random_range(0..200),
+                    waiting: false,
+                    got: 0,
+                    greedy: if single { i < 4 } else { i < greedy_per_shard },
+                })
+                .collect()
         })
         .collect();
     let steps = secs * 1000;
@@ -211,46 +230,98 @@ fn run_shard(rate: Rate, n: usize, secs: u64, seed: u64) -> (Vec<u64>, Vec<Conn>
             let send_ns = g * 1_000_000_000 / per_conn_link;
             c.busy_until = now + Duration::from_nanos(send_ns);
         };
-        // Waiters served as tokens arrive.
-        ready.clear();
-        l.poll_ready(now, &mut ready);
-        for &(i, g) in &ready {
-            let c: &mut Conn = &mut conns[i];
-            c.waiting = false;
-            grant(c, g, &mut granted_per_ms[step as usize]);
-        }
-        for (i, c) in conns.iter_mut().enumerate() {
-            if c.backlog == 0 {
-                if c.greedy {
-                    c.backlog = 64 << 20;
-                } else if now >= c.next_demand {
-                    // Random demand: a few blocks to a few MiB, then quiet.
-                    c.backlog = rng.random_range(1..=256) * MAX_BLOCK_MESSAGE;
-                    c.next_demand = now + MS * rng.random_range(0..3000);
-                }
+        for (l, conns) in limiters.iter_mut().zip(shards.iter_mut()) {
+            // Waiters served as their bookings come due.
+            ready.clear();
+            l.poll_ready(now, &mut ready);
+            for &(i, g) in &ready {
+                let c: &mut Conn = &mut conns[i];
+                c.waiting = false;
+                grant(c, g, &mut granted_per_ms[step as usize]);
             }
-            if c.backlog > 0 && !c.waiting && now >= c.busy_until {
-                let want = c.backlog.min(16 * MAX_BLOCK_MESSAGE);
-                let g = l.request(now, i, want);
-                if g == 0 {
-                    c.waiting = true;
-                } else {
-                    grant(c, g, &mut granted_per_ms[step as usize]);
+            for (i, c) in conns.iter_mut().enumerate() {
+                if c.backlog == 0 {
+                    if c.greedy {
+                        c.backlog = 64 << 20;
+                    } else if now >= c.next_demand {
+                        // Random demand: a few blocks to a few MiB, then quiet.
+                        c.backlog = rng.random_range(1..=256) * MAX_BLOCK_MESSAGE;
+                        c.next_demand = now + MS * rng.random_range(0..3000);
+                    }
+                }
+                if c.backlog > 0 && !c.waiting && now >= c.busy_until {
+                    let want = c.backlog.min(16 * MAX_BLOCK_MESSAGE);
+                    let g = l.request(now, i, want);
+                    if g == 0 {
+                        c.waiting = true;
+                    } else {
+                        grant(c, g, &mut granted_per_ms[step as usize]);
+                    }
                 }
             }
         }
     }
-    (granted_per_ms, conns)
+    (granted_per_ms, shards)
+}
+
+/// The least and most of any 10 s window (sliding by 1 ms after a 1 s
+/// warm-up) as a fraction of `rate`.
+fn window_range(per_ms: &[u64], rate: u64) -> (f64, f64) {
+    let window = 10_000;
+    let want = rate as f64 * 10.0;
+    let mut sum: u64 = per_ms[1000..1000 + window].iter().sum();
+    let (mut lo, mut hi) = (f64::MAX, 0f64);
+    for start in 1000..per_ms.len() - window {
+        if start > 1000 {
+            sum = sum + per_ms[start + window - 1] - per_ms[start - 1];
+        }
+        let ratio = sum as f64 / want;
+        lo = lo.min(ratio);
+        hi = hi.max(ratio);
+    }
+    (lo, hi)
+}
+
+#[test]
+fn one_pool_is_one_cap_across_shards_and_fair_per_connection() {
+    // 8 shards, connections landed unevenly: 1, 7, 0, 0, 3, 0, 0, 1, all
+    // always backlogged. Every connection gets the same share of the box
+    // cap, whatever shard it is on, and the box stays at the cap.
+    let rate: Rate = "100MB/s".parse().unwrap();
+    let r = rate.bytes_per_sec().unwrap();
+    let layout = [1, 7, 0, 0, 3, 0, 0, 1];
+    let (per_ms, shards) = run_shards(rate, &layout, usize::MAX, 21, 7);
+    let (lo, hi) = window_range(&per_ms, r);
+    eprintln!("8 shards: 10 s windows at {lo:.4}..{hi:.4} of the box cap");
+    assert!(lo >= 0.98 && hi <= 1.02, "{lo} {hi}");
+    let got: Vec<u64> = shards.iter().flatten().map(|c| c.got).collect();
+    let (min, max) = (*got.iter().min().unwrap(), *got.iter().max().unwrap());
+    eprintln!("per-connection shares: {got:?}");
+    assert!(max as f64 <= min as f64 * 1.05, "unfair: {got:?}");
+}
+
+#[test]
+fn a_lone_leecher_gets_the_whole_box_cap_at_any_shard_count() {
+    let rate: Rate = "40MB/s".parse().unwrap();
+    let r = rate.bytes_per_sec().unwrap();
+    for shards in [1usize, 2, 8] {
+        let mut layout = vec![0; shards];
+        layout[shards - 1] = 1;
+        let (per_ms, _) = run_shards(rate, &layout, usize::MAX, 12, 1);
+        let (lo, hi) = window_range(&per_ms, r);
+        eprintln!("{shards} shard(s), one leecher: {lo:.4}..{hi:.4} of the box cap");
+        assert!(lo >= 0.98 && hi <= 1.02, "{shards} shards: {lo} {hi}");
+    }
 }
 
 #[test]
 fn every_10s_window_is_within_5_percent_of_the_cap() {
-    // Box cap 200 MB/s over 4 shards; this is shard 1 (50 MB/s), driven by
-    // 200 connections whose total demand exceeds the share.
-    let rate: Rate = "200MB/s".parse().unwrap();
-    let share = rate.per_shard(4, 1).bytes_per_sec().unwrap();
+    // A 50 MB/s cap on one shard driven by 200 connections whose total
+    // demand exceeds it.
+    let rate: Rate = "50MB/s".parse().unwrap();
+    let share = rate.bytes_per_sec().unwrap();
     for seed in [1, 2] {
-        let (per_ms, conns) = run_shard(rate.per_shard(4, 1), 200, 40, seed);
+        let (per_ms, conns) = run_shard(rate, 200, 40, seed);
         let window = 10_000;
         let want = share as f64 * 10.0;
         let mut sum: u64 = per_ms[1000..1000 + window].iter().sum();
@@ -279,8 +350,8 @@ fn every_10s_window_is_within_5_percent_of_the_cap() {
 
 #[test]
 fn a_low_rate_is_still_accurate() {
-    // 1 MB/s box, 3 shards: ~333 KB/s each, bursts of one block.
-    let rate = Rate::from_bytes_per_sec(1_000_000).per_shard(3, 0);
+    // 333 KB/s: bursts of one block.
+    let rate = Rate::from_bytes_per_sec(333_334);
     let (per_ms, _) = run_shard(rate, 20, 25, 3);
     let want = rate.bytes_per_sec().unwrap() as f64 * 10.0;
     for start in (1000..per_ms.len() - 10_000).step_by(100) {

@@ -3,9 +3,10 @@
 //! selector offers.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringseed::swarm::superseed::{Offer, PeerId, SuperSeedConfig, SuperSeeder};
+use ringseed::swarm::superseed::{Offer, PeerId, SharedSpread, SuperSeedConfig, SuperSeeder};
 use ringseed::wire::types::PeerHaves;
 use ringseed::wire::Bitfield;
 
@@ -455,4 +456,82 @@ fn the_last_unannounced_piece_goes_out_with_the_one_before() {
     assert_eq!(sizes, [1, 1, 2], "{rounds:?}");
     let all: BTreeSet<u32> = rounds.into_iter().flatten().collect();
     assert_eq!(all.len(), 4);
+}
+
+/// `shards` selectors of one torrent sharing one spread, as the engine's
+/// shards do.
+fn shards_of(shards: usize, pieces: u32, poll: Duration) -> (Arc<SharedSpread>, Vec<SuperSeeder>) {
+    let have = Bitfield::full(pieces);
+    let spread = Arc::new(SharedSpread::new(pieces));
+    let cfg = SuperSeedConfig {
+        cross_shard_poll: Some(poll),
+        ..config(1)
+    };
+    let sels = (0..shards)
+        .map(|i| SuperSeeder::shared(cfg.clone(), &have, Arc::clone(&spread), i as u64))
+        .collect();
+    (spread, sels)
+}
+
+#[test]
+fn shards_sharing_a_spread_never_inject_a_piece_twice() {
+    let now = Instant::now();
+    for shards in [1, 2, 4, 8] {
+        let (spread, mut sels) = shards_of(shards, 64, Duration::from_millis(100));
+        // 64 peers with the same per-shard ids on every shard (the
+        // engine's connection indices start at 0 on each shard).
+        let mut offered = Vec::new();
+        for id in 0..(64 / shards) as u32 {
+            for s in sels.iter_mut() {
+                let mut out = Vec::new();
+                s.peer_connected(now, PeerId(id), PeerHaves::None, &mut out);
+                offered.extend(out.iter().map(|o| o.piece));
+            }
+        }
+        let distinct: BTreeSet<u32> = offered.iter().copied().collect();
+        assert_eq!(offered.len(), 64, "{shards} shards: one offer per peer");
+        assert_eq!(distinct.len(), 64, "{shards} shards: {offered:?}");
+        assert_eq!(spread.peers(), 64);
+        assert!((0..64).all(|p| spread.in_flight(p) == 1));
+    }
+}
+
+#[test]
+fn a_piece_spreading_on_one_shard_releases_its_offer_on_another() {
+    let t0 = Instant::now();
+    let poll = Duration::from_millis(100);
+    let (spread, mut sels) = shards_of(2, 16, poll);
+    let mut out = Vec::new();
+    // Peer 0 on shard A and peer 0 on shard B each get one fresh piece.
+    sels[0].peer_connected(t0, PeerId(0), PeerHaves::None, &mut out);
+    let a = pieces(&out, 0)[0];
+    out.clear();
+    sels[1].peer_connected(t0, PeerId(0), PeerHaves::None, &mut out);
+    let b = pieces(&out, 0)[0];
+    assert_ne!(a, b);
+    out.clear();
+    // A holds an offer: it will look at the shared view within the poll.
+    assert_eq!(sels[0].next_timeout(), Some(t0 + poll));
+    // B's peer, never offered `a`, announces it: it came through the swarm.
+    sels[1].peer_have(t0 + Duration::from_millis(10), PeerId(0), a, &mut out);
+    assert_eq!(spread.seen(a), 1);
+    out.clear();
+    // Before A ticks its peer still waits; at the tick it gets a new piece.
+    assert_eq!(sels[0].outstanding(PeerId(0)), vec![a]);
+    sels[0].tick(t0 + poll, &mut out);
+    assert!(sels[0].outstanding(PeerId(0)).iter().all(|&p| p != a));
+    let next = pieces(&out, 0);
+    assert_eq!(next.len(), 1, "{out:?}");
+    assert!(next[0] != a && next[0] != b, "a fresh piece: {next:?}");
+}
+
+#[test]
+fn a_selector_without_offers_does_not_poll() {
+    let t0 = Instant::now();
+    let (_spread, mut sels) = shards_of(2, 1, Duration::from_millis(100));
+    let mut out = Vec::new();
+    // A peer that already has the only piece gets no offer.
+    sels[0].peer_connected(t0, PeerId(0), PeerHaves::All, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(sels[0].next_timeout(), None);
 }

@@ -47,6 +47,7 @@ impl Setup {
                 offers_per_peer: 1,
                 forward_timeout,
                 suggest: true,
+                cross_shard_poll: None,
             },
             ..ShardConfig::default()
         };

@@ -1,6 +1,7 @@
 //! `ringseed serve`: prepare (create/verify) torrents, start the shards,
-//! wait for SIGINT/SIGTERM, shut down within 2 s (a second signal exits at
-//! once).
+//! the control API and the DIR follower (torrents added and removed while
+//! serving, see `control`), wait for SIGINT/SIGTERM, shut down within 2 s
+//! (a second signal exits at once).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,10 +12,13 @@ use anyhow::Context;
 
 use crate::cli::ServeArgs;
 use crate::config::{MetricsEndpoint, ServeConfig};
+use crate::control::dir::DirFollower;
+use crate::control::registry::{Origin, Registry, RegistryConfig};
+use crate::control::{HttpServer, HttpServerConfig};
 use crate::engine::prepare::prepare_all;
-use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, ShardConfig};
+use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, LiveCatalog, ShardConfig};
 use crate::metainfo::magnet::Magnet;
-use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, VerifyStats};
+use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, TorrentCounts, VerifyStats};
 use crate::storage::watch::DataChangeStats;
 use crate::tracker::client::{AnnounceConfig, AnnounceTarget, Announcer};
 use crate::tracker::server::{EmbeddedTracker, SeedPeer, TrackerConfig};
@@ -60,6 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_stats = Arc::new(DataChangeStats::default());
     // The release ledger first: --ledger-required decides what is served.
     let ledger = super::ledger::start_node(&cfg.ledger)?;
+    let torrent_counts = Arc::new(TorrentCounts::default());
     let metrics = match cfg.metrics {
         MetricsEndpoint::Off => None,
         MetricsEndpoint::Listen(addr) => {
@@ -68,6 +73,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 histograms: observers.histograms.clone(),
                 verify: verify_stats.clone(),
                 data: data_stats.clone(),
+                torrents: torrent_counts.clone(),
                 build: BuildInfo::current(),
                 ledger: ledger.as_ref().map(|l| l.node.stats.clone()),
             };
@@ -93,7 +99,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         send_zc: cfg.send_zc,
         encryption: cfg.encryption,
         utp: cfg.utp,
-        upload_rate_limit: cfg.upload_rate_limit,
         send_timeout: cfg.send_timeout,
         ..ShardConfig::default()
     };
@@ -103,6 +108,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         pin: true,
         max_connections: cfg.max_connections as usize,
         max_per_ip: cfg.max_per_ip,
+        max_connections_per_shard: cfg.max_connections_per_shard.map(|n| n as usize),
+        ipv6_prefix_len: cfg.ipv6_prefix_len,
+        upload_rate_limit: cfg.upload_rate_limit,
         shard,
     };
 
@@ -161,10 +169,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ok
         });
     }
-    if prepared.is_empty() {
-        anyhow::bail!("nothing to seed: the directory is empty (hidden entries are skipped)");
+    if prepared.is_empty() && cfg.dir.is_none() {
+        anyhow::bail!("nothing to seed");
     }
-    // `super_seed` and `[per_torrent]`: every table must name one torrent.
+    // `super_seed` and `[per_torrent]`: a table that names nothing is a
+    // warning (it may name a torrent added later).
     let settings = {
         let list: Vec<&crate::metainfo::Torrent> =
             prepared.iter().map(|p| &p.served.torrent).collect();
@@ -179,7 +188,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut infos = Vec::new();
     let mut targets = Vec::new();
     let mut served = Vec::new();
+    let mut origins = Vec::new();
     for (p, settings) in prepared.into_iter().zip(settings) {
+        origins.push((
+            p.served.content.root().to_path_buf(),
+            p.dir_entry.clone().map_or(Origin::Given, Origin::Dir),
+        ));
         let t = &p.served.torrent;
         let have = p.served.have.count();
         let mut modes = Vec::new();
@@ -237,30 +251,102 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let catalog = Arc::new(Catalog::new(served));
     // Files changed on disk: withdraw, re-verify, restore (storage::watch).
-    let data_watch = catalog.watch_data(data_stats);
+    let data_watch = catalog.watch_data(data_stats.clone());
+    let live = Arc::new(LiveCatalog::from_arc(Arc::clone(&catalog)));
     let peer_id = engine_peer_id;
     let engine = bound
-        .start(catalog, observers)
+        .start_live(Arc::clone(&live), observers)
         .context("starting the engine")?;
-    let announcer = if targets.is_empty() {
-        None
-    } else {
-        let acfg = AnnounceConfig {
-            peer_id,
-            port: announce_port,
-            announce_ip: cfg.announce_ip,
-            ..AnnounceConfig::default()
-        };
-        Some(Announcer::start(acfg, targets).context("starting the tracker announcer")?)
+    // Always running: torrents added later may name other trackers.
+    let acfg = AnnounceConfig {
+        peer_id,
+        port: announce_port,
+        announce_ip: cfg.announce_ip,
+        ..AnnounceConfig::default()
+    };
+    let announcer = Announcer::start(acfg, targets).context("starting the tracker announcer")?;
+    let dir_state = cfg
+        .dir
+        .as_ref()
+        .map(|d| cfg.state_dir.clone().unwrap_or_else(|| d.join(".ringseed")));
+    let registry = Arc::new(Registry::new(
+        RegistryConfig {
+            threads,
+            created_trackers: dir_trackers.clone(),
+            public_url: public_url.clone(),
+            peer_hint: peer_hint.clone(),
+            allow_roots: cfg.allowed_roots(),
+            api_state: cfg
+                .effective_state_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("ringseed-state")),
+            dir_state,
+            drain_grace: cfg.drain_grace,
+            serve: cfg.clone(),
+        },
+        Arc::clone(&live),
+        Arc::clone(&torrent_counts),
+        verify_stats.clone(),
+        data_stats.clone(),
+        tracker,
+        Some(announcer),
+    ));
+    for (t, (data, origin)) in catalog.torrents().iter().zip(origins) {
+        registry.adopt(Arc::clone(t), data, origin);
+    }
+    drop(catalog);
+    let control = match cfg.control_listen() {
+        None => None,
+        Some((addr, default)) => {
+            let token = match &cfg.control_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| {
+                            format!("cannot read --control-token-file {}", f.display())
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let hcfg = HttpServerConfig {
+                listen: addr,
+                token,
+                ..HttpServerConfig::default()
+            };
+            let services: Vec<Arc<dyn crate::control::Service>> = vec![Arc::new(
+                crate::control::api::TorrentsApi::new(Arc::clone(&registry)),
+            )];
+            match HttpServer::start(hcfg, services) {
+                Ok(s) => {
+                    println!("control on http://{}", s.local_addr());
+                    Some(s)
+                }
+                Err(e) if default => {
+                    tracing::warn!("no control API: cannot listen on {addr} ({e}); use --control ADDR with a free port, or --control off");
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(e)).with_context(|| {
+                        format!("cannot serve the control API on {addr}: use --control ADDR with a free port, or --control off")
+                    })
+                }
+            }
+        }
+    };
+    let follower = match &cfg.dir {
+        Some(dir) => Some(
+            DirFollower::start(dir.clone(), cfg.settle, Arc::clone(&registry))
+                .with_context(|| format!("cannot follow {} with inotify", dir.display()))?,
+        ),
+        None => None,
     };
     for info in &infos {
         println!("{info}");
     }
     if !cfg.upload_rate_limit.is_unlimited() {
         println!(
-            "upload cap {} for the box ({} per shard)",
-            cfg.upload_rate_limit,
-            cfg.upload_rate_limit.per_shard(cfg.shards as u32, 0)
+            "upload cap {} for the box (one pool for all {} shard(s))",
+            cfg.upload_rate_limit, cfg.shards
         );
     }
     println!(
@@ -276,14 +362,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let started = Instant::now();
     tracing::info!("shutting down");
+    if let Some(f) = follower {
+        f.shutdown();
+    }
+    if let Some(c) = control {
+        c.shutdown();
+    }
     engine.shutdown();
     // `stopped` announces go out while the shards close their peers.
-    if let Some(a) = announcer {
-        a.shutdown(Duration::from_millis(1500));
-    }
-    if let Some(t) = tracker {
-        t.shutdown();
-    }
+    registry.shutdown(Duration::from_millis(1500));
     let result = engine.join();
     drop(data_watch);
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");

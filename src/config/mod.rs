@@ -27,6 +27,7 @@
 //! What this module does not do: open sockets, read torrents or check that
 //! paths exist. That happens at start-up, where the error can name the file.
 
+pub mod control;
 pub mod per_torrent;
 
 use std::collections::BTreeMap;
@@ -174,15 +175,22 @@ pub struct ServeConfig {
     /// How often the optimistic unchoke moves on. Default `"30s"`.
     #[serde(with = "duration_serde")]
     pub optimistic_interval: Duration,
-    /// Peer connections in total. Default 20000. Each takes a file
-    /// descriptor: raise `LimitNOFILE` (systemd) or `ulimit -n` to match.
+    /// Peer connections in total, box-wide (all shards together). Default
+    /// 20000. Each takes a file descriptor: raise `LimitNOFILE` (systemd)
+    /// or `ulimit -n` to match.
     pub max_connections: u32,
-    /// Peer connections per shard. Default: `max_connections / shards`,
-    /// rounded up (see [`ServeConfig::connections_per_shard`]).
+    /// Peer connections one shard takes at most, on top of the box-wide
+    /// limit. Default: none (only `max_connections`; see
+    /// [`ServeConfig::connections_per_shard`]).
     pub max_connections_per_shard: Option<u32>,
-    /// Peer connections from one IP address. Default 1000 (high: datacenter
-    /// NAT and loopback tests put many peers behind one address).
+    /// Peer connections from one source, box-wide: an IPv4 address or an
+    /// IPv6 prefix of `ipv6_prefix_len` bits. Default 1000 (high:
+    /// datacenter NAT and loopback tests put many peers behind one address).
     pub max_per_ip: u32,
+    /// Leading bits of an IPv6 address that count as one source for
+    /// `max_per_ip`: 64 (default) counts a /64 as one host, 128 counts
+    /// every address.
+    pub ipv6_prefix_len: u8,
     /// Outstanding block requests per peer, advertised as `reqq`. Default 500.
     pub max_requests: u32,
     /// Time a new connection has to complete the handshake. Default `"10s"`.
@@ -248,10 +256,30 @@ pub struct ServeConfig {
     /// shards, each shard shared fairly among its peers. Default `"off"`.
     pub upload_rate_limit: Rate,
     /// Per-torrent settings keyed by torrent name or info-hash hex (see
-    /// [`per_torrent`]). Default empty.
+    /// [`per_torrent`]); they apply to torrents added later too. Default empty.
     pub per_torrent: BTreeMap<String, TorrentOverrides>,
     /// The release ledger (`[ledger]` table; off unless `dir` is set).
     pub ledger: LedgerSettings,
+    /// Control API address (`/torrents`, see `control::api`), or `"off"`.
+    /// Default `127.0.0.1:9101`, best effort: if that is taken the server
+    /// runs without the API and says so (an address given here must bind).
+    pub control: Option<MetricsEndpoint>,
+    /// File with the bearer token the control API requires (whitespace
+    /// trimmed). Required when `control` is not a loopback address.
+    /// Default none (no token on loopback).
+    pub control_token_file: Option<PathBuf>,
+    /// How long the peers of a removed torrent keep being served before
+    /// they are closed (after their in-flight sends). Default `"0s"`.
+    #[serde(with = "duration_serde")]
+    pub drain_grace: Duration,
+    /// `serve DIR`: a new entry is picked up once nothing has changed under
+    /// it for this long (at once when it arrives by an atomic rename).
+    /// Default `"2s"`.
+    #[serde(with = "duration_serde")]
+    pub settle: Duration,
+    /// Data paths the control API may serve: these, the served DIR and the
+    /// paths given at start (see [`ServeConfig::allowed_roots`]). Default empty.
+    pub allow_roots: Vec<PathBuf>,
 }
 
 /// `[ledger]`: keep, gossip and cosign a release ledger (see `ringseed::ledger`).
@@ -313,6 +341,7 @@ impl Default for ServeConfig {
             max_connections: 20_000,
             max_connections_per_shard: None,
             max_per_ip: 1000,
+            ipv6_prefix_len: 64,
             max_requests: 500,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -332,6 +361,11 @@ impl Default for ServeConfig {
             upload_rate_limit: Rate::UNLIMITED,
             per_torrent: BTreeMap::new(),
             ledger: LedgerSettings::default(),
+            control: None,
+            control_token_file: None,
+            drain_grace: Duration::ZERO,
+            settle: Duration::from_secs(2),
+            allow_roots: Vec::new(),
         }
     }
 }
@@ -450,6 +484,7 @@ impl ServeConfig {
             self.max_connections_per_shard = args.max_connections_per_shard;
         }
         set(&mut self.max_per_ip, args.max_per_ip);
+        set(&mut self.ipv6_prefix_len, args.ipv6_prefix_len);
         set(&mut self.max_requests, args.max_requests);
         if let Some(mode) = &args.choker {
             self.choker = mode.parse().map_err(|reason| ConfigError::Flag {
@@ -525,6 +560,7 @@ impl ServeConfig {
         if !args.trackers.is_empty() {
             self.trackers = args.trackers.clone();
         }
+        self.apply_control_args(args)?;
         self.super_seed |= args.super_seed;
         self.apply_ledger_args(args)?;
         if let Some(rate) = &args.upload_rate_limit {
@@ -611,6 +647,13 @@ impl ServeConfig {
             at_least_one("max_connections_per_shard", per_shard.into())?;
         }
         at_least_one("max_per_ip", self.max_per_ip.into())?;
+        if self.ipv6_prefix_len > 128 {
+            return Err(ConfigError::Invalid {
+                key: "ipv6_prefix_len",
+                value: self.ipv6_prefix_len.to_string(),
+                reason: "an IPv6 prefix has 0 to 128 bits (64 counts a /64 as one source)",
+            });
+        }
         at_least_one("max_requests", self.max_requests.into())?;
         positive("rechoke_interval", self.rechoke_interval)?;
         positive("optimistic_interval", self.optimistic_interval)?;
@@ -634,6 +677,7 @@ impl ServeConfig {
                 });
             }
         }
+        self.validate_control()?;
         if let Some(key) = self.per_torrent.keys().find(|k| k.trim().is_empty()) {
             return Err(ConfigError::Invalid {
                 key: "per_torrent",
@@ -652,11 +696,12 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// Connection limit of one shard: the configured value, else
-    /// `max_connections` divided evenly (rounded up).
+    /// Connection limit of one shard: the configured value, else the
+    /// box-wide `max_connections` (a shard may hold them all: the kernel
+    /// does not spread connections evenly).
     pub fn connections_per_shard(&self) -> u32 {
         self.max_connections_per_shard
-            .unwrap_or_else(|| div_ceil(self.max_connections, self.shards))
+            .unwrap_or(self.max_connections)
     }
 
     /// Upload slots for the whole box: as configured, else 256 uncapped and

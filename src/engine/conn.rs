@@ -1,6 +1,7 @@
 //! One peer connection as a shard holds it: the socket, the sans-IO
 //! [`PeerState`], and which io_uring operations are in flight for it.
 
+use super::limits::Admission;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -40,6 +41,8 @@ pub struct Conn {
     pub fd: OwnedFd,
     pub generation: u32,
     pub remote: SocketAddr,
+    /// Its place in the box-wide connection counts, given back on close.
+    pub admission: Admission,
     pub peer: PeerState,
     /// The torrent this peer is attached to, once the handshake named it.
     pub torrent: Option<Arc<ServedTorrent>>,
@@ -93,6 +96,8 @@ pub struct Conn {
     pub egress: Option<super::shard::ConnEgress>,
     /// Registered with its torrent's super-seed selector.
     pub in_superseed: bool,
+    /// Its torrent is being taken out (see `engine::shard::drain`).
+    pub drain: Option<super::shard::Drain>,
 }
 
 impl Conn {
@@ -100,6 +105,7 @@ impl Conn {
         fd: OwnedFd,
         generation: u32,
         remote: SocketAddr,
+        admission: Admission,
         peer: PeerState,
         now: Instant,
     ) -> Self {
@@ -107,6 +113,7 @@ impl Conn {
             fd,
             generation,
             remote,
+            admission,
             peer,
             torrent: None,
             recv_armed: false,
@@ -131,11 +138,17 @@ impl Conn {
             pre_tx: Vec::new(),
             egress: None,
             in_superseed: false,
+            drain: None,
         }
     }
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Our side of the stream is shut for a drain: input is ignored.
+    pub fn fin_sent(&self) -> bool {
+        matches!(self.drain, Some(super::shard::Drain::FinSent { .. }))
     }
 
     /// Nothing of this connection is in the kernel's hands any more.

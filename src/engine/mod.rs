@@ -1,21 +1,29 @@
 //! The serving engine: one pinned thread per core ("shard"), each owning its
 //! io_uring, its listener socket (SO_REUSEPORT), its connections and its
 //! counters. Nothing is shared between shards but the read-only
-//! [`Catalog`], the per-shard stats (each written by one shard only) and a
+//! [`Catalog`] (versioned: [`LiveCatalog`] publishes a new one when a
+//! torrent is added or removed), the per-shard stats (each written by one shard only) and a
 //! shutdown flag.
 //!
 //! Connections stay on the shard whose listener accepted them. The kernel
 //! spreads new connections over the SO_REUSEPORT listeners by a hash of the
 //! 4-tuple; per-shard connection gauges (`ShardStats::connections`) show any
-//! imbalance. Limits (`max_connections`, `max_per_ip`, the upload caps) are
-//! split evenly across shards so no shard ever consults another; likewise
-//! each shard super-seeds with its own selectors (no cross-shard view).
+//! imbalance.
 //!
-//! Deliberately not here: torrent creation and verification (done before the
-//! engine starts, see `commands::serve`), trackers, metrics export.
+//! What the user sets for the box is one number for the box, at any shard
+//! count (never split into per-shard slices): the connection limits
+//! ([`limits::ConnLimits`], touched per accept and close), the upload caps
+//! (one token pool for the box and one per capped torrent, drawn from per
+//! grant, see `swarm::token_pool`) and the super-seed spread (one set of
+//! per-piece counters per torrent, touched per offer and per `have`, see
+//! `swarm::superseed`).
+//!
+//! Deliberately not here: torrent creation and verification (done off the
+//! shards, see `engine::prepare` and `control`), trackers, metrics export.
 
 pub mod catalog;
 pub mod conn;
+pub mod limits;
 pub mod prepare;
 pub mod shard;
 pub mod stats;
@@ -28,7 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-pub use catalog::{Catalog, ServedTorrent, TorrentSettings};
+pub use catalog::{
+    Catalog, CatalogError, DrainReport, LiveCatalog, ServedTorrent, TorrentSettings,
+};
 pub use shard::ShardConfig;
 pub use stats::{CloseKind, ShardStats};
 
@@ -41,10 +51,19 @@ pub struct EngineConfig {
     pub shards: usize,
     /// Pin shard `i` to the i-th allowed CPU.
     pub pin: bool,
-    /// Connections in total (split across shards).
+    /// Connections in total, box-wide.
     pub max_connections: usize,
-    /// Connections per source IP (split across shards, rounded up).
+    /// Connections per source (an IPv4 address, an IPv6 prefix of
+    /// `ipv6_prefix_len` bits), box-wide.
     pub max_per_ip: u32,
+    /// Connections one shard takes at most (default: `max_connections`,
+    /// i.e. only the box-wide limit applies).
+    pub max_connections_per_shard: Option<usize>,
+    /// Leading bits of an IPv6 address that name one source for
+    /// `max_per_ip` (default 64).
+    pub ipv6_prefix_len: u8,
+    /// The box-wide upload cap (`--upload-rate-limit`; default unlimited).
+    pub upload_rate_limit: crate::swarm::ratelimit::Rate,
     /// Template for every shard (index, cpu and limits are filled in).
     pub shard: ShardConfig,
 }
@@ -57,6 +76,9 @@ impl Default for EngineConfig {
             pin: true,
             max_connections: 20_000,
             max_per_ip: 1000,
+            max_connections_per_shard: None,
+            ipv6_prefix_len: 64,
+            upload_rate_limit: crate::swarm::ratelimit::Rate::UNLIMITED,
             shard: ShardConfig::default(),
         }
     }
@@ -260,6 +282,15 @@ impl BoundEngine {
         catalog: Arc<Catalog>,
         observers: EngineObservers,
     ) -> Result<Engine, EngineError> {
+        self.start_live(Arc::new(LiveCatalog::from_arc(catalog)), observers)
+    }
+
+    /// [`BoundEngine::start`] with a catalogue that can change while serving.
+    pub fn start_live(
+        self,
+        catalog: Arc<LiveCatalog>,
+        observers: EngineObservers,
+    ) -> Result<Engine, EngineError> {
         let BoundEngine {
             mut cfg,
             listeners,
@@ -278,6 +309,13 @@ impl BoundEngine {
         } else {
             EngineObservers::new(shards)
         };
+        let limits = Arc::new(limits::ConnLimits::new(
+            u32::try_from(cfg.max_connections).unwrap_or(u32::MAX),
+            cfg.max_per_ip,
+            cfg.ipv6_prefix_len,
+        ));
+        let box_pool =
+            crate::swarm::ratelimit::pool_for(std::time::Instant::now(), cfg.upload_rate_limit);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         for (index, listener) in listeners.into_iter().enumerate() {
             let mut scfg = cfg.shard.clone();
@@ -288,8 +326,12 @@ impl BoundEngine {
             } else {
                 None
             };
-            scfg.max_connections = cfg.max_connections.div_ceil(shards).max(1);
-            scfg.max_per_ip = cfg.max_per_ip.div_ceil(shards as u32).max(1);
+            scfg.max_connections = cfg
+                .max_connections_per_shard
+                .unwrap_or(cfg.max_connections)
+                .max(1);
+            scfg.limits = Arc::clone(&limits);
+            scfg.box_pool = box_pool.clone();
             let st = stats[index].clone();
             let hist = histograms.for_shard(index).expect("one per shard");
             let catalog = catalog.clone();
@@ -384,7 +426,7 @@ fn shard_main(
     cfg: ShardConfig,
     listener: socket2::Socket,
     udp: Option<std::net::UdpSocket>,
-    catalog: Arc<Catalog>,
+    catalog: Arc<LiveCatalog>,
     stats: Arc<ShardStats>,
     hist: crate::metrics::ShardHistograms,
     shutdown: Arc<AtomicBool>,

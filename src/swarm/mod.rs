@@ -8,8 +8,9 @@
 //! - [`superseed`]: super-seeding (BEP 16), one selector per torrent per
 //!   shard: which piece to offer each peer, and when, so that the origin
 //!   sends each piece about once and peers trade the rest.
-//! - [`ratelimit`]: the egress cap (`--upload-rate-limit`): a token bucket
-//!   per shard shared fairly among its connections, and the rate parser.
+//! - [`ratelimit`]: the egress cap (`--upload-rate-limit`): a limiter per
+//!   shard shared fairly among its connections, drawing from one
+//!   [`token_pool`] for the box, and the rate parser.
 //! - [`download`]: the download side (piece picker, per-peer pipelines,
 //!   the leecher's tit-for-tat choker, smart ban), shared with the load
 //!   generator. The seed-mode [`choker`] decides by what *we* upload; the
@@ -18,13 +19,15 @@
 //! What it deliberately does not do:
 //! - No I/O, no clock, no threads, no global state: everything is driven by
 //!   the caller, so it is tested deterministically with a virtual clock.
-//! - No cross-shard coordination: each shard chokes its own connections with
-//!   its own share of the upload slots (`upload_slots / shards`, see
-//!   [`crate::config::ServeConfig::choker_config`]).
-//! - No cross-shard coordination for super-seeding or rate limits either:
-//!   each shard gets `1/shards` of the rate and sees only its own peers.
+//! - Choking is per shard: each shard chokes its own connections with its
+//!   own share of the upload slots (`upload_slots / shards`, see
+//!   [`crate::config::ServeConfig::choker_config`]). Super-seeding and the
+//!   rate limits are box-wide: they share per-torrent atomics
+//!   ([`superseed::SharedSpread`]) and token pools ([`token_pool`]) that
+//!   shards touch per offer and per grant, never per block.
 
 pub mod choker;
 pub mod download;
 pub mod ratelimit;
 pub mod superseed;
+pub mod token_pool;

@@ -9,18 +9,20 @@
 //!   Exact integer arithmetic (nanosecond resolution, no drift): over any
 //!   interval `T` it grants at most `burst + rate * T` bytes, and a caller
 //!   that always wants more gets at least `rate * T - burst`.
-//! - [`EgressLimiter`]: one per shard, the shard's bucket (the box rate split
-//!   evenly across shards, [`Rate::per_shard`]) shared fairly among the
-//!   shard's connections. A connection asks for up to one send batch when it
-//!   flushes; while tokens are short, askers wait in one FIFO queue and are
-//!   served in turn, at most [`EgressLimiter::quantum`] bytes per turn
-//!   (deficit round robin with equal quanta): a connection that got nothing
-//!   is served before anyone who was served, and every backlogged connection
-//!   gets the same share.
+//! - [`EgressLimiter`]: one per shard, on a [`TokenPool`] that every shard
+//!   of the box draws from (one cap for the box, see `swarm::token_pool`),
+//!   shared fairly among the shard's connections. A connection asks for up
+//!   to one send batch when it flushes; while tokens are short, it books at
+//!   most [`EgressLimiter::quantum`] bytes in the pool and waits in the
+//!   shard's FIFO queue until its booking is due. Bookings are served in
+//!   the order they were made box-wide and each connection holds at most
+//!   one, so every backlogged connection gets the same share, whatever
+//!   shard it is on.
 //!
 //! # Call order (per shard)
 //!
-//! 1. [`EgressLimiter::new`] (or [`EgressLimiter::for_shard`]) at start.
+//! 1. [`pool_for`] once for the box (or torrent), then
+//!    [`EgressLimiter::shared`] on it in every shard.
 //! 2. When a connection could send blocks (unchoked, requests queued, no
 //!    send in flight): [`EgressLimiter::request`] with the bytes of its next
 //!    batch (piece headers + payload). Send blocks whose total fits the
@@ -34,9 +36,6 @@
 //!
 //! # What it does not do
 //!
-//! - No cross-shard balancing: an idle shard's share is not lent to a busy
-//!   one (SO_REUSEPORT spreads connections, so shares are used evenly under
-//!   load; a lone leecher is capped at `rate / shards`).
 //! - Control messages (handshakes, haves, rejects) are not charged: they are
 //!   a rounding error next to piece data, and must never wait behind it.
 //! - Per-torrent caps are not built in: the engine gives a capped torrent a
@@ -45,7 +44,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use super::token_pool::TokenPool;
 
 /// The largest block message: 13-byte piece header + 16 KiB.
 pub const MAX_BLOCK_MESSAGE: u64 = 13 + 16 * 1024;
@@ -80,22 +82,6 @@ impl Rate {
 
     pub fn is_unlimited(self) -> bool {
         self.bytes_per_sec == 0
-    }
-
-    /// Shard `index`'s share of this box-wide rate among `shards` shards:
-    /// an even split, the remainder bytes going to the first shards, so the
-    /// shares add up to the whole exactly. Never rounds a limit down to 0
-    /// (which would mean unlimited).
-    pub fn per_shard(self, shards: u32, index: u32) -> Rate {
-        if self.is_unlimited() || shards <= 1 {
-            return self;
-        }
-        let n = u64::from(shards);
-        let base = self.bytes_per_sec / n;
-        let extra = u64::from(u64::from(index) < self.bytes_per_sec % n);
-        Rate {
-            bytes_per_sec: (base + extra).max(1),
-        }
     }
 }
 
@@ -312,65 +298,81 @@ impl TokenBucket {
     }
 }
 
-/// A shard's egress cap, shared fairly among its connections `K` (the
-/// engine's connection handle). See the module docs for the call order.
+/// A shard's view of an egress cap: its connections `K` (the engine's
+/// connection handle) queued fairly on a [`TokenPool`] that every shard of
+/// the box draws from. See the module docs for the call order.
 #[derive(Debug)]
 pub struct EgressLimiter<K> {
-    bucket: TokenBucket,
+    /// `None`: unlimited.
+    pool: Option<Arc<TokenPool>>,
     quantum: u64,
-    /// Connections waiting for tokens with the bytes they asked for.
-    waiting: VecDeque<(K, u64)>,
+    /// Connections waiting for tokens: who, the bytes booked in the pool
+    /// for it, and when they are its. Bookings are made in this order, so
+    /// `ready_at` never decreases along the queue.
+    waiting: VecDeque<Waiter<K>>,
     granted_total: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Waiter<K> {
+    conn: K,
+    booked: u64,
+    ready_at: Instant,
+}
+
+/// The pool for a box-wide (or torrent-wide) `rate`: a burst of
+/// [`DEFAULT_BURST_TIME`] at that rate, at least two block messages.
+/// `None` when unlimited.
+pub fn pool_for(now: Instant, rate: Rate) -> Option<Arc<TokenPool>> {
+    let r = rate.bytes_per_sec()?;
+    let burst = (u128::from(r) * DEFAULT_BURST_TIME.as_nanos() / 1_000_000_000) as u64;
+    Some(Arc::new(TokenPool::new(
+        now,
+        r,
+        burst.max(2 * MAX_BLOCK_MESSAGE),
+    )))
+}
+
 impl<K: Copy + Eq> EgressLimiter<K> {
-    /// `quantum`: most bytes per turn (raised to one block message, capped
-    /// at `burst`; `burst` is raised to one block message).
-    pub fn new(now: Instant, rate: Rate, burst: u64, quantum: u64) -> Self {
-        let burst = burst.max(MAX_BLOCK_MESSAGE);
-        let bucket = match rate.bytes_per_sec() {
-            Some(r) => TokenBucket::new(now, r, burst),
-            None => TokenBucket::unlimited(now),
-        };
+    /// A limiter drawing from `pool` (`None`: unlimited). `quantum`: most
+    /// bytes per turn (raised to one block message, capped at the pool's
+    /// burst).
+    pub fn new(pool: Option<Arc<TokenPool>>, quantum: u64) -> Self {
+        let burst = pool.as_ref().map_or(u64::MAX, |p| p.burst());
         Self {
-            bucket,
-            quantum: quantum.clamp(MAX_BLOCK_MESSAGE, burst),
+            pool,
+            quantum: quantum.clamp(MAX_BLOCK_MESSAGE, burst.max(MAX_BLOCK_MESSAGE)),
             waiting: VecDeque::new(),
             granted_total: 0,
         }
     }
 
-    /// Shard `index` of `shards` with its share of the box-wide `rate`,
-    /// a burst of [`DEFAULT_BURST_TIME`] at that share (at least two block
-    /// messages), and a quantum of [`DEFAULT_QUANTUM`] or a quarter of the
-    /// burst if less (at least one block message).
+    /// A shard's limiter on the shared `pool`, with a quantum of
+    /// [`DEFAULT_QUANTUM`] or a quarter of the pool's burst if less (at
+    /// least one block message).
     ///
-    /// Why a quarter: a waiter is served once its quantum has refilled, so
-    /// with quantum = burst the bucket is full at that instant and every
-    /// moment the engine wakes late (scheduling, a long loop turn) loses
-    /// tokens; measured on a busy 2-core box, a lone connection then got
-    /// 78% of its cap. With a quarter, the engine may be 3/4 of the burst
-    /// time (~37 ms) late without losing anything.
-    pub fn for_shard(now: Instant, rate: Rate, shards: u32, index: u32) -> Self {
-        let share = rate.per_shard(shards, index);
-        let burst = share.bytes_per_sec().map_or(0, |r| {
-            let b = (u128::from(r) * DEFAULT_BURST_TIME.as_nanos() / 1_000_000_000) as u64;
-            b.max(2 * MAX_BLOCK_MESSAGE)
+    /// Why a quarter: a waiter is served once its booking is due; with
+    /// quantum = burst a connection that comes back late (scheduling, a long
+    /// loop turn) finds a full pool and the time it was late is lost. With
+    /// a quarter, it may be 3/4 of the burst time (~37 ms) late without
+    /// losing anything.
+    pub fn shared(pool: Option<Arc<TokenPool>>) -> Self {
+        let quantum = pool.as_ref().map_or(DEFAULT_QUANTUM, |p| {
+            (p.burst() / 4).clamp(MAX_BLOCK_MESSAGE, DEFAULT_QUANTUM)
         });
-        let quantum = (burst / 4).clamp(MAX_BLOCK_MESSAGE, DEFAULT_QUANTUM);
-        Self::new(now, share, burst, quantum)
+        Self::new(pool, quantum)
     }
 
     pub fn is_unlimited(&self) -> bool {
-        self.bucket.is_unlimited()
+        self.pool.is_none()
     }
 
     pub fn quantum(&self) -> u64 {
         self.quantum
     }
 
-    pub fn bucket(&self) -> &TokenBucket {
-        &self.bucket
+    pub fn pool(&self) -> Option<&Arc<TokenPool>> {
+        self.pool.as_ref()
     }
 
     /// Bytes granted so far (for metrics and tests).
@@ -384,61 +386,70 @@ impl<K: Copy + Eq> EgressLimiter<K> {
     }
 
     /// `conn` wants to send `want` bytes (its next batch). Returns the bytes
-    /// it may send now: `min(want, quantum)`, or 0, in which case it is
-    /// queued and will be listed by [`EgressLimiter::poll_ready`] (asking
-    /// again while queued only updates `want`). Nobody jumps the queue.
+    /// it may send now: `min(want, quantum)`, or 0, in which case that much
+    /// is booked in the pool and the connection will be listed by
+    /// [`EgressLimiter::poll_ready`] when the booking is due (asking again
+    /// while queued changes nothing). Nobody jumps the queue, on any shard.
     pub fn request(&mut self, now: Instant, conn: K, want: u64) -> u64 {
         if want == 0 {
             return 0;
         }
-        if self.is_unlimited() {
+        let Some(pool) = &self.pool else {
             self.granted_total += want;
             return want;
-        }
-        if let Some(w) = self.waiting.iter_mut().find(|w| w.0 == conn) {
-            w.1 = want;
+        };
+        if self.waiting.iter().any(|w| w.conn == conn) {
             return 0;
         }
         let ask = want.min(self.quantum);
-        if self.waiting.is_empty() && self.bucket.available(now) >= ask {
-            self.bucket.take(now, ask);
+        if self.waiting.is_empty() && pool.try_take(now, ask) {
             self.granted_total += ask;
             return ask;
         }
-        self.waiting.push_back((conn, want));
+        let ready_at = pool.reserve(now, ask);
+        self.waiting.push_back(Waiter {
+            conn,
+            booked: ask,
+            ready_at,
+        });
         0
     }
 
-    /// Serves waiting connections in order while tokens last; appends
+    /// Serves waiting connections whose bookings are due; appends
     /// `(conn, granted bytes)` to `out`.
     pub fn poll_ready(&mut self, now: Instant, out: &mut Vec<(K, u64)>) {
-        while let Some(&(conn, want)) = self.waiting.front() {
-            let ask = want.min(self.quantum);
-            if self.bucket.available(now) < ask {
+        while let Some(w) = self.waiting.front() {
+            if w.ready_at > now {
                 break;
             }
-            self.bucket.take(now, ask);
-            self.granted_total += ask;
+            self.granted_total += w.booked;
+            out.push((w.conn, w.booked));
             self.waiting.pop_front();
-            out.push((conn, ask));
         }
     }
 
     /// When the first waiting connection can be served; `None` if nobody
     /// waits.
-    pub fn next_ready(&self, now: Instant) -> Option<Instant> {
-        let &(_, want) = self.waiting.front()?;
-        Some(self.bucket.next_ready(now, want.min(self.quantum)))
+    pub fn next_ready(&self, _now: Instant) -> Option<Instant> {
+        Some(self.waiting.front()?.ready_at)
     }
 
     /// `n` bytes of a grant were not sent after all.
     pub fn give_back(&mut self, n: u64) {
-        self.bucket.give_back(n);
+        if let Some(p) = &self.pool {
+            p.give_back(n);
+        }
         self.granted_total = self.granted_total.saturating_sub(n);
     }
 
-    /// `conn` closed or has nothing to send any more: leave the queue.
+    /// `conn` closed or has nothing to send any more: leave the queue (its
+    /// booking goes back to the pool).
     pub fn remove(&mut self, conn: K) {
-        self.waiting.retain(|w| w.0 != conn);
+        if let Some(i) = self.waiting.iter().position(|w| w.conn == conn) {
+            let w = self.waiting.remove(i).expect("index in range");
+            if let Some(p) = &self.pool {
+                p.give_back(w.booked);
+            }
+        }
     }
 }

@@ -70,13 +70,22 @@
 //! [`crate::wire::PeerState::offer_piece`] (and `suggest_piece` when
 //! `suggest` is set). Events for unknown peers are ignored.
 //!
+//! # One seed at any shard count
+//!
+//! Each shard has its own selector for its own peers, but the per-piece
+//! counts (peers seen to have it, offers outstanding, offers ever made) live
+//! in one [`SharedSpread`] per torrent that every shard's selector reads and
+//! writes with relaxed atomics, once per offer and per `have`, never per
+//! block. A piece with no copy is *claimed* by a compare-and-swap of its
+//! outstanding-offer count from 0 to 1, so two shards never inject the same
+//! fresh piece. When a piece is seen to spread (the release rule below) its
+//! spread generation is bumped; a shard's outstanding offers of it are
+//! released at that shard's next tick (every
+//! [`SuperSeedConfig::cross_shard_poll`] while it holds offers), so a
+//! `have` on one shard frees the offer slot of a peer on another.
+//!
 //! # What it does not do
 //!
-//! - No cross-shard view: availability counts the peers of this shard only
-//!   (shards share nothing mutable). With several shards each shard's
-//!   selector spreads its own peers; the origin may then send a piece once
-//!   per shard rather than once in total. Run super-seeding torrents with
-//!   few shards, or accept up to `shards` x 1.0 of the file.
 //! - No choking and no rate limiting: the choker and the egress limiter do.
 //! - Piece loss (data changing under us) is not tracked yet: build a new
 //!   selector when the verified set changes.
@@ -89,6 +98,8 @@
 //! O(peers).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::wire::types::PeerHaves;
@@ -108,6 +119,10 @@ pub struct SuperSeedConfig {
     /// Ask the engine to also send BEP 6 `suggest_piece` for every offer
     /// to fast peers (default true).
     pub suggest: bool,
+    /// With several shards: how often a selector holding offers looks for
+    /// pieces that spread on other shards (default `None`: one shard, the
+    /// selector sees every `have` itself). The engine sets 100 ms.
+    pub cross_shard_poll: Option<Duration>,
 }
 
 impl Default for SuperSeedConfig {
@@ -116,6 +131,7 @@ impl Default for SuperSeedConfig {
             offers_per_peer: 2,
             forward_timeout: Duration::from_secs(5),
             suggest: true,
+            cross_shard_poll: None,
         }
     }
 }
@@ -134,6 +150,64 @@ struct Outstanding {
     piece: u32,
     /// When the peer announced the piece itself.
     completed_at: Option<Instant>,
+    /// The piece's spread generation when offered.
+    generation: u32,
+}
+
+/// One torrent's per-piece counts over the peers of every shard (see the
+/// module docs): shared by the selectors of all shards.
+#[derive(Debug)]
+pub struct SharedSpread {
+    /// Per piece: connected peers seen to have it.
+    seen: Box<[AtomicU32]>,
+    /// Per piece: offers of it not yet released.
+    in_flight: Box<[AtomicU32]>,
+    /// Per piece: offers ever made.
+    offered: Box<[AtomicU32]>,
+    /// Per piece: bumped each time it is seen to spread through the swarm.
+    generation: Box<[AtomicU32]>,
+    /// Connected super-seeding peers of the torrent.
+    peers: AtomicU32,
+}
+
+fn counters(n: u32) -> Box<[AtomicU32]> {
+    (0..n).map(|_| AtomicU32::new(0)).collect()
+}
+
+impl SharedSpread {
+    pub fn new(pieces: u32) -> Self {
+        Self {
+            seen: counters(pieces),
+            in_flight: counters(pieces),
+            offered: counters(pieces),
+            generation: counters(pieces),
+            peers: AtomicU32::new(0),
+        }
+    }
+
+    /// Connected peers (all shards) seen to have `piece`.
+    pub fn seen(&self, piece: u32) -> u32 {
+        self.seen.get(piece as usize).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Offers of `piece` ever made (all shards).
+    pub fn offered(&self, piece: u32) -> u32 {
+        self.offered
+            .get(piece as usize)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Offers of `piece` not yet released (all shards).
+    pub fn in_flight(&self, piece: u32) -> u32 {
+        self.in_flight
+            .get(piece as usize)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Connected peers, all shards.
+    pub fn peers(&self) -> u32 {
+        self.peers.load(Relaxed)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -154,12 +228,13 @@ struct PeerRecord {
 pub struct SuperSeeder {
     config: SuperSeedConfig,
     we_have: Bitfield,
-    /// Per piece: connected peers seen to have it.
-    seen: Vec<u32>,
-    /// Per piece: offers of it not yet released.
-    in_flight: Vec<u32>,
-    /// Per piece: offers ever made.
-    offered: Vec<u32>,
+    /// The per-piece counts, shared with the other shards' selectors.
+    spread: Arc<SharedSpread>,
+    /// Mixed into the peers' scan offsets (the shard's index), so that
+    /// peers with the same id on two shards start at different pieces.
+    salt: u64,
+    /// When this selector last ticked (or first saw a peer).
+    last_tick: Option<Instant>,
     peers: BTreeMap<PeerId, PeerRecord>,
     offers_total: u64,
     /// Scratch: peers that may take a new offer now.
@@ -171,7 +246,24 @@ pub struct SuperSeeder {
 impl SuperSeeder {
     /// A selector for a torrent whose verified pieces are `we_have`.
     pub fn new(config: SuperSeedConfig, we_have: &Bitfield) -> Self {
-        let n = we_have.len() as usize;
+        let spread = Arc::new(SharedSpread::new(we_have.len()));
+        Self::shared(config, we_have, spread, 0)
+    }
+
+    /// A selector of one shard whose counts are `spread`, shared with the
+    /// selectors of the same torrent on the other shards (`salt`: the
+    /// shard's index).
+    pub fn shared(
+        config: SuperSeedConfig,
+        we_have: &Bitfield,
+        spread: Arc<SharedSpread>,
+        salt: u64,
+    ) -> Self {
+        assert_eq!(
+            spread.seen.len(),
+            we_have.len() as usize,
+            "one spread per torrent"
+        );
         let config = SuperSeedConfig {
             offers_per_peer: config.offers_per_peer.max(1),
             ..config
@@ -179,9 +271,9 @@ impl SuperSeeder {
         Self {
             config,
             we_have: we_have.clone(),
-            seen: vec![0; n],
-            in_flight: vec![0; n],
-            offered: vec![0; n],
+            spread,
+            salt: salt << 32,
+            last_tick: None,
             peers: BTreeMap::new(),
             offers_total: 0,
             touched: Vec::new(),
@@ -209,16 +301,19 @@ impl SuperSeeder {
         out: &mut Vec<Offer>,
     ) {
         self.forget(peer);
+        self.last_tick.get_or_insert(now);
+        self.spread.peers.fetch_add(1, Relaxed);
         let n = self.num_pieces();
         let spread = if n == 0 {
             0
         } else {
             // Fibonacci hashing spreads consecutive ids over the pieces.
-            ((u64::from(peer.0).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(n)) as u32
+            let id = u64::from(peer.0) ^ self.salt;
+            ((id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(n)) as u32
         };
         let has = haves_to_bitfield(haves, n);
         for p in ones(&has) {
-            self.seen[p as usize] += 1;
+            self.spread.seen[p as usize].fetch_add(1, Relaxed);
         }
         self.peers.insert(
             peer,
@@ -248,7 +343,7 @@ impl SuperSeeder {
         if rec.starved_since.is_some() {
             rec.starved_since = Some(now); // progressing through the swarm
         }
-        self.seen[piece as usize] += 1;
+        self.spread.seen[piece as usize].fetch_add(1, Relaxed);
         let own = mark_completed(rec, piece, now);
         if !own {
             // `piece` reached `peer` through the swarm: it has spread, so
@@ -274,11 +369,11 @@ impl SuperSeeder {
         let new = haves_to_bitfield(haves, n);
         let old = std::mem::replace(&mut rec.has, new);
         for p in ones(&old) {
-            self.seen[p as usize] -= 1;
+            self.spread.seen[p as usize].fetch_sub(1, Relaxed);
         }
         let mut gained = Vec::new();
         for p in ones(&rec.has) {
-            self.seen[p as usize] += 1;
+            self.spread.seen[p as usize].fetch_add(1, Relaxed);
             if !old.get(p) {
                 gained.push(p);
             }
@@ -315,7 +410,9 @@ impl SuperSeeder {
     /// needs any more, and refills free offer slots.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Offer>) {
         let timeout = self.config.forward_timeout;
-        let total = self.peers.len() as u32;
+        self.last_tick = Some(now);
+        let sp = &self.spread;
+        let total = sp.peers.load(Relaxed);
         let mut released = Vec::new();
         for (id, rec) in self.peers.iter_mut() {
             let before = rec.offers.len();
@@ -323,10 +420,14 @@ impl SuperSeeder {
                 self.touched.push(*id);
             }
             rec.offers.retain(|o| {
-                let done = o.completed_at.is_some_and(|t| {
-                    now.saturating_duration_since(t) >= timeout
-                        || self.seen[o.piece as usize] >= total
-                });
+                let p = o.piece as usize;
+                // Spread through the swarm, seen on another shard.
+                let spread = sp.generation[p].load(Relaxed) != o.generation;
+                let done = spread
+                    || o.completed_at.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= timeout
+                            || sp.seen[p].load(Relaxed) >= total
+                    });
                 if done {
                     released.push(o.piece);
                 }
@@ -337,14 +438,15 @@ impl SuperSeeder {
             }
         }
         for p in released {
-            self.in_flight[p as usize] -= 1;
+            self.spread.in_flight[p as usize].fetch_sub(1, Relaxed);
         }
         self.refill_touched(now, out);
     }
 
     /// When [`SuperSeeder::tick`] next has work (a forward timeout), if any.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.peers
+        let forward = self
+            .peers
             .values()
             .flat_map(|r| {
                 r.offers
@@ -353,7 +455,23 @@ impl SuperSeeder {
                     .chain(r.starved_since)
             })
             .min()
-            .map(|t| t + self.config.forward_timeout)
+            .map(|t| t + self.config.forward_timeout);
+        let holds_offers = self.peers.values().any(|r| !r.offers.is_empty());
+        let poll = match (self.config.cross_shard_poll, self.last_tick) {
+            (Some(every), Some(last)) if holds_offers => Some(last + every),
+            _ => None,
+        };
+        match (forward, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The shortest timer a call can start: a selector called at `now` has
+    /// nothing due before `now + min_timer()` that it did not have before.
+    pub fn min_timer(&self) -> Duration {
+        let f = self.config.forward_timeout;
+        self.config.cross_shard_poll.map_or(f, |p| p.min(f))
     }
 
     /// Up to `max` pieces `peer` lacks and we have, rarest first (fewest
@@ -364,7 +482,7 @@ impl SuperSeeder {
         };
         let mut cands: Vec<(u32, u32, u32)> = (0..self.num_pieces())
             .filter(|&p| self.we_have.get(p) && !rec.has.get(p))
-            .map(|p| (self.copies(p), self.offered[p as usize], p))
+            .map(|p| (self.copies(p), self.spread.offered(p), p))
             .collect();
         cands.sort_unstable();
         out.extend(cands.into_iter().take(max).map(|c| c.2));
@@ -378,14 +496,19 @@ impl SuperSeeder {
             .unwrap_or_default()
     }
 
-    /// Connected peers seen to have `piece`.
+    /// Connected peers (every shard's) seen to have `piece`.
     pub fn seen(&self, piece: u32) -> u32 {
-        self.seen.get(piece as usize).copied().unwrap_or(0)
+        self.spread.seen(piece)
     }
 
-    /// Offers of `piece` ever made.
+    /// Offers of `piece` ever made (by every shard).
     pub fn offered(&self, piece: u32) -> u32 {
-        self.offered.get(piece as usize).copied().unwrap_or(0)
+        self.spread.offered(piece)
+    }
+
+    /// The counts this selector shares with the other shards'.
+    pub fn spread(&self) -> &Arc<SharedSpread> {
+        &self.spread
     }
 
     /// Offers made in total (a counter for metrics).
@@ -398,7 +521,8 @@ impl SuperSeeder {
     }
 
     fn copies(&self, p: u32) -> u32 {
-        self.seen[p as usize] + self.in_flight[p as usize]
+        let i = p as usize;
+        self.spread.seen[i].load(Relaxed) + self.spread.in_flight[i].load(Relaxed)
     }
 
     /// Drops a peer's state; `false` if it was unknown.
@@ -406,12 +530,13 @@ impl SuperSeeder {
         let Some(rec) = self.peers.remove(&peer) else {
             return false;
         };
+        self.spread.peers.fetch_sub(1, Relaxed);
         for p in ones(&rec.has) {
-            self.seen[p as usize] -= 1;
+            self.spread.seen[p as usize].fetch_sub(1, Relaxed);
             self.fresh_again |= self.copies(p) == 0;
         }
         for o in &rec.offers {
-            self.in_flight[o.piece as usize] -= 1;
+            self.spread.in_flight[o.piece as usize].fetch_sub(1, Relaxed);
             self.fresh_again |= self.copies(o.piece) == 0;
         }
         true
@@ -420,9 +545,11 @@ impl SuperSeeder {
     /// `piece` was seen at a peer that got it from the swarm: release every
     /// offer of it (except `except`'s own, which it just completed).
     fn release_piece_everywhere(&mut self, piece: u32, except: PeerId) {
-        if self.in_flight[piece as usize] == 0 {
+        if self.spread.in_flight[piece as usize].load(Relaxed) == 0 {
             return;
         }
+        // Other shards release their offers of it at their next tick.
+        self.spread.generation[piece as usize].fetch_add(1, Relaxed);
         let mut released = 0;
         for (id, rec) in self.peers.iter_mut() {
             if *id == except {
@@ -435,12 +562,14 @@ impl SuperSeeder {
                 self.touched.push(*id);
             }
         }
-        self.in_flight[piece as usize] -= released;
+        self.spread.in_flight[piece as usize].fetch_sub(released, Relaxed);
     }
 
-    /// Nobody connected lacks `piece`: completed offers of it are released.
+    /// Nobody connected (on any shard) lacks `piece`: completed offers of it
+    /// are released.
     fn release_unneeded(&mut self, piece: u32) {
-        if self.seen[piece as usize] < self.peers.len() as u32 {
+        let sp = &self.spread;
+        if sp.seen[piece as usize].load(Relaxed) < sp.peers.load(Relaxed) {
             return;
         }
         let mut released = 0;
@@ -453,7 +582,7 @@ impl SuperSeeder {
                 self.touched.push(*id);
             }
         }
-        self.in_flight[piece as usize] -= released;
+        self.spread.in_flight[piece as usize].fetch_sub(released, Relaxed);
     }
 
     /// Refills the peers whose offers were released (or whose starvation
@@ -483,9 +612,11 @@ impl SuperSeeder {
             }
             let starved = rec.offers.is_empty()
                 && (first || rec.starved_since.is_some_and(|t| now >= t + timeout));
-            let pick =
-                self.pick(rec, false)
-                    .or_else(|| if starved { self.pick(rec, true) } else { None });
+            let (pick, claimed) = match self.claim_fresh(rec) {
+                Some(p) => (Some(p), true),
+                None if starved => (self.pick(rec, true, &[]), false),
+                None => (None, false),
+            };
             let rec = self.peers.get_mut(&peer).expect("peer present");
             let Some(piece) = pick else {
                 // Nothing new to offer: start (or keep) the starvation clock
@@ -501,7 +632,7 @@ impl SuperSeeder {
                 return;
             };
             rec.starved_since = None;
-            self.push_offer(peer, piece, out);
+            self.push_offer(peer, piece, out, claimed);
             // The last piece not yet announced to this peer never goes out
             // on its own: announcing it makes us look like a seed, and a
             // peer that is not interested at that moment (it just finished
@@ -512,24 +643,53 @@ impl SuperSeeder {
             if self.num_pieces() - rec.announced.count() == 1 {
                 let last = (0..self.num_pieces()).find(|&p| !rec.announced.get(p));
                 if let Some(q) = last.filter(|&q| self.we_have.get(q) && !rec.has.get(q)) {
-                    self.push_offer(peer, q, out);
+                    self.push_offer(peer, q, out, false);
                 }
             }
         }
     }
 
-    /// Records an offer of `piece` to `peer` and appends it to `out`.
-    fn push_offer(&mut self, peer: PeerId, piece: u32, out: &mut Vec<Offer>) {
+    /// Claims a piece nobody has and nobody is being sent, on any shard
+    /// (its outstanding count goes 0 -> 1 by compare-and-swap, so two
+    /// shards never inject the same piece); `None` if there is none.
+    fn claim_fresh(&self, rec: &PeerRecord) -> Option<u32> {
+        let mut lost = Vec::new();
+        loop {
+            let p = self.pick(rec, false, &lost)?;
+            let sp = &self.spread;
+            let won = sp.in_flight[p as usize]
+                .compare_exchange(0, 1, Relaxed, Relaxed)
+                .is_ok();
+            if won && sp.seen[p as usize].load(Relaxed) == 0 {
+                return Some(p);
+            }
+            if won {
+                sp.in_flight[p as usize].fetch_sub(1, Relaxed);
+            }
+            lost.push(p);
+        }
+    }
+
+    /// Records an offer of `piece` to `peer` and appends it to `out`
+    /// (`claimed`: its outstanding count was already raised).
+    fn push_offer(&mut self, peer: PeerId, piece: u32, out: &mut Vec<Offer>, claimed: bool) {
         let Some(rec) = self.peers.get_mut(&peer) else {
+            if claimed {
+                self.spread.in_flight[piece as usize].fetch_sub(1, Relaxed);
+            }
             return;
         };
+        let sp = &self.spread;
         rec.announced.set(piece);
         rec.offers.push(Outstanding {
             piece,
             completed_at: None,
+            generation: sp.generation[piece as usize].load(Relaxed),
         });
-        self.in_flight[piece as usize] += 1;
-        self.offered[piece as usize] += 1;
+        if !claimed {
+            sp.in_flight[piece as usize].fetch_add(1, Relaxed);
+        }
+        sp.offered[piece as usize].fetch_add(1, Relaxed);
         self.offers_total += 1;
         out.push(Offer {
             peer,
@@ -540,15 +700,19 @@ impl SuperSeeder {
 
     /// The best piece to offer: see the module docs. Without `allow_copies`
     /// only pieces with no copy (nobody has it, nobody is being sent it).
-    fn pick(&self, rec: &PeerRecord, allow_copies: bool) -> Option<u32> {
+    /// `skip`: pieces another shard claimed meanwhile.
+    fn pick(&self, rec: &PeerRecord, allow_copies: bool, skip: &[u32]) -> Option<u32> {
         let n = self.num_pieces();
         let mut best: Option<((u32, u32), u32)> = None;
         for k in 0..n {
             let p = (rec.spread + k) % n;
-            if !self.we_have.get(p) || rec.has.get(p) || rec.announced.get(p) {
+            if !self.we_have.get(p) || rec.has.get(p) || rec.announced.get(p) || skip.contains(&p) {
                 continue;
             }
-            let key = (self.copies(p), self.offered[p as usize]);
+            let key = (
+                self.copies(p),
+                self.spread.offered[p as usize].load(Relaxed),
+            );
             if key.0 > 0 && !allow_copies {
                 continue;
             }

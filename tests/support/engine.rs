@@ -73,6 +73,7 @@ pub fn start_engine(torrents: Vec<ServedTorrent>, shards: usize, shard: ShardCon
         max_connections: 5000,
         max_per_ip: 5000,
         shard,
+        ..EngineConfig::default()
     };
     Engine::start(cfg, Arc::new(Catalog::new(torrents))).expect("engine starts")
 }

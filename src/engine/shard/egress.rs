@@ -1,6 +1,7 @@
-//! The upload cap in a shard: the shard's [`EgressLimiter`] (its share of
-//! `--upload-rate-limit`) and one per capped torrent (its share of that
-//! torrent's `upload_rate_limit`), wired to the send path.
+//! The upload cap in a shard: the shard's [`EgressLimiter`] on the box-wide
+//! pool of `--upload-rate-limit` and one per capped torrent on that
+//! torrent's pool (one pool per torrent, whatever shard its peers are on),
+//! wired to the send path.
 //!
 //! # How a connection gets to send blocks
 //!
@@ -31,13 +32,16 @@
 //!
 //! What it does not do: anything when no cap is configured. Then the shard
 //! has no `Egress` and connections no `ConnEgress`, and the send path is the
-//! uncapped one (one `Option` check per block). No cross-shard lending
-//! either: each shard enforces `1/shards` of each cap.
+//! uncapped one (one `Option` check per block). Nothing per block touches the
+//! shared pools: a shard draws from them once per grant (up to a quantum of
+//! 16 block messages), see `swarm::token_pool`.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::swarm::ratelimit::{EgressLimiter, Rate, MAX_BLOCK_MESSAGE};
+use std::sync::Arc;
+
+use crate::swarm::ratelimit::{EgressLimiter, TokenPool, MAX_BLOCK_MESSAGE};
 use crate::wire::TorrentId;
 
 use super::super::catalog::Catalog;
@@ -126,38 +130,51 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// The limiters of shard `index` of `shards`; `None` when neither the
-    /// box nor any torrent is capped.
-    pub fn new(
-        now: Instant,
-        box_rate: Rate,
-        shards: usize,
-        index: usize,
-        catalog: &Catalog,
-    ) -> Option<Self> {
-        let (shards, index) = (shards.max(1) as u32, index as u32);
-        let torrents: Vec<Option<EgressLimiter<u32>>> = catalog
-            .torrents()
-            .iter()
-            .map(|t| {
-                let rate = t.settings.upload_rate_limit;
-                (!rate.is_unlimited()).then(|| EgressLimiter::for_shard(now, rate, shards, index))
-            })
-            .collect();
+    /// A shard's limiters: on the box pool (`None`: the box is not capped)
+    /// and on each capped torrent's pool. `None` when nothing is capped.
+    pub fn new(now: Instant, box_pool: Option<Arc<TokenPool>>, catalog: &Catalog) -> Option<Self> {
+        // Indexed by torrent id (ids of torrents removed stay `None`).
+        let mut torrents: Vec<Option<EgressLimiter<u32>>> =
+            (0..catalog.id_bound()).map(|_| None).collect();
+        for t in catalog.torrents() {
+            torrents[t.id.0 as usize] = t.egress_pool(now).map(|p| EgressLimiter::shared(Some(p)));
+        }
         let capped: Vec<u32> = (0..torrents.len() as u32)
             .filter(|&i| torrents[i as usize].is_some())
             .collect();
-        if box_rate.is_unlimited() && capped.is_empty() {
+        if box_pool.is_none() && capped.is_empty() {
             return None;
         }
         Some(Self {
-            shard: (!box_rate.is_unlimited())
-                .then(|| EgressLimiter::for_shard(now, box_rate, shards, index)),
+            shard: box_pool.map(|p| EgressLimiter::shared(Some(p))),
             torrents,
             capped,
             waiting: 0,
             ready: Vec::new(),
         })
+    }
+
+    /// Follow a new catalogue: a limiter for each torrent added since with
+    /// a cap of its own, none for torrents gone (their connections have all
+    /// closed, and released their credit, before a torrent is forgotten).
+    pub fn follow(&mut self, now: Instant, catalog: &Catalog) {
+        let old = self.torrents.len();
+        let bound = catalog.id_bound() as usize;
+        if old < bound {
+            self.torrents.resize_with(bound, || None);
+        }
+        for (i, slot) in self.torrents.iter_mut().enumerate() {
+            match catalog.get(TorrentId(i as u32)) {
+                None => *slot = None,
+                Some(t) if i >= old => {
+                    *slot = t.egress_pool(now).map(|p| EgressLimiter::shared(Some(p)));
+                }
+                Some(_) => {}
+            }
+        }
+        self.capped = (0..self.torrents.len() as u32)
+            .filter(|&i| self.torrents[i as usize].is_some())
+            .collect();
     }
 
     /// The state for a new connection of torrent `t`, if any cap applies.

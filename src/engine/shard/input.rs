@@ -90,13 +90,11 @@ impl Shard {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
             return Ok(None);
         }
-        let ip = remote.ip();
-        let n = self.per_ip.entry(ip).or_insert(0);
-        if *n >= self.cfg.max_per_ip {
+        // Box-wide: the total and the per-source count, whatever shard.
+        let Ok(admission) = self.cfg.limits.admit(remote.ip()) else {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
             return Ok(None);
-        }
-        *n += 1;
+        };
         ShardStats::add(&self.stats.accepted, 1);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -110,7 +108,7 @@ impl Shard {
             }
         };
         let generation = self.generations[idx as usize];
-        self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, peer, now));
+        self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, admission, peer, now));
         self.live_conns += 1;
         self.arm_recv(idx)?;
         Ok(Some(idx))
@@ -168,7 +166,7 @@ impl Shard {
         let mut outcome: Result<(), CloseKind> = Ok(());
         if res > 0 {
             if let Some(bid) = bid {
-                if conn.closing.is_none() {
+                if conn.closing.is_none() && !conn.fin_sent() {
                     let data = self.bufs.data(bid, res as usize);
                     match stream::feed(
                         &mut conn.stream,

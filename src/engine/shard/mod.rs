@@ -19,6 +19,7 @@
 //! super-seed selectors (a forward timeout), and is zero while connections
 //! are waiting to be flushed; so timers fire on time without a timeout SQE.
 
+mod drain;
 mod egress;
 mod input;
 mod superseed;
@@ -26,11 +27,11 @@ mod transmit;
 mod udp;
 mod utp;
 
+pub use drain::Drain;
 pub use egress::ConnEgress;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,12 +42,13 @@ use io_uring::{cqueue, types};
 use crate::metrics::ShardHistograms;
 use crate::storage::fence::FenceTracker;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
-use crate::swarm::ratelimit::Rate;
+use crate::swarm::ratelimit::TokenPool;
 use crate::swarm::superseed::SuperSeedConfig;
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, LiveCatalog};
 use super::conn::Conn;
+use super::limits::ConnLimits;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
 use super::uring::user_data::next_generation;
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
@@ -59,10 +61,11 @@ pub struct ShardConfig {
     pub cpu: Option<usize>,
     pub peer: PeerConfig,
     pub choker: ChokerConfig,
-    /// Connections this shard accepts at most.
+    /// Connections this shard accepts at most (`--max-connections-per-shard`).
     pub max_connections: usize,
-    /// Connections from one IP this shard accepts at most.
-    pub max_per_ip: u32,
+    /// The box-wide counts (`--max-connections`, `--max-per-ip`), one for
+    /// every shard; set by the engine from its [`crate::engine::EngineConfig`].
+    pub limits: Arc<ConnLimits>,
     pub send_zc: bool,
     /// What to accept after an MSE handshake (`--encryption`).
     pub encryption: crate::wire::mse::EncryptionPolicy,
@@ -72,10 +75,11 @@ pub struct ShardConfig {
     pub recv_buffer_size: u32,
     /// Read-pool buffers (16 KiB each) for page-cache misses.
     pub read_buffers: u32,
-    /// Upload cap for the whole box (`--upload-rate-limit`); this shard
-    /// enforces its share, `1/shards`. Default unlimited.
-    pub upload_rate_limit: Rate,
-    /// Shards in the engine (the cap's divisor); set by the engine.
+    /// The box-wide upload cap's token pool (`--upload-rate-limit`), one
+    /// for every shard; `None`: unlimited (the default). Made by the engine
+    /// from [`crate::engine::EngineConfig::upload_rate_limit`].
+    pub box_pool: Option<Arc<TokenPool>>,
+    /// Shards in the engine; set by the engine.
     pub shards: usize,
     /// A send in flight that makes no progress for this long closes the
     /// peer (`send_timeout`): it stopped reading. Default 30 s.
@@ -96,14 +100,14 @@ impl Default for ShardConfig {
             peer: PeerConfig::default(),
             choker: ChokerConfig::default(),
             max_connections: 10_000,
-            max_per_ip: 1000,
+            limits: Arc::new(ConnLimits::new(10_000, 1000, 64)),
             send_zc: false,
             encryption: crate::wire::mse::EncryptionPolicy::default(),
             ring: RingConfig::default(),
             recv_buffers: 1024,
             recv_buffer_size: 4096,
             read_buffers: 256,
-            upload_rate_limit: Rate::UNLIMITED,
+            box_pool: None,
             shards: 1,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             super_seed: SuperSeedConfig {
@@ -168,8 +172,12 @@ pub struct Shard {
     sends: SendTable,
     dirty: Vec<u32>,
     rearm: Vec<u32>,
-    per_ip: HashMap<IpAddr, u32>,
+    /// The catalogue version this shard serves, and where new ones appear.
     catalog: Arc<Catalog>,
+    live: Arc<LiveCatalog>,
+    catalog_version: u64,
+    /// Connections of torrents being taken out (see [`drain`]).
+    draining: Vec<u32>,
     choker: Choker,
     decisions: Vec<ChokeDecision>,
     stats: Arc<ShardStats>,
@@ -192,11 +200,12 @@ impl Shard {
         cfg: ShardConfig,
         listener: socket2::Socket,
         udp: Option<std::net::UdpSocket>,
-        catalog: Arc<Catalog>,
+        live: Arc<LiveCatalog>,
         stats: Arc<ShardStats>,
         hist: ShardHistograms,
         shutdown: Arc<AtomicBool>,
     ) -> io::Result<Self> {
+        let (catalog_version, catalog) = live.load_versioned();
         let ring = Ring::new(cfg.ring)?;
         let bufs = ProvidedBufRing::new(
             &ring.uring.submitter(),
@@ -211,16 +220,20 @@ impl Shard {
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
         let fence = catalog.fence().register();
-        let egress =
-            egress::Egress::new(now, cfg.upload_rate_limit, cfg.shards, cfg.index, &catalog);
-        let share = cfg
-            .upload_rate_limit
-            .per_shard(cfg.shards.max(1) as u32, cfg.index as u32);
-        stats
-            .upload_limit
-            .store(share.bytes_per_sec().unwrap_or(0), Ordering::Relaxed);
-        let superseed =
-            superseed::SuperSeeding::new(cfg.super_seed.clone(), catalog.torrents().len());
+        let egress = egress::Egress::new(now, cfg.box_pool.clone(), &catalog);
+        // The gauge sums over shards to the box cap: shard 0 reports it.
+        let shown = if cfg.index == 0 {
+            cfg.box_pool.as_ref().map_or(0, |p| p.rate_bytes_per_sec())
+        } else {
+            0
+        };
+        stats.upload_limit.store(shown, Ordering::Relaxed);
+        let superseed = superseed::SuperSeeding::new(
+            cfg.super_seed.clone(),
+            catalog.id_bound() as usize,
+            cfg.index,
+            cfg.shards,
+        );
         Ok(Self {
             fence,
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
@@ -241,8 +254,10 @@ impl Shard {
             sends: SendTable::default(),
             dirty: Vec::new(),
             rearm: Vec::new(),
-            per_ip: HashMap::new(),
             catalog,
+            live,
+            catalog_version,
+            draining: Vec::new(),
             choker,
             decisions: Vec::new(),
             stats,
@@ -286,6 +301,9 @@ impl Shard {
                 }
                 Err(e) => return Err(e),
             }
+            // A new catalogue first, then the fence: an epoch passed means
+            // the version published before it was taken.
+            self.follow_catalog(Instant::now());
             // Before building any send: see pieces withdrawn since.
             self.fence.observe(self.catalog.fence());
             self.reap()?;
@@ -294,6 +312,7 @@ impl Shard {
             self.superseed_timers(now);
             self.flush_dirty()?;
             self.utp_turn(now)?;
+            self.drain_turn(now);
             self.rearm_recvs()?;
             self.fence_turn();
 
@@ -330,6 +349,12 @@ impl Shard {
         if !self.dirty.is_empty() {
             return Duration::ZERO;
         }
+        // Drain deadlines are checked every turn; a turn every 10 ms is plenty.
+        let wait = if self.draining.is_empty() {
+            WAIT
+        } else {
+            WAIT.min(Duration::from_millis(10))
+        };
         let egress = self.egress.as_ref().and_then(|e| e.next_ready(now));
         let deadline = match (egress, self.superseed.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -344,7 +369,7 @@ impl Shard {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        deadline.map_or(WAIT, |d| d.saturating_duration_since(now).min(WAIT))
+        deadline.map_or(wait, |d| d.saturating_duration_since(now).min(wait))
     }
 
     /// Grants tokens to parked connections whose turn has come and marks
@@ -463,8 +488,15 @@ impl Shard {
         if conn.torrent.is_none() {
             if let Some(id) = conn.peer.torrent() {
                 conn.torrent = self.catalog.get(id).cloned();
+                if let Some(t) = &conn.torrent {
+                    t.count_peer(true);
+                }
                 conn.egress = self.egress.as_ref().and_then(|e| e.attach(now, id));
             }
+        }
+        if conn.drain.is_some() {
+            // Being drained: no choker, no offers, nothing new to send.
+            return;
         }
         if conn.torrent.is_some() && conn.peer.is_super_seeding() {
             // Offers go out with the handshake reply, in this loop turn.
@@ -688,6 +720,10 @@ impl Shard {
             return;
         }
         let c = self.conns[idx as usize].take().expect("present");
+        if let Some(t) = &c.torrent {
+            // Nothing of this connection is in flight: it lets go of the files.
+            t.count_peer(false);
+        }
         for rb in &c.ready {
             // SAFETY: a ready block's READ has completed and it joined no
             // send (the connection is quiescent).
@@ -699,12 +735,7 @@ impl Shard {
         if !c.peer.is_choked() {
             self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(n) = self.per_ip.get_mut(&c.remote.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&c.remote.ip());
-            }
-        }
+        self.cfg.limits.release(c.admission);
         self.generations[idx as usize] = next_generation(self.generations[idx as usize]);
         self.free_conns.push(idx);
         self.live_conns -= 1;

@@ -22,9 +22,12 @@
 //! cache is lowered to that at most; releases may leave it early, which
 //! costs one tick that finds nothing due, after which it is recomputed.
 //!
-//! What it does not do: coordinate shards. Each shard's selectors see only
-//! that shard's peers, so with N shards a piece may be injected up to N
-//! times (see `swarm::superseed`). Selectors are made from the verified
+//! The shards' selectors of one torrent share its per-piece counts
+//! ([`crate::engine::ServedTorrent::spread`]), so the box injects each
+//! piece once at any shard count; with several shards each selector also
+//! ticks every [`SuperSeedConfig::cross_shard_poll`] while it holds offers,
+//! to release those that spread on other shards (see `swarm::superseed`).
+//! Selectors are made from the verified
 //! pieces when the torrent's first super-seeding peer arrives on this shard
 //! and live as long as the shard (their offer counts are the history that
 //! "least sent first" needs); pieces withdrawn because their data changed
@@ -39,6 +42,10 @@ use crate::wire::TorrentId;
 use super::super::stats::ShardStats;
 use super::Shard;
 
+/// How often a selector holding offers looks for pieces that spread on
+/// other shards.
+const CROSS_SHARD_POLL: Duration = Duration::from_millis(100);
+
 struct Selector {
     sel: SuperSeeder,
     /// At or before this selector's next forward timeout; `None`: no timer.
@@ -48,6 +55,8 @@ struct Selector {
 /// A shard's super-seed selectors, by torrent id.
 pub struct SuperSeeding {
     config: SuperSeedConfig,
+    /// This shard's index (salts the selectors' scan offsets).
+    shard: u64,
     selectors: Vec<Option<Selector>>,
     /// The earliest selector deadline (may be early, never late).
     next: Option<Instant>,
@@ -56,12 +65,31 @@ pub struct SuperSeeding {
 }
 
 impl SuperSeeding {
-    pub fn new(config: SuperSeedConfig, torrents: usize) -> Self {
+    /// `shards` > 1 turns on the cross-shard poll (100 ms unless set).
+    pub fn new(mut config: SuperSeedConfig, torrents: usize, shard: usize, shards: usize) -> Self {
+        if shards > 1 && config.cross_shard_poll.is_none() {
+            config.cross_shard_poll = Some(CROSS_SHARD_POLL);
+        }
         Self {
             config,
+            shard: shard as u64,
             selectors: (0..torrents).map(|_| None).collect(),
             next: None,
             offers: Vec::new(),
+        }
+    }
+
+    /// Follow a new catalogue: room for ids added since, and the
+    /// selectors of torrents gone dropped.
+    pub fn follow(&mut self, catalog: &super::super::catalog::Catalog) {
+        let bound = catalog.id_bound() as usize;
+        if self.selectors.len() < bound {
+            self.selectors.resize_with(bound, || None);
+        }
+        for (i, s) in self.selectors.iter_mut().enumerate() {
+            if s.is_some() && catalog.get(TorrentId(i as u32)).is_none() {
+                *s = None;
+            }
         }
     }
 
@@ -72,7 +100,11 @@ impl SuperSeeding {
 
     /// A selector was called at `now`: it may have started a timer.
     fn touched(&mut self, t: TorrentId, now: Instant) {
-        let timer = now + self.config.forward_timeout.max(Duration::from_millis(1));
+        let shortest = match self.config.cross_shard_poll {
+            Some(p) => p.min(self.config.forward_timeout),
+            None => self.config.forward_timeout,
+        };
+        let timer = now + shortest.max(Duration::from_millis(1));
         if let Some(Some(s)) = self.selectors.get_mut(t.0 as usize) {
             s.deadline = Some(s.deadline.map_or(timer, |d| d.min(timer)));
         }
@@ -95,7 +127,7 @@ impl Shard {
             return;
         };
         let selector = slot.get_or_insert_with(|| Selector {
-            sel: SuperSeeder::new(ss.config.clone(), &t.have),
+            sel: SuperSeeder::shared(ss.config.clone(), &t.have, t.spread(), ss.shard),
             deadline: None,
         });
         let peer = PeerId(idx);

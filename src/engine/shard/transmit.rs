@@ -414,6 +414,9 @@ impl Shard {
         }
         if let Some(c) = self.conn_mut(cidx, cgen) {
             c.send_slot = None;
+            if let Some(t) = c.torrent.as_ref().filter(|_| payload > 0) {
+                t.add_uploaded(payload);
+            }
         }
         if free {
             // SAFETY: the batch's last CQE, and no notification is due.

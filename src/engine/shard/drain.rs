@@ -1,0 +1,158 @@
+//! Following the catalogue in a shard: take a new version at the top of the
+//! loop, keep the per-torrent state (upload-cap limiters, super-seed
+//! selectors) in step with it, and drain the connections of torrents being
+//! taken out.
+//!
+//! A connection of a draining torrent goes through, in order:
+//! 1. [`Drain::Grace`]: served as usual until the torrent's drain grace
+//!    (`--drain-grace`, default 0) has passed;
+//! 2. [`Drain::Choked`]: choked and out of the choker and the super-seed
+//!    selector, so nothing new is queued for it (queued requests are dropped,
+//!    or rejected for fast peers); the send in flight and any disk reads
+//!    complete, the choke goes out;
+//! 3. [`Drain::FinSent`]: with nothing left to send, our side of the stream
+//!    is shut (FIN after the last whole message, never a torn one); what the
+//!    peer still sends is ignored until it closes, or [`FIN_WAIT`] passes.
+//!
+//! The connection then closes as usual; its slot (and with it its hold on the
+//! torrent's files) is freed once nothing of it is in flight.
+
+use std::time::{Duration, Instant};
+
+use crate::swarm::choker::PeerId;
+
+use super::super::stats::CloseKind;
+use super::Shard;
+
+/// How long a drained connection waits for the peer's FIN after ours.
+pub const FIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a connection of a torrent being taken out stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Still served until then.
+    Grace { until: Instant },
+    /// Choked; waiting for its sends and reads in flight to complete.
+    Choked,
+    /// Our FIN is out; waiting for the peer's until `deadline`.
+    FinSent { deadline: Instant },
+}
+
+impl Shard {
+    /// Top of the loop, before the fence is observed: take the current
+    /// catalogue if it changed (one atomic load when it did not).
+    pub(super) fn follow_catalog(&mut self, now: Instant) {
+        if self.live.version() == self.catalog_version {
+            return;
+        }
+        let (version, catalog) = self.live.load_versioned();
+        self.catalog_version = version;
+        self.catalog = catalog;
+        self.superseed.follow(&self.catalog);
+        match self.egress.as_mut() {
+            Some(e) => e.follow(now, &self.catalog),
+            None => {
+                self.egress =
+                    super::egress::Egress::new(now, self.cfg.box_pool.clone(), &self.catalog)
+            }
+        }
+        if !self.catalog.torrents().iter().any(|t| t.is_draining()) {
+            return;
+        }
+        for (idx, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            if c.closing.is_some() || c.drain.is_some() {
+                continue;
+            }
+            if let Some(t) = c.torrent.as_ref().filter(|t| t.is_draining()) {
+                c.drain = Some(Drain::Grace {
+                    until: now + t.drain_grace(),
+                });
+                self.draining.push(idx as u32);
+            }
+        }
+    }
+
+    /// Every loop turn: move draining connections along.
+    pub(super) fn drain_turn(&mut self, now: Instant) {
+        if self.draining.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut self.draining);
+        let mut keep = Vec::with_capacity(list.len());
+        for idx in list {
+            let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if c.closing.is_some() {
+                continue;
+            }
+            match c.drain {
+                Some(Drain::Grace { until }) => {
+                    if now >= until {
+                        self.drain_choke(now, idx);
+                    }
+                    keep.push(idx);
+                }
+                Some(Drain::Choked) => {
+                    let idle = c.send_slot.is_none()
+                        && c.ready.is_empty()
+                        && c.parked.is_none()
+                        && c.reads_inflight == 0
+                        && c.pre_tx.is_empty()
+                        && !c.dirty
+                        && c.peer.poll_transmit().is_empty();
+                    if idle {
+                        let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Write);
+                        c.drain = Some(Drain::FinSent {
+                            deadline: now + FIN_WAIT,
+                        });
+                    }
+                    keep.push(idx);
+                }
+                Some(Drain::FinSent { deadline }) => {
+                    if now >= deadline {
+                        self.close(idx, CloseKind::Shutdown);
+                    } else {
+                        keep.push(idx);
+                    }
+                }
+                None => {}
+            }
+        }
+        keep.append(&mut self.draining);
+        self.draining = keep;
+    }
+
+    /// Stop serving connection `idx`: choke it and take it out of the
+    /// choker, the super-seed selector and the upload-cap queues.
+    fn drain_choke(&mut self, now: Instant, idx: u32) {
+        self.egress_release(now, idx);
+        let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        c.drain = Some(Drain::Choked);
+        if !c.peer.is_choked() {
+            c.peer.set_choked(now, true);
+            self.stats
+                .unchoked
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let superseed = std::mem::take(&mut c.in_superseed);
+        let in_choker = std::mem::take(&mut c.in_choker);
+        let t = c.torrent.as_ref().map(|t| t.id);
+        if superseed {
+            if let Some(t) = t {
+                self.superseed_closed(now, idx, t);
+            }
+        }
+        if in_choker {
+            let mut out = std::mem::take(&mut self.decisions);
+            out.clear();
+            self.choker.peer_disconnected(now, PeerId(idx), &mut out);
+            self.apply_decisions(now, &out);
+            self.decisions = out;
+        }
+        self.mark_dirty(idx);
+    }
+}
