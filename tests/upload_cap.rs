@@ -2,8 +2,8 @@
 //! raw leechers on loopback that keep requesting for 13 s: the rate they
 //! receive over 10 s windows (after a 1-3 s warm-up) must be within 5% of
 //! the cap; above it by more than 5% + one burst (50 ms) is always a bug.
-//! Below it is tolerated only where the cap cannot be reached (a shard
-//! with no leecher: each shard enforces `cap / shards`).
+//! Below it by more than 5% is a bug too: the cap is one pool for the box,
+//! so it is reached whatever shards the leechers landed on.
 
 mod support;
 
@@ -84,29 +84,37 @@ fn content(dir: &Path, names: &[&str]) {
     }
 }
 
+/// A lone leecher gets the whole box cap at any shard count: the cap is one
+/// token pool for the box, not `cap / shards` per shard. Shard counts from
+/// `RINGSEED_UPLOAD_CAP_SHARDS` (e.g. `1,2,8`; default 8: the case a
+/// per-shard split fails worst).
 #[test]
 fn one_leecher_gets_the_box_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    content(dir.path(), &["one.bin"]);
-    let server = serve(
-        dir.path(),
-        &["--shards", "1", "--upload-rate-limit", "4MB/s"],
-    );
-    let got = leecher(&server, "one.bin").join().unwrap();
-    let (lo, hi) = windows(&got);
-    eprintln!(
-        "one leecher, cap 4 MB/s: 10 s windows {:.4}..{:.4} MB/s",
-        lo / MB,
-        hi / MB
-    );
-    assert_near(lo, 4.0 * MB, "lowest window");
-    assert_near(hi, 4.0 * MB, "highest window");
-    let metrics = server.metrics.clone().unwrap();
-    assert_eq!(
-        metric(&metrics, "ringseed_upload_limit_bytes_per_second{"),
-        4e6
-    );
-    assert!(metric(&metrics, "ringseed_upload_throttle_wait_seconds_total{") > 1.0);
+    let counts = std::env::var("RINGSEED_UPLOAD_CAP_SHARDS").unwrap_or_else(|_| "8".into());
+    for shards in counts.split(',').map(|s| s.trim().to_owned()) {
+        let dir = tempfile::tempdir().unwrap();
+        content(dir.path(), &["one.bin"]);
+        let server = serve(
+            dir.path(),
+            &["--shards", &shards, "--upload-rate-limit", "4MB/s"],
+        );
+        let got = leecher(&server, "one.bin").join().unwrap();
+        let (lo, hi) = windows(&got);
+        eprintln!(
+            "one leecher, {shards} shard(s), cap 4 MB/s: 10 s windows {:.4}..{:.4} MB/s ({:.2}%..{:.2}% of the cap)",
+            lo / MB,
+            hi / MB,
+            lo / (4.0 * MB) * 100.0,
+            hi / (4.0 * MB) * 100.0
+        );
+        assert_near(lo, 4.0 * MB, "lowest window");
+        assert_near(hi, 4.0 * MB, "highest window");
+        let metrics = server.metrics.clone().unwrap();
+        // Summed over shards (`metric` adds every series of the name).
+        let limit = metric(&metrics, "ringseed_upload_limit_bytes_per_second{");
+        assert_eq!(limit, 4e6, "the gauge sums to the box cap");
+        assert!(metric(&metrics, "ringseed_upload_throttle_wait_seconds_total{") > 1.0);
+    }
 }
 
 #[test]
@@ -138,18 +146,12 @@ fn several_leechers_on_two_shards_share_the_box_cap() {
             .map(|r| format!("{:.3}", r / MB))
             .collect::<Vec<_>>()
     );
-    // A shard with no leecher cannot use its half.
-    let reachable = 4.0 * MB * busy_shards as f64 / 2.0;
-    assert_near(lo, reachable, "lowest window");
-    assert_near(hi, reachable, "highest window");
-    // Fair within a shard: nobody gets less than 80% of the smallest
-    // possible fair share (2 MB/s shared by 4).
+    // One cap for the box, however the kernel spread the leechers.
+    assert_near(lo, 4.0 * MB, "lowest window");
+    assert_near(hi, 4.0 * MB, "highest window");
+    // Fair across shards: everyone gets at least 80% of 4 MB/s / 4.
     for (i, r) in each.iter().enumerate() {
-        assert!(
-            *r >= 0.8 * 0.5 * MB,
-            "leecher {i} starved: {:.3} MB/s",
-            r / MB
-        );
+        assert!(*r >= 0.8 * MB, "leecher {i} starved: {:.3} MB/s", r / MB);
     }
 }
 

@@ -33,11 +33,44 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+type LogReload =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Lets `serve` apply its `log_level` once its config is loaded.
+static LOG_RELOAD: std::sync::OnceLock<LogReload> = std::sync::OnceLock::new();
+
+/// Logs to stderr at `info`, or as `RINGSEED_LOG` says; colour only on a
+/// terminal (a file or the journal gets plain lines).
 fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RINGSEED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_RELOAD.set(handle);
+    }
+}
+
+/// Applies the configured log filter (`--log-level`, `log_level`), unless
+/// `RINGSEED_LOG` is set: the environment overrides the config.
+pub(crate) fn set_log_level(filter: &str) {
+    if std::env::var_os("RINGSEED_LOG").is_some() {
+        return;
+    }
+    let Some(handle) = LOG_RELOAD.get() else {
+        return;
+    };
+    // The config loader already checked that the filter parses.
+    if let Ok(f) = tracing_subscriber::EnvFilter::try_new(filter) {
+        let _ = handle.reload(f);
+    }
 }

@@ -49,6 +49,7 @@ fn random_peer_id() -> [u8; 20] {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = ServeConfig::load(&args)?;
+    super::set_log_level(&cfg.log_level);
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while shutting down exits at once (code 130).

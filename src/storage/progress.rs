@@ -78,7 +78,7 @@ impl Progress {
     pub fn add(&self, bytes: u64) {
         let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         match &self.mode {
-            Mode::Bar(bar) => bar.inc(bytes),
+            Mode::Bar(bar) => bar.set_position(done.min(self.total)),
             Mode::Plain { every, last } => {
                 // Only one thread prints; the others skip rather than wait.
                 if let Ok(mut last) = last.try_lock() {
@@ -122,6 +122,9 @@ impl Progress {
     }
 
     fn line(&self, done: u64) -> String {
+        // Never above 100%: a piece may be hashed twice (re-verified) or
+        // counted with its padding.
+        let done = done.min(self.total);
         let pct = if self.total > 0 {
             done as f64 * 100.0 / self.total as f64
         } else {
