@@ -6,7 +6,7 @@ last leecher finish, and how many bytes did the origin send?
 usage: lt_swarm.py --torrent FILE --data PATH [--leechers 30] [--rate 5MB/s]
                    [--seeds ringseed,ringseed-super,libtorrent,libtorrent-super]
                    [--rounds 1] [--ringseed-bin target/release/ringseed]
-                   [--ringseed-args '--upload-slots 4'] [--work DIR] [--timeout 600]
+                   [--shards N] [--ringseed-args '--upload-slots 4'] [--work DIR] [--timeout 600]
                    [--json OUT]
 
 Each round, for each seed kind in --seeds (alternating, so noise hits all
@@ -87,7 +87,7 @@ def scrape(url, name):
 class RingseedSeed:
     def __init__(self, args, super_seed):
         cmd = [args.ringseed_bin, "serve", "--torrent", args.torrent, "--data", args.data,
-               "--listen", "127.0.0.1:0", "--shards", "1", "--metrics", "127.0.0.1:0",
+               "--listen", "127.0.0.1:0", "--shards", str(args.shards), "--metrics", "127.0.0.1:0",
                "--tracker-listen", "off", "--skip-verify", "--upload-rate-limit", args.rate_text]
         if super_seed:
             cmd.append("--super-seed")
@@ -213,6 +213,8 @@ def main():
     ap.add_argument("--seeds", default="ringseed,ringseed-super,libtorrent,libtorrent-super")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--ringseed-bin", default=os.path.join(ROOT, "target", "release", "ringseed"))
+    ap.add_argument("--shards", type=int, default=1,
+                    help="ringseed's shard count (the box behaves as one seed at any count)")
     ap.add_argument("--ringseed-args", default="", help="extra `ringseed serve` flags, e.g. '--upload-slots 4'")
     ap.add_argument("--work", default=None, help="where leechers save (default: a temp dir; use tmpfs)")
     ap.add_argument("--timeout", type=float, default=600)
