@@ -322,19 +322,7 @@ fn every_10s_window_is_within_5_percent_of_the_cap() {
     let share = rate.bytes_per_sec().unwrap();
     for seed in [1, 2] {
         let (per_ms, conns) = run_shard(rate, 200, 40, seed);
-        let window = 10_000;
-        let want = share as f64 * 10.0;
-        let mut sum: u64 = per_ms[1000..1000 + window].iter().sum();
-        let (mut lo, mut hi) = (f64::MAX, 0f64);
-        // Every window starting after a 1 s warm-up, sliding by 1 ms.
-        for start in 1000..per_ms.len() - window {
-            if start > 1000 {
-                sum = sum + per_ms[start + window - 1] - per_ms[start - 1];
-            }
-            let ratio = sum as f64 / want;
-            lo = lo.min(ratio);
-            hi = hi.max(ratio);
-        }
+        let (lo, hi) = window_range(&per_ms, share);
         eprintln!("seed {seed}: 10 s windows at {lo:.4}..{hi:.4} of the cap");
         assert!(lo >= 0.95 && hi <= 1.05, "{lo} {hi}");
 

@@ -179,6 +179,9 @@ pub fn metric(addr: &str, name: &str) -> f64 {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return -1.0;
     };
+    // Bounded: a server that cannot accept (out of descriptors) must not
+    // hang the test.
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
     let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
