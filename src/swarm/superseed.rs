@@ -467,13 +467,6 @@ impl SuperSeeder {
         }
     }
 
-    /// The shortest timer a call can start: a selector called at `now` has
-    /// nothing due before `now + min_timer()` that it did not have before.
-    pub fn min_timer(&self) -> Duration {
-        let f = self.config.forward_timeout;
-        self.config.cross_shard_poll.map_or(f, |p| p.min(f))
-    }
-
     /// Up to `max` pieces `peer` lacks and we have, rarest first (fewest
     /// copies, then least offered), for BEP 6 `suggest_piece`.
     pub fn rarest_missing(&self, peer: PeerId, max: usize, out: &mut Vec<u32>) {
