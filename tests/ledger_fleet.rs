@@ -411,3 +411,123 @@ fn five_boxes_gossip_reject_rewrites_and_catch_an_equivocating_publisher() {
         println!("libtorrent download during the ledger traffic: {r}");
     }
 }
+
+/// Boxes find each other through the peer protocol: a box greets its
+/// BitTorrent peers with `ringseed_ledger` (its height and ledger port) in
+/// the BEP 10 handshake, and a box that is told of a ledger ahead of its
+/// own by a peer connection fetches it from that peer, with no
+/// `--ledger-peer` given (every block checked as from any peer).
+#[test]
+fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
+    use ringseed::wire::ext::{parse_ext_handshake, LedgerAdvert};
+    use support::leecher::{Got, RawPeer};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = dir.join("publisher.key");
+    let vkey = ok(&[
+        "ledger",
+        "init",
+        "--key",
+        s(&key),
+        "--name",
+        "example.org/app",
+    ]);
+    let vkey = vkey.trim().to_owned();
+    let publisher = dir.join("publisher");
+    let (served_t, served_data) = torrent(dir, "app-2.0.bin", 1 << 20, 7);
+    let (t2, _) = torrent(dir, "app-2.1.bin", 50_000, 8);
+    for t in [&served_t, &t2] {
+        ok(&[
+            "ledger",
+            "publish",
+            s(t),
+            "--ledger",
+            s(&publisher),
+            "--key",
+            s(&key),
+        ]);
+    }
+    // B holds both blocks; A holds none and is given no ledger peer. B's
+    // ledger listens on the address its BitTorrent peers see.
+    let b_ledger = dir.join("b-ledger");
+    copy_dir(&publisher, &b_ledger);
+    let b_listen = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let start = |ledger: &Path, listen: &str| {
+        ServeProc::start(&[
+            "--torrent",
+            s(&served_t),
+            "--data",
+            s(&served_data),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--tracker-listen",
+            "off",
+            "--control",
+            "off",
+            "--shards",
+            "2",
+            "--ledger",
+            s(ledger),
+            "--ledger-key",
+            &vkey,
+            "--ledger-listen",
+            listen,
+        ])
+    };
+    let b = start(&b_ledger, &b_listen.to_string());
+    let a_listen = free_addr(0);
+    let a = start(&dir.join("a-ledger"), &a_listen);
+    let a_url = format!("http://{a_listen}");
+    assert_eq!(height(&a_url), 0);
+    let info_hash = ringseed::metainfo::Torrent::from_bytes(&std::fs::read(&served_t).unwrap())
+        .unwrap()
+        .info_hash_v1
+        .map(|h| h.0)
+        .unwrap();
+
+    // B tells a peer its ledger in the extension handshake.
+    let mut peer = RawPeer::connect_extended(b.addr.parse().unwrap(), info_hash, b"d1:mdee")
+        .expect("handshake with B");
+    let advert = loop {
+        match peer.recv(Duration::from_secs(5)).unwrap() {
+            Some(Got::Extended(0, payload)) => {
+                break parse_ext_handshake(&payload)
+                    .expect("B's handshake parses")
+                    .ledger
+            }
+            Some(_) => {}
+            None => panic!("no extension handshake from B"),
+        }
+    };
+    assert_eq!(
+        advert,
+        Some(LedgerAdvert {
+            height: 2,
+            port: b_listen.port()
+        })
+    );
+
+    // A peer connection to A carrying B's advert (as B itself would send
+    // when it connects to A): A learns B and catches up.
+    let ours = format!(
+        "d1:mde15:ringseed_ledgerd6:heighti2e4:porti{}eee",
+        b_listen.port()
+    );
+    let told = Instant::now();
+    let _peer_a = RawPeer::connect_extended(a.addr.parse().unwrap(), info_hash, ours.as_bytes())
+        .expect("handshake with A");
+    let deadline = told + Duration::from_secs(10);
+    while height(&a_url) < 2 {
+        assert!(Instant::now() < deadline, "A did not fetch B's ledger");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!(
+        "A learnt B's ledger from a peer's extension handshake and held both blocks {:?} later",
+        told.elapsed()
+    );
+}

@@ -383,6 +383,7 @@ impl Leecher {
                     listen_port: None,
                     yourip: None,
                     metadata_size: None,
+                    ledger: None,
                 },
             );
         }

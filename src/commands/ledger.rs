@@ -325,6 +325,17 @@ pub struct RunningLedger {
     _http: crate::control::HttpServer,
 }
 
+impl RunningLedger {
+    /// What this box tells its BitTorrent peers of its ledger (the
+    /// `ringseed_ledger` key of the extension handshake).
+    pub fn beacon(&self) -> crate::wire::ext::LedgerBeacon {
+        crate::wire::ext::LedgerBeacon {
+            height: std::sync::Arc::clone(&self.node.stats.height),
+            port: self._http.local_addr().port(),
+        }
+    }
+}
+
 pub fn start_node(cfg: &crate::config::LedgerSettings) -> anyhow::Result<Option<RunningLedger>> {
     use crate::ledger::node::{LedgerNode, NodeConfig};
     let Some(dir) = &cfg.dir else { return Ok(None) };

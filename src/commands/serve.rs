@@ -92,6 +92,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         reqq: cfg.max_requests,
         handshake_timeout: cfg.handshake_timeout,
         idle_timeout: cfg.idle_timeout,
+        ledger: ledger.as_ref().map(|l| Arc::new(l.beacon())),
         ..PeerConfig::default()
     };
     let shard = ShardConfig {
@@ -101,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         encryption: cfg.encryption,
         utp: cfg.utp,
         send_timeout: cfg.send_timeout,
+        ledger_hints: ledger.as_ref().map(|l| l.node.hints()),
         ..ShardConfig::default()
     };
     let engine_cfg = EngineConfig {

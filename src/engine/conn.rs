@@ -96,6 +96,8 @@ pub struct Conn {
     pub egress: Option<super::shard::ConnEgress>,
     /// Registered with its torrent's super-seed selector.
     pub in_superseed: bool,
+    /// Its extension handshake was looked at for a `ringseed_ledger`.
+    pub ledger_seen: bool,
     /// Its torrent is being taken out (see `engine::shard::drain`).
     pub drain: Option<super::shard::Drain>,
 }
@@ -138,6 +140,7 @@ impl Conn {
             pre_tx: Vec::new(),
             egress: None,
             in_superseed: false,
+            ledger_seen: false,
             drain: None,
         }
     }

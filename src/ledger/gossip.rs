@@ -167,6 +167,13 @@ impl Gossip {
         }
     }
 
+    /// Ask `peer` for its checkpoint now (it told us it is ahead).
+    pub fn pull(&mut self, peer: usize) {
+        if peer < self.peers {
+            self.send(peer, Msg::GetCheckpoint);
+        }
+    }
+
     /// Anti-entropy: ask one random peer for its checkpoint.
     pub fn tick(&mut self, _now: u64) {
         if self.peers > 0 {

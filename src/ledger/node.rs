@@ -14,9 +14,18 @@
 //! proofs with a blocking client (`ureq`), and pushes new blocks on. Every
 //! accepted block is written to the ledger directory before it is served;
 //! every head it accepts it cosigns with `--ledger-cosign-key`.
+//!
+//! Peers are the `--ledger-peer` URLs plus boxes learnt from the peer
+//! protocol: a BitTorrent peer whose extension handshake carries
+//! `ringseed_ledger` (its ledger's height and HTTP port, see `wire::ext`)
+//! reaches this node through [`LedgerNode::hints`]; if it is ahead, its
+//! address becomes a gossip peer (at most [`MAX_LEARNT_PEERS`]) and is
+//! pulled from at once. What it serves is checked like any other input
+//! (signature, chain, consistency proof), so a lying peer costs one fetch.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +37,11 @@ use super::note::Signer;
 use super::state::{Ledger, Outcome, RejectReason};
 use super::store::{LedgerDir, StoreError};
 use crate::control::{HttpRequest, HttpResponse, Service};
+
+/// Learnt gossip peers kept at most (beyond the configured ones).
+pub const MAX_LEARNT_PEERS: usize = 64;
+/// Ledger adverts queued from the shards at most.
+const HINT_QUEUE: usize = 256;
 
 /// Settings of the ledger in `serve`.
 #[derive(Debug)]
@@ -42,7 +56,8 @@ pub struct NodeConfig {
 /// Counters for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct NodeStats {
-    pub height: AtomicU64,
+    /// Shared with the shards, which advertise it in their handshakes.
+    pub height: Arc<AtomicU64>,
     pub size: AtomicU64,
     pub equivocations_total: AtomicU64,
     pub rejects: [AtomicU64; RejectReason::ALL.len()],
@@ -78,7 +93,14 @@ pub struct LedgerNode {
     inner: Mutex<Inner>,
     store: LedgerDir,
     cosign: Option<Signer>,
-    peers: Vec<String>,
+    /// Gossip peers' base URLs: configured first, then learnt.
+    peers: Mutex<Vec<String>>,
+    configured_peers: usize,
+    /// Ledger adverts from the shards' peers: (ledger address, height).
+    hints: (
+        SyncSender<(SocketAddr, u64)>,
+        Mutex<Receiver<(SocketAddr, u64)>>,
+    ),
     pub stats: Arc<NodeStats>,
     started: std::time::Instant,
 }
@@ -108,7 +130,12 @@ impl LedgerNode {
                 .cosign_key
                 .as_ref()
                 .and_then(|s| Signer::from_skey(&s.to_skey()).ok()),
-            peers: cfg.peers.clone(),
+            peers: Mutex::new(cfg.peers.clone()),
+            configured_peers: cfg.peers.len(),
+            hints: {
+                let (tx, rx) = sync_channel(HINT_QUEUE);
+                (tx, Mutex::new(rx))
+            },
             stats: Arc::new(NodeStats::default()),
             started: std::time::Instant::now(),
         });
@@ -138,6 +165,41 @@ impl LedgerNode {
     /// Height and whether the ledger is frozen (for the BEP 10 handshake and logs).
     pub fn height(&self) -> u64 {
         self.stats.height.load(Ordering::Relaxed)
+    }
+
+    /// Where the shards send the ledger adverts of their peers (a bounded
+    /// queue: `try_send`, a full queue drops the advert).
+    pub fn hints(&self) -> SyncSender<(SocketAddr, u64)> {
+        self.hints.0.clone()
+    }
+
+    /// Learn from queued adverts: a box ahead of us becomes a gossip peer
+    /// and is asked for its checkpoint now.
+    fn take_hints(&self) {
+        let rx = self.hints.1.lock().unwrap_or_else(|e| e.into_inner());
+        while let Ok((at, height)) = rx.try_recv() {
+            if height <= self.height() {
+                continue;
+            }
+            let url = format!("http://{at}");
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let idx = match peers.iter().position(|p| *p == url) {
+                Some(i) => i,
+                None if peers.len() - self.configured_peers < MAX_LEARNT_PEERS => {
+                    tracing::info!(
+                        "ledger: learnt peer {url} (height {height}) from the peer protocol"
+                    );
+                    peers.push(url);
+                    peers.len() - 1
+                }
+                None => continue,
+            };
+            let n = peers.len();
+            drop(peers);
+            let mut g = self.lock();
+            g.gossip.set_peers(n);
+            g.gossip.pull(idx);
+        }
     }
 
     /// Is a torrent with these info-hashes in the ledger?
@@ -234,6 +296,7 @@ impl LedgerNode {
         }
         let mut next_pull = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            self.take_hints();
             if std::time::Instant::now() >= next_pull {
                 self.lock().gossip.tick(self.started.elapsed().as_secs());
                 next_pull = std::time::Instant::now() + interval;
@@ -243,10 +306,14 @@ impl LedgerNode {
                 let Some((peer, msg)) = self.lock().gossip.poll() else {
                     break;
                 };
-                let Some(base) = self.peers.get(peer) else {
-                    continue;
+                let base = {
+                    let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                    match peers.get(peer) {
+                        Some(b) => b.clone(),
+                        None => continue,
+                    }
                 };
-                self.send(&agent, peer, base, msg);
+                self.send(&agent, peer, &base, msg);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

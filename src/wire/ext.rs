@@ -6,8 +6,16 @@
 //! some clients get it wrong), skips values it does not need (nesting bounded
 //! by [`MAX_DEPTH`]) and rejects malformed bencode, trailing bytes and
 //! out-of-range values. It never panics and never allocates.
+//!
+//! ringseed boxes also tell each other their release-ledger height here:
+//! a top-level `ringseed_ledger` dictionary `{height, port}` (BEP 10 lets a
+//! handshake carry keys of its own; no message id is needed, the ledger is
+//! fetched over HTTP from `port` on the peer's address). Stock clients
+//! ignore it; a malformed one is ignored too, never a reason to close.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 
 use super::codec::MSG_ID_EXTENDED;
@@ -29,6 +37,34 @@ pub struct OurExtHandshake<'a> {
     pub yourip: Option<IpAddr>,
     /// `Some` advertises `ut_metadata` and `metadata_size`.
     pub metadata_size: Option<u32>,
+    /// `Some` advertises our release ledger (`ringseed_ledger`).
+    pub ledger: Option<LedgerAdvert>,
+}
+
+/// A box's release ledger as told in the extension handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerAdvert {
+    /// Blocks in its ledger.
+    pub height: u64,
+    /// The port of its ledger HTTP endpoint, on the same address.
+    pub port: u16,
+}
+
+/// Where a shard reads our ledger's current height when it greets a peer
+/// (the ledger node updates it; one relaxed load per handshake).
+#[derive(Debug)]
+pub struct LedgerBeacon {
+    pub height: Arc<AtomicU64>,
+    pub port: u16,
+}
+
+impl LedgerBeacon {
+    pub fn advert(&self) -> LedgerAdvert {
+        LedgerAdvert {
+            height: self.height.load(Ordering::Relaxed),
+            port: self.port,
+        }
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -67,6 +103,15 @@ pub fn encode_ext_handshake(out: &mut Vec<u8>, h: &OurExtHandshake<'_>) {
     }
     put_str(out, b"reqq");
     put_int(out, u64::from(h.reqq));
+    if let Some(l) = h.ledger {
+        put_str(out, b"ringseed_ledger");
+        out.push(b'd');
+        put_str(out, b"height");
+        put_int(out, l.height);
+        put_str(out, b"port");
+        put_int(out, u64::from(l.port));
+        out.push(b'e');
+    }
     put_str(out, b"v");
     put_str(out, h.client_version.as_bytes());
     match h.yourip {
@@ -95,6 +140,8 @@ pub struct PeerExtHandshake {
     pub reqq: Option<u32>,
     pub metadata_size: Option<u32>,
     pub listen_port: Option<u16>,
+    /// Another ringseed box's release ledger (`ringseed_ledger`).
+    pub ledger: Option<LedgerAdvert>,
     client: [u8; CLIENT_NAME_MAX],
     client_len: u8,
 }
@@ -282,6 +329,26 @@ pub fn parse_ext_handshake(payload: &[u8]) -> Result<PeerExtHandshake, ExtError>
                 out.metadata_size = Some(bounded(p.int()?, "metadata_size")?)
             }
             b"p" if p.peek() == Some(b'i') => out.listen_port = Some(bounded(p.int()?, "p")?),
+            b"ringseed_ledger" if p.peek() == Some(b'd') => {
+                p.pos += 1;
+                let (mut height, mut port) = (None, None);
+                while p.peek() != Some(b'e') {
+                    let k = p.bytes()?;
+                    match k {
+                        b"height" if p.peek() == Some(b'i') => {
+                            height = u64::try_from(p.int()?).ok()
+                        }
+                        b"port" if p.peek() == Some(b'i') => {
+                            port = u16::try_from(p.int()?).ok().filter(|&p| p != 0)
+                        }
+                        _ => p.skip(1)?,
+                    }
+                }
+                p.pos += 1;
+                if let (Some(height), Some(port)) = (height, port) {
+                    out.ledger = Some(LedgerAdvert { height, port });
+                }
+            }
             b"v" if p.peek().is_some_and(|c| c.is_ascii_digit()) => {
                 let v = p.bytes()?;
                 let n = v.len().min(CLIENT_NAME_MAX);
@@ -314,6 +381,7 @@ mod tests {
                 listen_port: Some(6881),
                 yourip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))),
                 metadata_size: Some(1234),
+                ledger: None,
             },
         );
         let body = b"d1:md11:ut_metadatai1ee13:metadata_sizei1234e1:pi6881e4:reqqi500e1:v14:ringseed 0.1.06:yourip4:\x7f\x00\x00\x01e";
@@ -354,5 +422,39 @@ mod tests {
             );
         }
         assert!(parse_ext_handshake(b"d1:xli1e3:abcd1:ai2eeee").is_ok());
+    }
+
+    #[test]
+    fn ledger_advert_round_trips_and_a_bad_one_is_ignored() {
+        let mut out = Vec::new();
+        let advert = LedgerAdvert {
+            height: 1 << 40,
+            port: 9102,
+        };
+        encode_ext_handshake(
+            &mut out,
+            &OurExtHandshake {
+                client_version: "ringseed",
+                reqq: 500,
+                listen_port: None,
+                yourip: None,
+                metadata_size: None,
+                ledger: Some(advert),
+            },
+        );
+        let parsed = parse_ext_handshake(&out[6..]).unwrap();
+        assert_eq!(parsed.ledger, Some(advert));
+        assert_eq!(parsed.reqq, Some(500));
+        for bad in [
+            &b"d15:ringseed_ledgerd6:heighti-1e4:porti1eee"[..],
+            b"d15:ringseed_ledgerd6:heighti5e4:porti0eee",
+            b"d15:ringseed_ledgerd6:heighti5e4:porti70000eee",
+            b"d15:ringseed_ledgerd6:heighti5eee",
+            b"d15:ringseed_ledgeri5ee",
+            b"d15:ringseed_ledgerd4:porti80e6:height3:abcee",
+        ] {
+            let p = parse_ext_handshake(bad).unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+            assert_eq!(p.ledger, None, "{bad:?}");
+        }
     }
 }

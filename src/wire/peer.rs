@@ -381,6 +381,7 @@ impl PeerState {
                     listen_port: self.cfg.listen_port,
                     yourip: Some(self.remote.ip()),
                     metadata_size: view.metadata_size(),
+                    ledger: self.cfg.ledger.as_ref().map(|b| b.advert()),
                 },
             );
         }

@@ -176,6 +176,9 @@ pub struct PeerConfig {
     pub client_version: Arc<str>,
     /// Our listen port, advertised as `p` when set. Default none.
     pub listen_port: Option<u16>,
+    /// Our release ledger, advertised as `ringseed_ledger` when set (`serve
+    /// --ledger`). Default none.
+    pub ledger: Option<Arc<super::ext::LedgerBeacon>>,
 }
 
 impl Default for PeerConfig {
@@ -201,6 +204,7 @@ impl Default for PeerConfig {
             keepalive_interval: Duration::from_secs(90),
             client_version: Arc::from(concat!("ringseed ", env!("CARGO_PKG_VERSION"))),
             listen_port: None,
+            ledger: None,
         }
     }
 }

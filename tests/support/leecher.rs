@@ -348,6 +348,8 @@ pub enum Got {
     /// A block; its bytes are in [`RawPeer::last_block`].
     Piece(BlockRequest),
     KeepAlive,
+    /// An extended message (BEP 10): its id and payload.
+    Extended(u8, Vec<u8>),
     Other,
 }
 
@@ -370,6 +372,17 @@ impl RawPeer {
     ) -> Result<RawPeer> {
         let stream = connect(addr, STALL_TIMEOUT)?;
         Self::handshake(stream, info_hash, fast, false, then)
+    }
+
+    /// [`RawPeer::connect`] with the extension bit set and `ext` (the
+    /// bencoded dictionary of a BEP 10 handshake) sent after our handshake.
+    pub fn connect_extended(addr: SocketAddr, info_hash: [u8; 20], ext: &[u8]) -> Result<RawPeer> {
+        let stream = connect(addr, STALL_TIMEOUT)?;
+        let hs = [Message::Extended {
+            id: 0,
+            payload: ext,
+        }];
+        Self::handshake(stream, info_hash, true, true, &hs)
     }
 
     /// [`RawPeer::connect`] with the receive buffer set to `rcvbuf` bytes
@@ -488,6 +501,7 @@ impl RawPeer {
             Message::Reject(r) => Got::Reject(r),
             Message::AllowedFast(p) => Got::AllowedFast(p),
             Message::KeepAlive => Got::KeepAlive,
+            Message::Extended { id, payload } => Got::Extended(id, payload.to_vec()),
             Message::Piece { index, begin, data } => {
                 last.clear();
                 last.extend_from_slice(data);

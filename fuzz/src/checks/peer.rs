@@ -250,6 +250,7 @@ impl OpReader<'_> {
                         listen_port: Some(self.u16()?),
                         yourip: None,
                         metadata_size: Some(1234),
+                        ledger: None,
                     },
                 );
                 return Some(out);

@@ -368,6 +368,7 @@ fn check_ext_round_trip(data: &[u8]) {
         listen_port: (flags & 0x10 != 0).then_some(word(2) as u16),
         yourip,
         metadata_size: (flags & 0x20 != 0).then_some(word(3)),
+        ledger: None,
     };
     let mut out = Vec::new();
     encode_ext_handshake(&mut out, &ours);

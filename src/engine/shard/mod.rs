@@ -87,6 +87,10 @@ pub struct ShardConfig {
     /// Super-seed selector settings for torrents that super-seed. Default:
     /// one offer per peer at a time (BEP 16), 5 s forward timeout, suggest.
     pub super_seed: SuperSeedConfig,
+    /// Where ledger adverts of peers (`ringseed_ledger` in their extension
+    /// handshake: the address of their ledger and its height) go: the
+    /// ledger node's bounded queue (`serve --ledger`). Default none.
+    pub ledger_hints: Option<std::sync::mpsc::SyncSender<(std::net::SocketAddr, u64)>>,
     /// uTP on UDP at the TCP port (`--utp`): the engine binds the socket
     /// when the mode listens. Default `refuse`.
     pub utp: crate::utp::UtpMode,
@@ -115,6 +119,7 @@ impl Default for ShardConfig {
                 ..SuperSeedConfig::default()
             },
             utp: crate::utp::UtpMode::default(),
+            ledger_hints: None,
         }
     }
 }
@@ -492,6 +497,17 @@ impl Shard {
                     t.count_peer(true);
                 }
                 conn.egress = self.egress.as_ref().and_then(|e| e.attach(now, id));
+            }
+        }
+        if !conn.ledger_seen {
+            if let Some(ext) = conn.peer.peer_ext() {
+                conn.ledger_seen = true;
+                if let (Some(advert), Some(tx)) = (ext.ledger, &self.cfg.ledger_hints) {
+                    // Another box with a ledger: its height and where to
+                    // fetch it. The ledger node decides (never blocks us).
+                    let at = std::net::SocketAddr::new(conn.remote.ip(), advert.port);
+                    let _ = tx.try_send((at, advert.height));
+                }
             }
         }
         if conn.drain.is_some() {

@@ -144,6 +144,7 @@ impl Node {
                     listen_port,
                     yourip: None,
                     metadata_size: None,
+                    ledger: None,
                 },
             );
             p.wire.queue_raw(&ext);
