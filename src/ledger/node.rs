@@ -38,6 +38,10 @@ use super::state::{Ledger, Outcome, RejectReason};
 use super::store::{LedgerDir, StoreError};
 use crate::control::{HttpRequest, HttpResponse, Service};
 
+/// A peer's ledger advert: the address of its ledger HTTP endpoint and its
+/// height.
+pub type LedgerHint = (SocketAddr, u64);
+
 /// Learnt gossip peers kept at most (beyond the configured ones).
 pub const MAX_LEARNT_PEERS: usize = 64;
 /// Ledger adverts queued from the shards at most.
@@ -96,11 +100,9 @@ pub struct LedgerNode {
     /// Gossip peers' base URLs: configured first, then learnt.
     peers: Mutex<Vec<String>>,
     configured_peers: usize,
-    /// Ledger adverts from the shards' peers: (ledger address, height).
-    hints: (
-        SyncSender<(SocketAddr, u64)>,
-        Mutex<Receiver<(SocketAddr, u64)>>,
-    ),
+    /// Ledger adverts from the shards' peers.
+    hints_tx: SyncSender<LedgerHint>,
+    hints_rx: Mutex<Receiver<LedgerHint>>,
     pub stats: Arc<NodeStats>,
     started: std::time::Instant,
 }
@@ -119,6 +121,7 @@ impl LedgerNode {
         seed: u64,
     ) -> Result<Arc<Self>, StoreError> {
         let gossip = Gossip::new(cfg.gossip, cfg.peers.len(), seed);
+        let (hints_tx, hints_rx) = sync_channel(HINT_QUEUE);
         let node = Arc::new(Self {
             inner: Mutex::new(Inner {
                 ledger,
@@ -132,10 +135,8 @@ impl LedgerNode {
                 .and_then(|s| Signer::from_skey(&s.to_skey()).ok()),
             peers: Mutex::new(cfg.peers.clone()),
             configured_peers: cfg.peers.len(),
-            hints: {
-                let (tx, rx) = sync_channel(HINT_QUEUE);
-                (tx, Mutex::new(rx))
-            },
+            hints_tx,
+            hints_rx: Mutex::new(hints_rx),
             stats: Arc::new(NodeStats::default()),
             started: std::time::Instant::now(),
         });
@@ -169,14 +170,14 @@ impl LedgerNode {
 
     /// Where the shards send the ledger adverts of their peers (a bounded
     /// queue: `try_send`, a full queue drops the advert).
-    pub fn hints(&self) -> SyncSender<(SocketAddr, u64)> {
-        self.hints.0.clone()
+    pub fn hints(&self) -> SyncSender<LedgerHint> {
+        self.hints_tx.clone()
     }
 
     /// Learn from queued adverts: a box ahead of us becomes a gossip peer
     /// and is asked for its checkpoint now.
     fn take_hints(&self) {
-        let rx = self.hints.1.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.hints_rx.lock().unwrap_or_else(|e| e.into_inner());
         while let Ok((at, height)) = rx.try_recv() {
             if height <= self.height() {
                 continue;
