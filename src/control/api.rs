@@ -53,29 +53,9 @@ fn answer(status: StatusCode, r: Result<TorrentInfo, RegistryError>) -> HttpResp
     }
 }
 
-/// `%XX` and `+` decoding of one query value.
+/// `%XX` and `+` decoding of one query value (the tracker's decoder).
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Some(out)
+    crate::tracker::proto::http::percent_decode(s.as_bytes())
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<PathBuf> {
