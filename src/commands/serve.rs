@@ -230,15 +230,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         ));
         if let Some(tr) = &tracker {
-            match (t.info_hash_v1, t.info_hash_v2) {
-                (Some(v1), Some(v2)) => {
-                    tr.add_torrent(v1.0);
-                    tr.add_torrent_unlisted(v2.truncated());
-                }
-                (Some(v1), None) => tr.add_torrent(v1.0),
-                (None, Some(v2)) => tr.add_torrent(v2.truncated()),
-                (None, None) => {}
-            }
+            tr.add_served(t);
         }
         // Announce to every tracker but our own embedded one (it lists us already).
         let mut target = AnnounceTarget::for_torrent(t, &cfg.extra_tracker_tiers());

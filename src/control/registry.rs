@@ -519,15 +519,7 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            match (t.info_hash_v1, t.info_hash_v2) {
-                (Some(v1), Some(v2)) => {
-                    tr.add_torrent(v1.0);
-                    tr.add_torrent_unlisted(v2.truncated());
-                }
-                (Some(v1), None) => tr.add_torrent(v1.0),
-                (None, Some(v2)) => tr.add_torrent(v2.truncated()),
-                (None, None) => {}
-            }
+            tr.add_served(t);
         }
         let mut target = AnnounceTarget::for_torrent(t, &self.cfg.serve.extra_tracker_tiers());
         target

@@ -224,6 +224,20 @@ impl EmbeddedTracker {
         self.shared.swarms().add_known_unlisted(info_hash);
     }
 
+    /// Track every swarm of a torrent we serve: its v1 hash listed, the
+    /// truncated v2 hash of a hybrid unlisted, a v2-only one listed.
+    pub fn add_served(&self, t: &crate::metainfo::Torrent) {
+        match (t.info_hash_v1, t.info_hash_v2) {
+            (Some(v1), Some(v2)) => {
+                self.add_torrent(v1.0);
+                self.add_torrent_unlisted(v2.truncated());
+            }
+            (Some(v1), None) => self.add_torrent(v1.0),
+            (None, Some(v2)) => self.add_torrent(v2.truncated()),
+            (None, None) => {}
+        }
+    }
+
     /// Stop tracking a torrent we no longer serve.
     pub fn remove_torrent(&self, info_hash: &InfoHash) {
         self.shared.swarms().remove_known(info_hash);
