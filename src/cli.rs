@@ -344,8 +344,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub super_seed: bool,
     /// Upload cap for the whole box, e.g. `5MB/s`, `40MiB/s`, `1Gbit`, or
-    /// `unlimited` (default). Counts piece messages; split evenly across
-    /// shards and fairly among peers. Per torrent: `[per_torrent."NAME"]
+    /// `unlimited` (default). Counts piece messages; one pool for the whole
+    /// box, shared fairly among its peers whatever shard they are on. Per torrent: `[per_torrent."NAME"]
     /// upload_rate_limit = "..."` in --config.
     #[arg(long, value_name = "RATE")]
     pub upload_rate_limit: Option<String>,

@@ -115,7 +115,8 @@ fn prometheus_scrapes_and_every_panel_query_returns_data() {
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
     std::fs::write(data.path().join("update.bin"), &content).unwrap();
-    let (server, peer_addr, target) = start_serve(data.path());
+    let side = tempfile::tempdir().unwrap();
+    let (server, peer_addr, target) = start_serve(data.path(), side.path());
     let torrent = data.path().join(".ringseed/update.bin.torrent");
     // The load generator keeps it busy while Prometheus scrapes.
     let load = Proc(
@@ -241,8 +242,51 @@ impl Drop for Proc {
 
 /// `ringseed serve DIR` with metrics on a free port: (process, peer address,
 /// metrics address).
-fn start_serve(dir: &Path) -> (ServeProc, String, SocketAddr) {
+/// `ringseed` run to completion; panics with its output if it fails.
+fn ringseed(args: &[&str]) -> String {
+    let out = Command::new(support::serve::BIN)
+        .args(args)
+        .output()
+        .expect("run ringseed");
+    assert!(
+        out.status.success(),
+        "ringseed {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A release ledger with one block, so the ledger panels have data.
+fn ledger_with_one_release(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("publisher.key");
+    let vkey = ringseed(&["ledger", "init", "--key", key.to_str().unwrap()]);
+    let release = dir.join("release.bin");
+    std::fs::write(&release, vec![7u8; 100_000]).unwrap();
+    let torrent = dir.join("release.torrent");
+    ringseed(&[
+        "create",
+        release.to_str().unwrap(),
+        "-o",
+        torrent.to_str().unwrap(),
+    ]);
+    let ledger = dir.join("ledger");
+    ringseed(&[
+        "ledger",
+        "publish",
+        torrent.to_str().unwrap(),
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    (ledger, vkey)
+}
+
+/// Serves `dir`, with a ledger kept in `side` (outside the served directory).
+fn start_serve(dir: &Path, side: &Path) -> (ServeProc, String, SocketAddr) {
     let d = dir.to_str().unwrap();
+    let (ledger, vkey) = ledger_with_one_release(side);
+    let ledger_listen = format!("127.0.0.1:{}", free_port());
     let serve = ServeProc::start(&[
         d,
         "--listen",
@@ -253,6 +297,12 @@ fn start_serve(dir: &Path) -> (ServeProc, String, SocketAddr) {
         "127.0.0.1:0",
         "--tracker-listen",
         "127.0.0.1:0",
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--ledger-key",
+        &vkey,
+        "--ledger-listen",
+        &ledger_listen,
     ]);
     let peer = serve.addr.clone();
     let metrics = serve
