@@ -338,6 +338,12 @@ pub struct ServeArgs {
     /// each is a BEP 12 tier, commas put URLs in one tier).
     #[arg(long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
+    /// A peer to fetch missing pieces from, e.g. an origin box
+    /// (repeatable). A --torrent whose --data is missing or incomplete is
+    /// fetched from these and from its trackers' peers, served as a partial
+    /// seed meanwhile, then seeded.
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    pub peers: Vec<String>,
     /// Super-seed (BEP 16): advertise no pieces, offer each peer one piece
     /// at a time and the next once it has spread (or after 5 s). Per
     /// torrent: `[per_torrent."NAME"] super_seed = true` in --config.

@@ -9,6 +9,8 @@
 //! - [`tracker`]: announcing to trackers, and the embedded tracker.
 //! - [`utp`]: sans-IO uTP (BEP 29): packets, refusing with resets.
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
+//! - [`fetch`]: fetch, then seed: downloads a torrent's missing pieces from
+//!   the swarm while the shards serve the verified ones.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
 //! - [`control`]: the control plane's HTTP server (hyper), where the control API and
 //!   the ledger's endpoints are mounted.
@@ -21,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod fetch;
 pub mod ledger;
 pub mod metainfo;
 pub mod metrics;

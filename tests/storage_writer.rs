@@ -76,7 +76,7 @@ fn write_all_pieces(version: MetaVersion) {
     for &p in &order {
         w.submit(p, piece(&fix, p)).unwrap();
         match outcome(&w) {
-            WriteOutcome::Written { piece } => assert_eq!(piece, p),
+            WriteOutcome::Written { piece, .. } => assert_eq!(piece, p),
             other => panic!("piece {p}: {other:?}"),
         }
     }
@@ -113,7 +113,9 @@ fn a_bad_piece_is_never_written_nor_verified() {
         bad[100] ^= 1;
         w.submit(1, bad).unwrap();
         match outcome(&w) {
-            WriteOutcome::Mismatch { piece: 1, check } => {
+            WriteOutcome::Mismatch {
+                piece: 1, check, ..
+            } => {
                 assert_ne!(check, PieceCheck::Good)
             }
             other => panic!("{other:?}"),
@@ -314,7 +316,7 @@ fn a_full_disk_is_a_clear_error_and_keeps_what_was_verified() {
             break;
         }
         match outcome(&w) {
-            WriteOutcome::Written { piece } => written.push(piece),
+            WriteOutcome::Written { piece, .. } => written.push(piece),
             WriteOutcome::Failed { piece, error } => {
                 full = Some((piece, error));
                 break;

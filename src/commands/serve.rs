@@ -17,6 +17,7 @@ use crate::control::registry::{Origin, Registry, RegistryConfig};
 use crate::control::{HttpServer, HttpServerConfig};
 use crate::engine::prepare::prepare_all;
 use crate::engine::{Catalog, Engine, EngineConfig, EngineObservers, LiveCatalog, ShardConfig};
+use crate::fetch::{Fetch, FetchConfig, FetchList};
 use crate::metainfo::magnet::Magnet;
 use crate::metrics::{BuildInfo, MetricsServer, MetricsSources, TorrentCounts, VerifyStats};
 use crate::storage::watch::DataChangeStats;
@@ -47,6 +48,18 @@ fn random_peer_id() -> [u8; 20] {
     id
 }
 
+/// The addresses of our own listener, never dialled by a fetch.
+fn own_addrs(listen: std::net::SocketAddr) -> Vec<std::net::SocketAddr> {
+    if listen.ip().is_unspecified() {
+        vec![
+            std::net::SocketAddr::from(([127, 0, 0, 1], listen.port())),
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
+        ]
+    } else {
+        vec![listen]
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = ServeConfig::load(&args)?;
     super::set_log_level(&cfg.log_level);
@@ -66,6 +79,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The release ledger first: --ledger-required decides what is served.
     let ledger = super::ledger::start_node(&cfg.ledger)?;
     let torrent_counts = Arc::new(TorrentCounts::default());
+    let fetch_list = Arc::new(FetchList::default());
     let metrics = match cfg.metrics {
         MetricsEndpoint::Off => None,
         MetricsEndpoint::Listen(addr) => {
@@ -77,6 +91,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 torrents: torrent_counts.clone(),
                 build: BuildInfo::current(),
                 ledger: ledger.as_ref().map(|l| l.node.stats.clone()),
+                fetches: Arc::clone(&fetch_list),
             };
             let server = MetricsServer::start(addr, sources).with_context(|| {
                 format!("cannot serve metrics on {addr}: use --metrics ADDR with a free port, or --metrics off")
@@ -192,13 +207,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut targets = Vec::new();
     let mut served = Vec::new();
     let mut origins = Vec::new();
-    for (p, settings) in prepared.into_iter().zip(settings) {
+    // (index in `served`, its writer, the tiers its fetch announces to)
+    let mut to_fetch = Vec::new();
+    for (mut p, mut settings) in prepared.into_iter().zip(settings) {
+        let writer = p.fetch.take();
+        if writer.is_some() && settings.super_seed {
+            tracing::warn!(
+                torrent = %p.served.torrent.name,
+                "not super-seeding a torrent being fetched (super-seeding is for the origin box); it is served as a partial seed"
+            );
+            settings.super_seed = false;
+        }
         origins.push((
             p.served.content.root().to_path_buf(),
             p.dir_entry.clone().map_or(Origin::Given, Origin::Dir),
         ));
         let t = &p.served.torrent;
-        let have = p.served.have.count();
+        let have = p.served.live_pieces();
         let mut modes = Vec::new();
         if settings.super_seed {
             modes.push("super-seeding".to_owned());
@@ -239,12 +264,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .iter_mut()
             .for_each(|tier| tier.retain(|u| Some(u) != public_url.as_ref()));
         target.tiers.retain(|tier| !tier.is_empty());
-        if !target.tiers.is_empty() {
+        if let Some(w) = writer {
+            // Its fetch announces it (with `left`) until it is complete.
+            to_fetch.push((served.len(), w, target.tiers));
+        } else if !target.tiers.is_empty() {
             targets.push(target);
         }
         served.push(p.served.with_settings(settings));
     }
     let catalog = Arc::new(Catalog::new(served));
+    let fetch_torrents: Vec<_> = to_fetch
+        .into_iter()
+        .map(|(i, w, tiers)| (Arc::clone(&catalog.torrents()[i]), w, tiers))
+        .collect();
     // Files changed on disk: withdraw, re-verify, restore (storage::watch).
     let data_watch = catalog.watch_data(data_stats.clone());
     let live = Arc::new(LiveCatalog::from_arc(Arc::clone(&catalog)));
@@ -252,6 +284,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = bound
         .start_live(Arc::clone(&live), observers)
         .context("starting the engine")?;
+    let mut fetches = Vec::new();
+    for (t, writer, tiers) in fetch_torrents {
+        let fcfg = FetchConfig {
+            peer_id: engine_peer_id,
+            announce_port,
+            announce_ip: cfg.announce_ip,
+            peers: cfg.peers.clone(),
+            trackers: tiers,
+            own: own_addrs(listen),
+            ..FetchConfig::default()
+        };
+        let name = t.torrent.name.clone();
+        let f = Fetch::start(t, writer, fcfg)
+            .with_context(|| format!("cannot start fetching {name}"))?;
+        fetch_list.add(&name, Arc::clone(f.stats()));
+        fetches.push(f);
+    }
     // Always running: torrents added later may name other trackers.
     let acfg = AnnounceConfig {
         peer_id,
@@ -362,6 +411,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = control {
         c.shutdown();
+    }
+    // Fetches stop first: queued pieces are written, records saved.
+    for f in fetches {
+        f.shutdown();
     }
     engine.shutdown();
     // `stopped` announces go out while the shards close their peers.

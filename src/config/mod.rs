@@ -244,6 +244,10 @@ pub struct ServeConfig {
     /// own. Each entry is a BEP 12 tier; commas separate URLs within a tier
     /// (`"udp://a:6969,http://b/announce"`). Default empty.
     pub trackers: Vec<String>,
+    /// Peers to fetch missing pieces from (`--peer`), besides those the
+    /// trackers return: a torrent whose data is missing or incomplete is
+    /// fetched, then seeded. Default empty.
+    pub peers: Vec<SocketAddr>,
     /// Super-seed every torrent (BEP 16): advertise no pieces and offer each
     /// peer one piece at a time, a new one once the last has spread (or
     /// after 5 s). For an origin box with few, large torrents and many
@@ -357,6 +361,7 @@ impl Default for ServeConfig {
             announce_ip: None,
             announce_port: None,
             trackers: Vec::new(),
+            peers: Vec::new(),
             super_seed: false,
             upload_rate_limit: Rate::UNLIMITED,
             per_torrent: BTreeMap::new(),
@@ -559,6 +564,19 @@ impl ServeConfig {
         }
         if !args.trackers.is_empty() {
             self.trackers = args.trackers.clone();
+        }
+        if !args.peers.is_empty() {
+            self.peers = args
+                .peers
+                .iter()
+                .map(|a| {
+                    a.parse().map_err(|_| ConfigError::Flag {
+                        flag: "--peer",
+                        value: a.clone(),
+                        reason: "expected IP:PORT, e.g. 10.0.0.1:6881 or [::1]:6881".to_owned(),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         self.apply_control_args(args)?;
         self.super_seed |= args.super_seed;

@@ -98,6 +98,9 @@ pub struct ServedTorrent {
     egress_pool: OnceLock<Arc<TokenPool>>,
     /// Its super-seed spread, one for every shard (made on first use).
     spread: OnceLock<Arc<SharedSpread>>,
+    /// Made by [`Self::fetching`]: its missing pieces are being downloaded
+    /// (and it is not watched for data changes: the writes are ours).
+    fetched: bool,
 }
 
 impl ServedTorrent {
@@ -139,7 +142,38 @@ impl ServedTorrent {
             drain_grace_ms: AtomicU64::new(0),
             egress_pool: OnceLock::new(),
             spread: OnceLock::new(),
+            fetched: false,
         })
+    }
+
+    /// A torrent whose data is being fetched (see `crate::fetch`): every
+    /// piece counts as ours-to-be (`have` is full), and only `verified` is
+    /// live; the fetcher makes each piece live
+    /// ([`Availability::restore`]) once it is written, and connected peers
+    /// are told with `have` (the withheld-pieces path of `PeerState`).
+    pub fn fetching(
+        id: u32,
+        torrent: Torrent,
+        content: Content,
+        verified: &Bitfield,
+    ) -> Result<Self, crate::storage::LayoutError> {
+        let n = torrent.num_pieces;
+        let mut t = Self::new(id, torrent, content, Bitfield::full(n))?;
+        for i in (0..n).filter(|&i| !verified.get(i)) {
+            t.availability.withdraw(i..i + 1);
+        }
+        t.fetched = true;
+        Ok(t)
+    }
+
+    /// Whether it was made by [`Self::fetching`] (complete or not).
+    pub fn is_fetched(&self) -> bool {
+        self.fetched
+    }
+
+    /// Pieces that may be served now.
+    pub fn live_pieces(&self) -> u32 {
+        self.availability.pieces().count()
     }
 
     /// The token pool of this torrent's own upload cap, shared by every
@@ -376,6 +410,7 @@ impl Catalog {
         let list: Vec<Arc<dyn Watched>> = self
             .torrents
             .iter()
+            .filter(|t| !t.is_fetched())
             .map(|t| Arc::clone(t) as Arc<dyn Watched>)
             .collect();
         watch(list, &self.fence, stats)

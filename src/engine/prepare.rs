@@ -11,8 +11,10 @@ use crate::config::ServeConfig;
 use crate::metainfo::create::{create, write_atomically, CreateOptions};
 use crate::metainfo::{MetaVersion, Torrent};
 use crate::metrics::VerifyStats;
+use crate::storage::files::resolve_data_root;
 use crate::storage::progress::Progress;
 use crate::storage::resume::ResumeRecord;
+use crate::storage::writer::{PieceWriter, WriterConfig};
 use crate::storage::{verify, Content};
 use crate::wire::Bitfield;
 
@@ -29,6 +31,8 @@ pub struct Prepared {
     pub source: &'static str,
     /// The `serve DIR` entry it was made for, if any.
     pub dir_entry: Option<String>,
+    /// Pieces are missing: the writer for fetching them (see `crate::fetch`).
+    pub fetch: Option<PieceWriter>,
 }
 
 /// Prepare every torrent the configuration names.
@@ -163,6 +167,7 @@ pub fn prepare_dir_entry(
                         bad_pieces: bad,
                         source: "resume record",
                         dir_entry: Some(name),
+                        fetch: None,
                     });
                 }
             }
@@ -203,6 +208,7 @@ pub fn prepare_dir_entry(
         bad_pieces: 0,
         source: "created",
         dir_entry: Some(name),
+        fetch: None,
     })
 }
 
@@ -277,7 +283,31 @@ fn prepare_pair(
         .with_context(|| format!("cannot read {}", torrent_file.display()))?;
     let torrent = Torrent::from_bytes(&bytes)
         .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
-    let content = Content::open(&torrent, data)?;
+    let root = if data.exists() {
+        resolve_data_root(data, &torrent.name, &torrent.files, torrent.multi_file)?
+    } else {
+        data.to_path_buf()
+    };
+    // Fetching keeps a resume record; without --state-dir it goes beside
+    // the data, where a restart finds it.
+    let fetch_state = state.map_or_else(|| default_fetch_state(&root), Path::to_path_buf);
+    let record = ResumeRecord::load(&torrent, &fetch_state).ok().flatten();
+    let unfinished = record
+        .as_ref()
+        .is_some_and(|r| r.check(&torrent, &root).map_or(true, |h| !h.is_full()));
+    let content = match Content::open(&torrent, data) {
+        Ok(c) if !unfinished => c,
+        Ok(_) => return prepare_fetch(torrent, &root, &fetch_state, torrent_file, id),
+        Err(
+            crate::storage::StorageError::MissingFile { .. }
+            | crate::storage::StorageError::WrongSize { .. }
+            | crate::storage::StorageError::DataPathMissing { .. },
+        ) if !cfg.skip_verify => {
+            return prepare_fetch(torrent, &root, &fetch_state, torrent_file, id)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let state = state.or(record.is_some().then_some(fetch_state.as_path()));
     let mut p = prepare_opened(
         torrent,
         content,
@@ -289,6 +319,51 @@ fn prepare_pair(
     )?;
     p.served.id = crate::wire::TorrentId(id);
     Ok(p)
+}
+
+/// Where a fetch keeps its resume record without `--state-dir`: a
+/// `.ringseed` directory beside the content.
+fn default_fetch_state(root: &Path) -> PathBuf {
+    root.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(".ringseed")
+}
+
+/// A torrent whose content is missing or incomplete: its files are created
+/// (or checked, for what is there) by the piece writer, and it is served as
+/// a partial seed while `crate::fetch` downloads the rest.
+fn prepare_fetch(
+    torrent: Torrent,
+    root: &Path,
+    state: &Path,
+    torrent_file: &Path,
+    id: u32,
+) -> anyhow::Result<Prepared> {
+    let wcfg = WriterConfig {
+        state_dir: Some(state.to_path_buf()),
+        ..WriterConfig::default()
+    };
+    let (writer, report) = PieceWriter::open(std::sync::Arc::new(torrent.clone()), root, wcfg)
+        .with_context(|| format!("cannot fetch {} into {}", torrent.name, root.display()))?;
+    let content = Content::open_root(root, &torrent.files, torrent.multi_file)?;
+    let have = report.verified.count();
+    let missing = torrent.num_pieces - have;
+    let served = ServedTorrent::fetching(id, torrent, content, &report.verified)?;
+    Ok(Prepared {
+        served,
+        torrent_path: torrent_file.to_path_buf(),
+        bad_pieces: 0,
+        source: if report.from_resume {
+            "fetching; resumed from its record"
+        } else if have > 0 {
+            "fetching; the pieces present were checked"
+        } else {
+            "fetching"
+        },
+        dir_entry: None,
+        fetch: (missing > 0).then_some(writer),
+    })
 }
 
 /// A parsed torrent whose content is open: trust its resume record if it
@@ -317,6 +392,7 @@ pub fn prepare_opened(
                     bad_pieces: bad,
                     source: "resume record",
                     dir_entry: None,
+                    fetch: None,
                 });
             }
         }
@@ -369,5 +445,6 @@ pub fn prepare_opened(
         bad_pieces: bad,
         source,
         dir_entry: None,
+        fetch: None,
     })
 }

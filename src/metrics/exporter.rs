@@ -46,6 +46,8 @@ pub struct MetricsSources {
     pub build: BuildInfo,
     /// The release ledger's counters, when `serve --ledger` runs one.
     pub ledger: Option<Arc<crate::ledger::node::NodeStats>>,
+    /// Torrents being fetched (`crate::fetch`), added as they start.
+    pub fetches: Arc<crate::fetch::FetchList>,
 }
 
 /// Longest request head we read; anything longer gets 431.
@@ -209,6 +211,7 @@ impl Renderer {
         if let Some(l) = &self.sources.ledger {
             l.render(&mut out);
         }
+        self.sources.fetches.render(&mut out);
         out
     }
 }

@@ -210,6 +210,10 @@ impl LivePieces for Availability {
     fn withdrawn(&self) -> u32 {
         Availability::withdrawn(self)
     }
+
+    fn restored_generation(&self) -> u64 {
+        Availability::restored_generation(self)
+    }
 }
 
 #[cfg(test)]

@@ -142,10 +142,16 @@ fn classify(op: &'static str, path: &Path, piece: u32, e: io::Error) -> WriteErr
 #[derive(Debug)]
 pub enum WriteOutcome {
     /// Hash matched and the piece is written: serve it, announce it.
-    Written { piece: u32 },
+    /// `data`: the submitted buffer, handed back (for the smart ban's
+    /// comparison with earlier bad copies, or to be reused).
+    Written { piece: u32, data: Vec<u8> },
     /// The piece did not match its hash (nothing written): download it
-    /// again and blame its senders.
-    Mismatch { piece: u32, check: PieceCheck },
+    /// again and blame its senders; `data` is the evidence.
+    Mismatch {
+        piece: u32,
+        check: PieceCheck,
+        data: Vec<u8>,
+    },
     /// It could not be written; the writer has stopped (a full disk or a
     /// read-only path stays that way). The piece is not verified.
     Failed { piece: u32, error: WriteError },
@@ -451,7 +457,7 @@ impl IoThread {
     ) -> Result<Bitfield, WriteError> {
         while let Ok(job) = jobs.recv() {
             let piece = job.piece;
-            match self.one(job) {
+            match self.one(&job) {
                 Ok(None) => {
                     let due = self.verified.is_full()
                         || self
@@ -463,10 +469,17 @@ impl IoThread {
                             break;
                         }
                     }
-                    let _ = out.send(WriteOutcome::Written { piece });
+                    let _ = out.send(WriteOutcome::Written {
+                        piece,
+                        data: job.data,
+                    });
                 }
                 Ok(Some(check)) => {
-                    let _ = out.send(WriteOutcome::Mismatch { piece, check });
+                    let _ = out.send(WriteOutcome::Mismatch {
+                        piece,
+                        check,
+                        data: job.data,
+                    });
                 }
                 Err(error) => {
                     // Keep what was verified before the error.
@@ -482,8 +495,8 @@ impl IoThread {
 
     /// Checks and writes one piece: `Ok(None)` written, `Ok(Some(check))`
     /// hash mismatch (nothing written).
-    fn one(&mut self, job: Job) -> Result<Option<PieceCheck>, WriteError> {
-        let Job { piece, data } = job;
+    fn one(&mut self, job: &Job) -> Result<Option<PieceCheck>, WriteError> {
+        let Job { piece, ref data } = *job;
         let expected = self.layout.piece_len(piece);
         if piece >= self.torrent.num_pieces || data.len() as u64 != expected {
             return Err(WriteError::WrongLength {
@@ -494,7 +507,7 @@ impl IoThread {
         }
         let d = self
             .hasher
-            .hash_buffer(&self.layout, &self.torrent.files, piece, &data);
+            .hash_buffer(&self.layout, &self.torrent.files, piece, data);
         let check = check_digest(
             &self.torrent,
             &self.layout,

@@ -182,6 +182,8 @@ pub struct PeerState {
     /// Verified pieces left out of our bitfield because they were withdrawn
     /// at handshake time; announced with `have` once live again.
     withheld: Option<Bitfield>,
+    /// [`LivePieces::restored_generation`] when `withheld` was last scanned.
+    withheld_seen: u64,
     /// Super-seed mode (BEP 16), decided at the handshake.
     super_seed: Option<Box<SuperSeedPeer>>,
 }
@@ -229,6 +231,7 @@ impl PeerState {
             counters: PeerCounters::default(),
             super_seed: None,
             withheld: None,
+            withheld_seen: 0,
         }
     }
 
@@ -415,6 +418,7 @@ impl PeerState {
                 Message::Bitfield(live.as_bytes()).encode(&mut self.tx);
             }
             self.withheld = (withheld.count() > 0).then_some(withheld);
+            self.withheld_seen = view.live.map_or(0, |l| l.restored_generation());
         } else if fast && view.have.is_full() {
             Message::HaveAll.encode(&mut self.tx);
         } else if view.have.count() == 0 {
@@ -863,6 +867,15 @@ impl PeerState {
     /// handshake time that are live again. Cheap when nothing was withheld;
     /// call it from time to time (the engine does on its tick).
     pub fn announce_restored(&mut self, view: &TorrentView<'_>) {
+        if self.withheld.is_none() {
+            return;
+        }
+        // Nothing became live since the last scan: O(1).
+        let generation = view.live.map_or(0, |l| l.restored_generation());
+        if generation == self.withheld_seen {
+            return;
+        }
+        self.withheld_seen = generation;
         let Some(mut withheld) = self.withheld.take() else {
             return;
         };

@@ -92,6 +92,9 @@ pub trait LivePieces: std::fmt::Debug + Sync {
     fn is_live(&self, piece: u32) -> bool;
     /// How many pieces of `have` are withdrawn now (0 on the common path).
     fn withdrawn(&self) -> u32;
+    /// Bumped whenever pieces become live again: unchanged means nothing
+    /// withheld from a peer can be announced yet.
+    fn restored_generation(&self) -> u64;
 }
 
 /// Why a request is not valid for a torrent.

@@ -700,6 +700,7 @@ impl FakeLoad {
             torrents: Default::default(),
             build: BuildInfo::current(),
             ledger: Some(Default::default()),
+            fetches: Default::default(),
         };
         sources.verify.queue(1_000_000);
         let mut load = FakeLoad {

@@ -130,6 +130,9 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const LISTENER_INDEX: u32 = 0;
 const TICK: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_millis(50);
+/// How often pieces that became live again (re-verified, or fetched) are
+/// announced to the peers they were withheld from.
+const RESTORED_EVERY: Duration = Duration::from_millis(100);
 /// After shutdown is requested, how long to wait for in-flight operations.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -189,6 +192,7 @@ pub struct Shard {
     hist: ShardHistograms,
     shutdown: Arc<AtomicBool>,
     last_tick: Instant,
+    last_restored: Instant,
     /// Tags sends and disk reads so a lease break knows when the pages of
     /// a withdrawn file are no longer in flight (`storage::fence`).
     fence: FenceTracker,
@@ -269,6 +273,7 @@ impl Shard {
             hist,
             shutdown,
             last_tick: now,
+            last_restored: now,
             egress,
             woken: Vec::new(),
             superseed,
@@ -322,6 +327,10 @@ impl Shard {
             self.fence_turn();
 
             self.hist.publish_if_due(now);
+            if now.duration_since(self.last_restored) >= RESTORED_EVERY {
+                self.last_restored = now;
+                self.restored_turn();
+            }
             if now.duration_since(self.last_tick) >= TICK {
                 self.last_tick = now;
                 self.tick(now)?;
@@ -623,6 +632,23 @@ impl Shard {
         self.fence.publish();
     }
 
+    /// `have` for withheld pieces that are live again (O(1) per connection
+    /// when nothing came back).
+    fn restored_turn(&mut self) {
+        for (idx, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            if c.closing.is_some() {
+                continue;
+            }
+            let Some(t) = &c.torrent else { continue };
+            c.peer.announce_restored(&t.view());
+            if !c.dirty && !c.peer.poll_transmit().is_empty() {
+                c.dirty = true;
+                self.dirty.push(idx as u32);
+            }
+        }
+    }
+
     fn tick(&mut self, now: Instant) -> io::Result<()> {
         if self.accept_backoff && !self.shutdown.load(Ordering::Relaxed) {
             self.accept_backoff = false;
@@ -639,9 +665,6 @@ impl Shard {
                 continue;
             }
             fold_counters(&self.stats, &mut c.peer);
-            if let Some(t) = &c.torrent {
-                c.peer.announce_restored(&t.view());
-            }
             if c.send_slot.is_some()
                 && now.saturating_duration_since(c.last_send_progress) >= self.cfg.send_timeout
             {

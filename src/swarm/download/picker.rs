@@ -202,6 +202,16 @@ impl PiecePicker {
         self.unrequested = 0;
     }
 
+    /// Piece `p` is ours already (verified on disk before the download
+    /// started, e.g. a resumed fetch). Ignored for a piece in progress.
+    pub fn set_have(&mut self, p: u32) {
+        if p >= self.num_pieces || self.have.get(p) || self.slot[p as usize] != NO_SLOT {
+            return;
+        }
+        self.have.set(p);
+        self.unrequested -= u64::from(self.blocks_in(p));
+    }
+
     /// Every missing block has been requested from somebody.
     pub fn in_endgame(&self) -> bool {
         self.unrequested == 0 && !self.is_complete()
