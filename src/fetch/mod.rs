@@ -583,13 +583,10 @@ impl Run {
                             }
                         }
                     }
-                    Message::Request(r) => {
-                        // We only download on this connection: it stays
-                        // choked (peers get our pieces from the shards).
-                        if p.fast {
-                            p.queue(&Message::Reject(r));
-                        }
-                    }
+                    // We only download on this connection: it stays choked
+                    // (peers get our pieces from the shards); a fast peer
+                    // is told, others are ignored.
+                    Message::Request(r) if p.fast => p.queue(&Message::Reject(r)),
                     Message::Extended { id: 0, payload } => {
                         if let Ok(h) = crate::wire::ext::parse_ext_handshake(payload) {
                             if let Some(reqq) = h.reqq {
