@@ -3,9 +3,9 @@
 //! loop, and keeps the torrent announced (as a seed once complete) until
 //! shutdown, when it sends `stopped`.
 //!
-//! While fetching it re-announces every [`FETCHING_REANNOUNCE`] (or the
-//! tracker's `min interval` if longer), so boxes of a fleet that start
-//! later are found; complete, it announces `completed` once and then
+//! While fetching it re-announces after 1 s, 2 s, 4 s, then every
+//! [`FETCHING_REANNOUNCE`] (or the tracker's `min interval` if longer), so
+//! boxes of a fleet that start at about the same time, or later, are found; complete, it announces `completed` once and then
 //! follows the tracker's `interval`. One tier after another (BEP 12), the
 //! first URL of a tier that answers is used; every swarm of the torrent
 //! (v1 and truncated v2 of a hybrid) is announced.
@@ -119,6 +119,7 @@ impl Job {
         let mut answered: Vec<Option<String>> = vec![None; self.hashes.len()];
         let mut completed_sent = vec![false; self.hashes.len()];
         let mut next = Instant::now();
+        let mut rounds = 0u32;
         while !stop.load(Ordering::Acquire) {
             if Instant::now() < next {
                 std::thread::sleep(Duration::from_millis(50));
@@ -128,8 +129,10 @@ impl Job {
             let mut wait = if complete {
                 Duration::MAX
             } else {
-                FETCHING_REANNOUNCE
+                // 1 s, 2 s, 4 s, then the steady period.
+                Duration::from_secs(1 << rounds.min(3)).min(FETCHING_REANNOUNCE)
             };
+            rounds += 1;
             let mut any = false;
             for (i, h) in self.hashes.iter().enumerate() {
                 let event = if answered[i].is_none() {

@@ -121,6 +121,15 @@ impl AtomicBitfield {
     }
 }
 
+/// Bumped by every [`Availability::restore`] of any torrent: one load tells
+/// a shard whether any peer may have a withheld piece to be told about.
+static RESTORED_ANYWHERE: AtomicU64 = AtomicU64::new(0);
+
+/// See [`RESTORED_ANYWHERE`].
+pub fn restored_anywhere() -> u64 {
+    RESTORED_ANYWHERE.load(Ordering::Acquire)
+}
+
 /// Per-file flags the watcher sets.
 #[derive(Debug, Default)]
 pub struct FileFlags {
@@ -175,6 +184,7 @@ impl Availability {
         let changed = self.pieces.set(piece);
         if changed {
             self.restored.fetch_add(1, Ordering::Release);
+            RESTORED_ANYWHERE.fetch_add(1, Ordering::Release);
         }
         changed
     }

@@ -130,9 +130,10 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const LISTENER_INDEX: u32 = 0;
 const TICK: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_millis(50);
-/// How often pieces that became live again (re-verified, or fetched) are
-/// announced to the peers they were withheld from.
-const RESTORED_EVERY: Duration = Duration::from_millis(100);
+/// Pieces that became live again (re-verified, or fetched) are announced
+/// to the peers they were withheld from on the first turn after they did
+/// (one atomic load per turn when none did), and at least this often.
+const RESTORED_EVERY: Duration = Duration::from_secs(1);
 /// After shutdown is requested, how long to wait for in-flight operations.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -193,6 +194,8 @@ pub struct Shard {
     shutdown: Arc<AtomicBool>,
     last_tick: Instant,
     last_restored: Instant,
+    /// [`crate::storage::availability::restored_anywhere`] at the last turn.
+    restored_seen: u64,
     /// Tags sends and disk reads so a lease break knows when the pages of
     /// a withdrawn file are no longer in flight (`storage::fence`).
     fence: FenceTracker,
@@ -274,6 +277,7 @@ impl Shard {
             shutdown,
             last_tick: now,
             last_restored: now,
+            restored_seen: 0,
             egress,
             woken: Vec::new(),
             superseed,
@@ -327,7 +331,11 @@ impl Shard {
             self.fence_turn();
 
             self.hist.publish_if_due(now);
-            if now.duration_since(self.last_restored) >= RESTORED_EVERY {
+            let restored = crate::storage::availability::restored_anywhere();
+            if restored != self.restored_seen
+                || now.duration_since(self.last_restored) >= RESTORED_EVERY
+            {
+                self.restored_seen = restored;
                 self.last_restored = now;
                 self.restored_turn();
             }
