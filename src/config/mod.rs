@@ -244,10 +244,11 @@ pub struct ServeConfig {
     /// own. Each entry is a BEP 12 tier; commas separate URLs within a tier
     /// (`"udp://a:6969,http://b/announce"`). Default empty.
     pub trackers: Vec<String>,
-    /// Peers to fetch missing pieces from (`--peer`), besides those the
-    /// trackers return: a torrent whose data is missing or incomplete is
+    /// Peers to fetch missing pieces from (`--peer`), `IP:PORT` or
+    /// `HOST:PORT` (resolved again until the fetch is done), besides those
+    /// the trackers return: a torrent whose data is missing or incomplete is
     /// fetched, then seeded. Default empty.
-    pub peers: Vec<SocketAddr>,
+    pub peers: Vec<String>,
     /// Super-seed every torrent (BEP 16): advertise no pieces and offer each
     /// peer one piece at a time, a new one once the last has spread (or
     /// after 5 s). For an origin box with few, large torrents and many
@@ -566,17 +567,20 @@ impl ServeConfig {
             self.trackers = args.trackers.clone();
         }
         if !args.peers.is_empty() {
-            self.peers = args
-                .peers
-                .iter()
-                .map(|a| {
-                    a.parse().map_err(|_| ConfigError::Flag {
+            for a in &args.peers {
+                let port = a.rsplit_once(':').and_then(|(h, p)| {
+                    (!h.is_empty()).then_some(())?;
+                    p.parse::<u16>().ok().filter(|&p| p > 0)
+                });
+                if port.is_none() {
+                    return Err(ConfigError::Flag {
                         flag: "--peer",
                         value: a.clone(),
-                        reason: "expected IP:PORT, e.g. 10.0.0.1:6881 or [::1]:6881".to_owned(),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+                        reason: "expected IP:PORT or HOST:PORT, e.g. 10.0.0.1:6881, [::1]:6881 or origin.example:6881".to_owned(),
+                    });
+                }
+            }
+            self.peers = args.peers.clone();
         }
         self.apply_control_args(args)?;
         self.super_seed |= args.super_seed;

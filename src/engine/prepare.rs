@@ -283,11 +283,7 @@ fn prepare_pair(
         .with_context(|| format!("cannot read {}", torrent_file.display()))?;
     let torrent = Torrent::from_bytes(&bytes)
         .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
-    let root = if data.exists() {
-        resolve_data_root(data, &torrent.name, &torrent.files, torrent.multi_file)?
-    } else {
-        data.to_path_buf()
-    };
+    let root = fetch_or_data_root(data, &torrent)?;
     // Fetching keeps a resume record; without --state-dir it goes beside
     // the data, where a restart finds it.
     let fetch_state = state.map_or_else(|| default_fetch_state(&root), Path::to_path_buf);
@@ -319,6 +315,27 @@ fn prepare_pair(
     )?;
     p.served.id = crate::wire::TorrentId(id);
     Ok(p)
+}
+
+/// The content root for `--data PATH`: as `storage::files` resolves it when
+/// the content is there; a PATH that does not exist is the content itself;
+/// an existing directory without any of a multi-file torrent's files gets
+/// the content in `PATH/NAME` (a "save path", as every client has it).
+fn fetch_or_data_root(data: &Path, torrent: &Torrent) -> anyhow::Result<PathBuf> {
+    if !data.exists() {
+        return Ok(data.to_path_buf());
+    }
+    let root = resolve_data_root(data, &torrent.name, &torrent.files, torrent.multi_file)?;
+    let empty = |dir: &Path| {
+        !torrent
+            .files
+            .iter()
+            .any(|f| crate::storage::files::file_path(dir, true, f).exists())
+    };
+    if torrent.multi_file && root == data && data.is_dir() && empty(data) {
+        return Ok(data.join(&torrent.name));
+    }
+    Ok(root)
 }
 
 /// Where a fetch keeps its resume record without `--state-dir`: a

@@ -71,8 +71,10 @@ pub struct FetchConfig {
     pub announce_port: u16,
     /// `--announce-ip`.
     pub announce_ip: Option<IpAddr>,
-    /// `--peer`: peers to fetch from whatever the trackers say.
-    pub peers: Vec<SocketAddr>,
+    /// `--peer`: peers to fetch from whatever the trackers say, `IP:PORT`
+    /// or `HOST:PORT` (a `fetch-resolve` thread resolves names every
+    /// [`RESOLVE_EVERY`] until the fetch is complete).
+    pub peers: Vec<String>,
     /// BEP 12 tiers to announce to (usually the torrent's plus `--tracker`;
     /// the caller leaves out the box's own embedded tracker).
     pub trackers: Vec<Vec<String>>,
@@ -142,6 +144,7 @@ pub struct Fetch {
     stats: Arc<FetchStats>,
     thread: Option<JoinHandle<()>>,
     announcer: Option<announce::FetchAnnouncer>,
+    resolver: Option<JoinHandle<()>>,
 }
 
 impl Fetch {
@@ -158,6 +161,12 @@ impl Fetch {
         let have = torrent.live_pieces();
         stats.pieces_have.store(have, Ordering::Relaxed);
         let (peers_tx, peers_rx) = mpsc::channel();
+        let resolver = start_resolver(
+            &cfg.peers,
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+            peers_tx.clone(),
+        )?;
         let announcer =
             announce::FetchAnnouncer::start(&torrent, &cfg, Arc::clone(&stats), peers_tx)?;
         let mut run = Run::new(torrent, writer, cfg, Arc::clone(&stats), peers_rx);
@@ -170,6 +179,7 @@ impl Fetch {
             stats,
             thread: Some(thread),
             announcer,
+            resolver,
         })
     }
 
@@ -195,6 +205,9 @@ impl Fetch {
         if let Some(a) = self.announcer.take() {
             a.shutdown();
         }
+        if let Some(r) = self.resolver.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -202,6 +215,46 @@ impl Drop for Fetch {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+/// How often `--peer` names are resolved again while fetching.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Resolves the `--peer` entries now and every [`RESOLVE_EVERY`] until the
+/// fetch is complete or stopped (a name may not resolve yet: the origin's
+/// pod is starting), handing the addresses to the fetch loop.
+fn start_resolver(
+    names: &[String],
+    stats: Arc<FetchStats>,
+    stop: Arc<AtomicBool>,
+    out: mpsc::Sender<Vec<SocketAddr>>,
+) -> io::Result<Option<JoinHandle<()>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let names = names.to_vec();
+    let t = std::thread::Builder::new()
+        .name("fetch-resolve".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) && !stats.complete.load(Ordering::Acquire) {
+                if Instant::now() >= next {
+                    let mut addrs = Vec::new();
+                    for n in &names {
+                        match std::net::ToSocketAddrs::to_socket_addrs(n.as_str()) {
+                            Ok(a) => addrs.extend(a),
+                            Err(e) => tracing::warn!(peer = %n, error = %e, "cannot resolve --peer; trying again"),
+                        }
+                    }
+                    if out.send(addrs).is_err() {
+                        return;
+                    }
+                    next = Instant::now() + RESOLVE_EVERY;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })?;
+    Ok(Some(t))
 }
 
 /// Bytes read per `read` call.
@@ -272,17 +325,7 @@ impl Run {
             .max(crate::wire::codec::MAX_BLOCK_LEN + 64)
             .max(1 << 17);
         let now = Instant::now();
-        let mut known = HashMap::new();
-        for &a in &cfg.peers {
-            known.insert(
-                a,
-                Known {
-                    failures: 0,
-                    next_try: now,
-                    connected: false,
-                },
-            );
-        }
+        let known = HashMap::new();
         Run {
             info_hash: torrent.key(),
             torrent,
