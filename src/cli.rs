@@ -235,8 +235,10 @@ pub struct VerifyArgs {
 pub struct ServeArgs {
     /// Seed every file and top-level directory in DIR.
     pub dir: Option<PathBuf>,
-    /// An existing .torrent to seed (pair with --data; repeatable).
-    #[arg(long = "torrent", value_name = "FILE")]
+    /// An existing .torrent to seed, or a magnet link (`--magnet URI`; its
+    /// metadata is fetched from --peer, its x.pe hints or its trackers).
+    /// Pair with --data; repeatable.
+    #[arg(long = "torrent", visible_alias = "magnet", value_name = "FILE|URI")]
     pub torrents: Vec<PathBuf>,
     /// The content for the --torrent at the same position.
     #[arg(long = "data", value_name = "PATH")]

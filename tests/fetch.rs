@@ -234,6 +234,25 @@ fn a_box_fetches_v1_v2_and_hybrid_from_a_libtorrent_seeder() {
     for (_, a) in &pairs {
         same_tree(a, &edge_dir.join(a.file_name().unwrap()));
     }
+
+    // The hybrid again, by magnet link: metadata from libtorrent (BEP 9).
+    let t = ringseed::metainfo::Torrent::from_bytes(&std::fs::read(&pairs[2].0).unwrap()).unwrap();
+    let magnet = ringseed::metainfo::magnet::Magnet::for_torrent(&t).to_uri();
+    let by_magnet = d.path().join("by-magnet");
+    std::fs::create_dir_all(&by_magnet).unwrap();
+    let edge = serve_pairs(
+        &[],
+        &[
+            "--magnet",
+            &magnet,
+            "--data",
+            s(&by_magnet),
+            "--peer",
+            &peers[2],
+        ],
+    );
+    wait_complete(&edge, 1, Duration::from_secs(60));
+    same_tree(&pairs[2].1, &by_magnet.join("patch.bin"));
 }
 
 #[test]
@@ -458,4 +477,72 @@ fn a_second_edge_fills_from_the_first_while_the_first_is_still_fetching() {
     wait_complete(&first, 1, Duration::from_secs(10));
     same_tree(&data, &first_data);
     same_tree(&data, &second_data);
+}
+
+#[test]
+fn a_box_given_only_a_magnet_link_fetches_the_metadata_then_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let pairs = releases(d.path());
+    // The hybrid one (v1 + v2 info-hashes in the link).
+    let origin = serve_pairs(&pairs[2..], &[]);
+    let magnet = origin
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("magnet").map(|m| m.trim().to_owned()))
+        .expect("serve printed the magnet link");
+    assert!(magnet.contains("urn:btmh:"), "{magnet}");
+    let save = d.path().join("edge");
+    std::fs::create_dir_all(&save).unwrap();
+    let edge = serve_pairs(
+        &[],
+        &[
+            "--magnet",
+            &magnet,
+            "--data",
+            s(&save),
+            "--peer",
+            &origin.addr,
+        ],
+    );
+    wait_complete(&edge, 1, Duration::from_secs(60));
+    same_tree(&pairs[2].1, &save.join("patch.bin"));
+    // The metadata was saved: a restart needs no peer for it.
+    drop(edge);
+    let cached = std::fs::read_dir(save.join(".ringseed"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().ends_with(".info"));
+    assert!(cached, "no metadata saved for the magnet link");
+    let again = serve_pairs(&[], &["--magnet", &magnet, "--data", s(&save)]);
+    assert!(
+        again.banner.iter().any(|l| l.contains("resume record")),
+        "{:#?}",
+        again.banner
+    );
+}
+
+#[test]
+fn a_v2_only_magnet_link_is_refused_with_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--magnet",
+            "magnet:?xt=urn:btmh:1220d2474e86c95b19b8bcfdb92bc12c9d44667cfa36d2474e86c95b19b8bcfdb92b",
+            "--data",
+            s(d.path()),
+            "--metrics",
+            "off",
+            "--control",
+            "off",
+            "--tracker-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("v2-only magnet"), "{err}");
 }

@@ -279,10 +279,22 @@ fn prepare_pair(
     id: u32,
     verify_stats: &VerifyStats,
 ) -> anyhow::Result<Prepared> {
-    let bytes = std::fs::read(torrent_file)
-        .with_context(|| format!("cannot read {}", torrent_file.display()))?;
-    let torrent = Torrent::from_bytes(&bytes)
-        .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
+    let magnet_file;
+    let (torrent, torrent_file) = match torrent_file.to_str().filter(|s| s.starts_with("magnet:")) {
+        Some(uri) => {
+            let cache = state.map_or_else(|| save_path_state(data), Path::to_path_buf);
+            let (t, path) = torrent_for_magnet(uri, &cache, cfg)?;
+            magnet_file = path;
+            (t, magnet_file.as_path())
+        }
+        None => {
+            let bytes = std::fs::read(torrent_file)
+                .with_context(|| format!("cannot read {}", torrent_file.display()))?;
+            let t = Torrent::from_bytes(&bytes)
+                .with_context(|| format!("{} is not a valid torrent", torrent_file.display()))?;
+            (t, torrent_file)
+        }
+    };
     let root = fetch_or_data_root(data, &torrent)?;
     // Fetching keeps a resume record; without --state-dir it goes beside
     // the data, where a restart finds it.
@@ -336,6 +348,68 @@ fn fetch_or_data_root(data: &Path, torrent: &Torrent) -> anyhow::Result<PathBuf>
         return Ok(data.join(&torrent.name));
     }
     Ok(root)
+}
+
+/// [`default_fetch_state`] before the torrent's name is known: for an
+/// existing directory (a save path) its `.ringseed/`, else the one beside.
+fn save_path_state(data: &Path) -> PathBuf {
+    if data.is_dir() {
+        data.join(".ringseed")
+    } else {
+        default_fetch_state(data)
+    }
+}
+
+/// The torrent of a magnet link: its info dictionary from `cache`
+/// (`HASH.info`) if an earlier start saved it, else fetched from peers
+/// (BEP 9), checked against the info-hash and saved there; the link's
+/// trackers are its tiers. (Not a `.torrent`: a hybrid's piece layers are
+/// not in the info dictionary, and its pieces are checked with v1 SHA-1.)
+fn torrent_for_magnet(
+    uri: &str,
+    cache: &Path,
+    cfg: &ServeConfig,
+) -> anyhow::Result<(Torrent, PathBuf)> {
+    use crate::metainfo::magnet::Magnet;
+    let m = Magnet::parse(uri).with_context(|| format!("bad magnet link {uri}"))?;
+    let hex = m
+        .info_hash_v1
+        .map(|h| h.to_string())
+        .or_else(|| m.info_hash_v2.map(|h| h.to_string()))
+        .unwrap_or_default();
+    let path = cache.join(format!("{hex}.info"));
+    let name = m.display_name.clone().unwrap_or_else(|| hex.clone());
+    let info = match std::fs::read(&path) {
+        Ok(info) => info,
+        Err(_) => {
+            tracing::info!(torrent = %name, "fetching the metadata of a magnet link");
+            let port = cfg.announce_port.unwrap_or(cfg.listen.port()).max(1);
+            let info = crate::fetch::metadata::fetch_info(
+                &m,
+                &cfg.peers,
+                crate::wire::PeerConfig::default().peer_id,
+                port,
+                std::time::Duration::from_secs(60),
+            )?;
+            std::fs::create_dir_all(cache)
+                .with_context(|| format!("cannot create {}", cache.display()))?;
+            write_atomically(&path, &info)
+                .with_context(|| format!("cannot save {}", path.display()))?;
+            tracing::info!(torrent = %name, file = %path.display(), "metadata fetched and saved");
+            info
+        }
+    };
+    let mut torrent = Torrent::from_info_bytes(&info).with_context(|| {
+        format!(
+            "the metadata of {name} ({}) is not a valid info dictionary",
+            path.display()
+        )
+    })?;
+    if torrent.info_hash_v1 != m.info_hash_v1 {
+        anyhow::bail!("{} does not belong to {uri}: delete it", path.display());
+    }
+    torrent.trackers = m.trackers.iter().map(|t| vec![t.clone()]).collect();
+    Ok((torrent, path))
 }
 
 /// Where a fetch keeps its resume record without `--state-dir`: a

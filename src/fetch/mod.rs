@@ -34,10 +34,13 @@
 //! blocks outstanding at it (at most [`FetchConfig::max_requests`]); the
 //! pieces in progress and the writer's bounded queue.
 //!
-//! Not done: DHT, PEX, magnet links without the metadata, encryption (MSE)
-//! on the fetch connections, uTP on the fetch connections.
+//! A magnet link's info dictionary is fetched first ([`metadata`]).
+//!
+//! Not done: DHT, PEX, v2-only magnet links, encryption (MSE) on the fetch
+//! connections, uTP on the fetch connections.
 
 mod announce;
+pub mod metadata;
 mod peer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
