@@ -546,3 +546,61 @@ fn a_v2_only_magnet_link_is_refused_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("v2-only magnet"), "{err}");
 }
+
+#[test]
+fn a_torrent_added_through_the_control_api_with_missing_data_is_fetched() {
+    let d = tempfile::tempdir().unwrap();
+    let pairs = releases(d.path());
+    let origin = serve_pairs(&pairs[..1], &[]);
+    let served_dir = d.path().join("served");
+    let landing = d.path().join("landing");
+    std::fs::create_dir_all(&served_dir).unwrap();
+    std::fs::create_dir_all(&landing).unwrap();
+    let edge = ServeProc::start(&[
+        s(&served_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--tracker-listen",
+        "off",
+        "--allow-root",
+        s(&landing),
+        "--peer",
+        &origin.addr,
+    ]);
+    let url = format!("http://{}/torrents", edge.control.as_deref().unwrap());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let target = landing.join("os.img");
+    let mut resp = agent
+        .post(&url)
+        .query("data", s(&target))
+        .content_type("application/x-bittorrent")
+        .send(&std::fs::read(&pairs[0].0).unwrap()[..])
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap();
+    assert_eq!(status, 201, "{body}");
+    wait_complete(&edge, 1, Duration::from_secs(60));
+    same_tree(&pairs[0].1, &target);
+    // A data path that does not exist under a directory that does not
+    // either is refused, not fetched.
+    let mut resp = agent
+        .post(&url)
+        .query("data", s(&landing.join("no/such/dir/x.bin")))
+        .content_type("application/x-bittorrent")
+        .send(&std::fs::read(&pairs[2].0).unwrap()[..])
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "{}",
+        resp.body_mut().read_to_string().unwrap()
+    );
+}

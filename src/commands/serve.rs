@@ -284,22 +284,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = bound
         .start_live(Arc::clone(&live), observers)
         .context("starting the engine")?;
-    let mut fetches = Vec::new();
+    let mut fetches = std::collections::HashMap::new();
+    // Torrents added later through the control API fetch with these.
+    let fetch_template = FetchConfig {
+        peer_id: engine_peer_id,
+        announce_port,
+        announce_ip: cfg.announce_ip,
+        peers: cfg.peers.clone(),
+        own: own_addrs(listen),
+        ..FetchConfig::default()
+    };
     for (t, writer, tiers) in fetch_torrents {
         let fcfg = FetchConfig {
-            peer_id: engine_peer_id,
-            announce_port,
-            announce_ip: cfg.announce_ip,
-            peers: cfg.peers.clone(),
             trackers: tiers,
-            own: own_addrs(listen),
-            ..FetchConfig::default()
+            ..fetch_template.clone()
         };
-        let name = t.torrent.name.clone();
+        let (name, id) = (t.torrent.name.clone(), t.id);
         let f = Fetch::start(t, writer, fcfg)
             .with_context(|| format!("cannot start fetching {name}"))?;
         fetch_list.add(&name, Arc::clone(f.stats()));
-        fetches.push(f);
+        fetches.insert(id, f);
     }
     // Always running: torrents added later may name other trackers.
     let acfg = AnnounceConfig {
@@ -326,6 +330,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dir_state,
             drain_grace: cfg.drain_grace,
             serve: cfg.clone(),
+            fetch: Some(fetch_template),
+            fetch_list: Arc::clone(&fetch_list),
         },
         Arc::clone(&live),
         Arc::clone(&torrent_counts),
@@ -335,7 +341,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(announcer),
     ));
     for (t, (data, origin)) in catalog.torrents().iter().zip(origins) {
-        registry.adopt(Arc::clone(t), data, origin);
+        registry.adopt(Arc::clone(t), data, origin, fetches.remove(&t.id));
     }
     drop(catalog);
     let control = match cfg.control_listen() {
@@ -411,10 +417,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = control {
         c.shutdown();
-    }
-    // Fetches stop first: queued pieces are written, records saved.
-    for f in fetches {
-        f.shutdown();
     }
     engine.shutdown();
     // `stopped` announces go out while the shards close their peers.

@@ -25,13 +25,12 @@ use serde::Serialize;
 
 use crate::config::ServeConfig;
 use crate::engine::catalog::{watch, CatalogError, LiveCatalog, ServedTorrent};
-use crate::engine::prepare::{prepare_dir_entry, prepare_opened, Prepared};
+use crate::engine::prepare::{prepare_dir_entry, prepare_torrent, Prepared};
 use crate::metainfo::magnet::Magnet;
 use crate::metainfo::Torrent;
 use crate::metrics::{TorrentChange, TorrentCounts, TorrentState, VerifyStats};
 use crate::storage::resume::ResumeRecord;
 use crate::storage::watch::{DataChangeStats, DataWatch, Watched};
-use crate::storage::Content;
 use crate::tracker::client::{AnnounceTarget, Announcer};
 use crate::tracker::server::EmbeddedTracker;
 
@@ -114,6 +113,9 @@ struct Entry {
     origin: Origin,
     /// Held for its `Drop`: stops watching the files on removal.
     _watch: Option<DataWatch>,
+    /// Held for its `Drop`: stops fetching on removal (what was verified
+    /// stays recorded).
+    _fetch: Option<crate::fetch::Fetch>,
 }
 
 /// What adding needs to know about the server.
@@ -134,6 +136,12 @@ pub struct RegistryConfig {
     pub api_state: PathBuf,
     /// How long a removed torrent's peers keep being served.
     pub drain_grace: Duration,
+    /// Settings for fetching a torrent added with missing or incomplete
+    /// data (its `trackers` are filled per torrent); `None`: such an add is
+    /// refused.
+    pub fetch: Option<crate::fetch::FetchConfig>,
+    /// Where started fetches are listed for the metrics endpoint.
+    pub fetch_list: Arc<crate::fetch::FetchList>,
 }
 
 /// The served set. Shared by the API, the DIR follower and `serve`.
@@ -199,7 +207,13 @@ impl Registry {
 
     /// A torrent prepared at start-up, already in the catalogue, announced
     /// and watched by `serve`.
-    pub fn adopt(&self, served: Arc<ServedTorrent>, data: PathBuf, origin: Origin) {
+    pub fn adopt(
+        &self,
+        served: Arc<ServedTorrent>,
+        data: PathBuf,
+        origin: Origin,
+        fetch: Option<crate::fetch::Fetch>,
+    ) {
         self.counts.moved(None, Some(TorrentState::Serving));
         self.entries().push(Entry {
             name: served.torrent.name.clone(),
@@ -209,6 +223,7 @@ impl Registry {
             data,
             origin,
             _watch: None,
+            _fetch: fetch,
         });
     }
 
@@ -240,7 +255,7 @@ impl Registry {
                     info_hash_v1: t.info_hash_v1.map(|h| h.to_string()),
                     info_hash_v2: t.info_hash_v2.map(|h| h.to_string()),
                     size: t.total_size,
-                    pieces_verified: s.have.count(),
+                    pieces_verified: s.live_pieces(),
                     pieces_total: t.num_pieces,
                     peers: s.peers(),
                     uploaded_bytes: s.uploaded(),
@@ -265,16 +280,32 @@ impl Registry {
         }
     }
 
-    /// Whether `path` may be served, and what it is.
-    pub fn check_path(&self, path: &Path) -> Result<PathBuf, RegistryError> {
+    /// Whether `path` may be served, and what it is. `fetch`: it may not
+    /// exist yet (a torrent whose data will be fetched there).
+    pub fn check_path(&self, path: &Path, fetch: bool) -> Result<PathBuf, RegistryError> {
         let shown = path.display().to_string();
         let canon = match std::fs::canonicalize(path) {
             Ok(c) => c,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(RegistryError::Unsupported(format!("{shown}: symlink loop")))
             }
+            // A path that does not exist yet is where a fetch will put
+            // the data: its directory must exist (inside the roots).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RegistryError::NotFound(shown))
+                match (path.parent(), path.file_name()) {
+                    (Some(dir), Some(name)) if fetch && self.cfg.fetch.is_some() => {
+                        let dir = if dir.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            dir
+                        };
+                        match std::fs::canonicalize(dir) {
+                            Ok(d) => d.join(name),
+                            Err(_) => return Err(RegistryError::NotFound(shown)),
+                        }
+                    }
+                    _ => return Err(RegistryError::NotFound(shown)),
+                }
             }
             Err(e) => return Err(RegistryError::BadRequest(format!("{shown}: {e}"))),
         };
@@ -291,7 +322,9 @@ impl Registry {
                 roots: roots.join(", "),
             });
         }
-        check_tree(&canon, 0)?;
+        if canon.exists() {
+            check_tree(&canon, 0)?;
+        }
         Ok(canon)
     }
 
@@ -308,23 +341,30 @@ impl Registry {
     fn add_torrent_inner(&self, bytes: &[u8], data: &Path) -> Result<TorrentInfo, RegistryError> {
         let torrent =
             Torrent::from_bytes(bytes).map_err(|e| RegistryError::BadTorrent(e.to_string()))?;
-        let data = self.check_path(data)?;
+        let data = self.check_path(data, true)?;
         let keys = keys_of(&torrent);
         self.reserve(&torrent.name, &keys, &data, Origin::Given)?;
         let result = (|| {
-            let content = Content::open(&torrent, &data)
-                .map_err(|e| RegistryError::Mismatch(e.to_string()))?;
             let state = self.cfg.serve.effective_state_dir();
-            let p = prepare_opened(
+            // Missing or incomplete data is fetched (and served as it
+            // verifies), like `serve --torrent T --data PATH`.
+            let p = prepare_torrent(
                 torrent,
-                content,
-                PathBuf::new(),
+                Path::new(""),
+                &data,
                 state.as_deref(),
                 self.cfg.serve.skip_verify,
                 self.cfg.threads,
+                0,
                 &self.verify_stats,
+                false,
             )
             .map_err(|e| RegistryError::Mismatch(format!("{e:#}")))?;
+            if p.fetch.is_some() && self.cfg.fetch.is_none() {
+                return Err(RegistryError::Mismatch(
+                    "the data is missing or incomplete and this server does not fetch".into(),
+                ));
+            }
             if p.bad_pieces > 0 {
                 return Err(RegistryError::Mismatch(format!(
                     "{} of {} pieces failed their hash check; run `ringseed verify`",
@@ -348,7 +388,7 @@ impl Registry {
     }
 
     fn add_data_inner(&self, data: &Path, origin: Origin) -> Result<TorrentInfo, RegistryError> {
-        let canon = self.check_path(data)?;
+        let canon = self.check_path(data, false)?;
         // DIR entries keep the path they were found under (renames of the
         // served DIR itself aside, it is the same file).
         let path = match origin {
@@ -420,6 +460,7 @@ impl Registry {
             data: data.to_path_buf(),
             origin,
             _watch: None,
+            _fetch: None,
         });
         drop(entries);
         self.counts.moved(None, Some(TorrentState::Verifying));
@@ -445,13 +486,14 @@ impl Registry {
                 this.counts.moved(Some(TorrentState::Verifying), None);
             }
         };
-        let p = match prepared {
+        let mut p = match prepared {
             Ok(p) => p,
             Err(e) => {
                 unreserve(self);
                 return Err(e);
             }
         };
+        let writer = p.fetch.take();
         let settings = self.cfg.serve.settings_for(&p.served.torrent);
         let served = match self.live.add(p.served.with_settings(settings)) {
             Ok(s) => s,
@@ -464,12 +506,19 @@ impl Registry {
             }
         };
         let t = &served.torrent;
-        let watch = watch(
-            vec![Arc::clone(&served) as Arc<dyn Watched>],
-            self.live.fence(),
-            Arc::clone(&self.data_stats),
-        );
-        self.announce(t);
+        let (watch, fetch) = match writer {
+            // Its fetch announces it (with `left`) and the files are ours.
+            Some(w) => (None, self.start_fetch(&served, w)),
+            None => {
+                self.announce(t);
+                let w = watch(
+                    vec![Arc::clone(&served) as Arc<dyn Watched>],
+                    self.live.fence(),
+                    Arc::clone(&self.data_stats),
+                );
+                (w, None)
+            }
+        };
         println!(
             "torrent {name} (added)\n  size      {size} bytes in {files} file(s), {pieces} pieces of {plen} bytes ({src})\n  v1        {v1}\n  v2        {v2}\n  magnet    {magnet}",
             name = t.name,
@@ -497,6 +546,7 @@ impl Registry {
             data: i.map_or_else(|| PathBuf::from(&t.name), |i| entries[i].data.clone()),
             origin: i.map_or(Origin::Given, |i| entries[i].origin.clone()),
             _watch: watch,
+            _fetch: fetch,
         };
         let info = self.info(&entry);
         match i {
@@ -510,6 +560,36 @@ impl Registry {
             self.counts.changed(TorrentChange::Added);
         }
         Ok(info)
+    }
+
+    /// Starts fetching `served`'s missing pieces (see `crate::fetch`).
+    fn start_fetch(
+        &self,
+        served: &Arc<ServedTorrent>,
+        writer: crate::storage::writer::PieceWriter,
+    ) -> Option<crate::fetch::Fetch> {
+        let mut cfg = self.cfg.fetch.clone()?;
+        let mut target = crate::tracker::client::AnnounceTarget::for_torrent(
+            &served.torrent,
+            &self.cfg.serve.extra_tracker_tiers(),
+        );
+        for tier in &mut target.tiers {
+            tier.retain(|u| Some(u) != self.cfg.public_url.as_ref());
+        }
+        target.tiers.retain(|t| !t.is_empty());
+        cfg.trackers = target.tiers;
+        match crate::fetch::Fetch::start(Arc::clone(served), writer, cfg) {
+            Ok(f) => {
+                self.cfg
+                    .fetch_list
+                    .add(&served.torrent.name, Arc::clone(f.stats()));
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!(torrent = %served.torrent.name, "cannot start fetching: {e}");
+                None
+            }
+        }
     }
 
     fn announce(&self, t: &Torrent) {

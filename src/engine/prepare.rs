@@ -295,6 +295,38 @@ fn prepare_pair(
             (t, torrent_file)
         }
     };
+    prepare_torrent(
+        torrent,
+        torrent_file,
+        data,
+        state,
+        cfg.skip_verify,
+        threads,
+        id,
+        verify_stats,
+        true,
+    )
+}
+
+/// A parsed torrent and its `--data PATH`: verified (or trusted from its
+/// resume record) when the content is there, else prepared for fetching
+/// ([`Prepared::fetch`]) when it is missing or an earlier fetch of it is
+/// unfinished. `torrent_file`: where its `.torrent` is, for the operator.
+/// `fill_existing`: files that exist but are short or missing from an
+/// existing PATH are fetched too (`serve`); else that is an error (the
+/// control API: a mistyped path must not start a download).
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_torrent(
+    torrent: Torrent,
+    torrent_file: &Path,
+    data: &Path,
+    state: Option<&Path>,
+    skip_verify: bool,
+    threads: usize,
+    id: u32,
+    verify_stats: &VerifyStats,
+    fill_existing: bool,
+) -> anyhow::Result<Prepared> {
     let root = fetch_or_data_root(data, &torrent)?;
     // Fetching keeps a resume record; without --state-dir it goes beside
     // the data, where a restart finds it.
@@ -310,7 +342,7 @@ fn prepare_pair(
             crate::storage::StorageError::MissingFile { .. }
             | crate::storage::StorageError::WrongSize { .. }
             | crate::storage::StorageError::DataPathMissing { .. },
-        ) if !cfg.skip_verify => {
+        ) if !skip_verify && (fill_existing || !data.exists()) => {
             return prepare_fetch(torrent, &root, &fetch_state, torrent_file, id)
         }
         Err(e) => return Err(e.into()),
@@ -321,7 +353,7 @@ fn prepare_pair(
         content,
         torrent_file.to_path_buf(),
         state,
-        cfg.skip_verify,
+        skip_verify,
         threads,
         verify_stats,
     )?;
