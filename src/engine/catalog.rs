@@ -101,7 +101,15 @@ pub struct ServedTorrent {
     /// Made by [`Self::fetching`]: its missing pieces are being downloaded
     /// (and it is not watched for data changes: the writes are ours).
     fetched: bool,
+    /// Listen addresses of peers that connected to the shards for it while
+    /// it is fetched (from their extension handshake's `p`): the fetch
+    /// dials them too. Bounded by [`MAX_FETCH_HINTS`].
+    fetch_hints: std::sync::Mutex<Vec<std::net::SocketAddr>>,
 }
+
+/// Peer addresses queued for a fetch at most (more are dropped: the fetch
+/// also learns peers from its trackers).
+pub const MAX_FETCH_HINTS: usize = 256;
 
 impl ServedTorrent {
     /// `have`: the verified pieces (from `storage::verify` or a resume record).
@@ -143,6 +151,7 @@ impl ServedTorrent {
             egress_pool: OnceLock::new(),
             spread: OnceLock::new(),
             fetched: false,
+            fetch_hints: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -169,6 +178,27 @@ impl ServedTorrent {
     /// Whether it was made by [`Self::fetching`] (complete or not).
     pub fn is_fetched(&self) -> bool {
         self.fetched
+    }
+
+    /// A peer that connected to a shard listens at `addr`: worth dialling
+    /// while pieces are missing (once per connection; bounded).
+    pub fn hint_fetch_peer(&self, addr: std::net::SocketAddr) {
+        if !self.fetched || self.availability.withdrawn() == 0 {
+            return;
+        }
+        if let Ok(mut h) = self.fetch_hints.lock() {
+            if h.len() < MAX_FETCH_HINTS && !h.contains(&addr) {
+                h.push(addr);
+            }
+        }
+    }
+
+    /// The hinted addresses, taken.
+    pub fn take_fetch_hints(&self) -> Vec<std::net::SocketAddr> {
+        self.fetch_hints
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default()
     }
 
     /// Pieces that may be served now.

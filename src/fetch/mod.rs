@@ -23,8 +23,12 @@
 //! connect to the shards, which serve them zero-copy from the page cache;
 //! that is how edge boxes of a fleet fill from each other.
 //!
-//! Peers come from `--peer` and from the torrent's trackers (and
-//! `--tracker`), announced by a `fetch-announce` thread with `left` set,
+//! Peers come from `--peer`, from peers that connect to our shards for
+//! this torrent (the listen port `p` of their extension handshake, see
+//! [`ServedTorrent::hint_fetch_peer`]; our fetch connections send ours, so
+//! two fetching boxes that meet once dial each other), and from the
+//! torrent's trackers (and `--tracker`), announced by a `fetch-announce`
+//! thread with `left` set,
 //! every [`FETCHING_REANNOUNCE`] while fetching so boxes that start later
 //! are found; once complete it announces `completed` and keeps announcing
 //! as a seed at the tracker's interval, and `stopped` at shutdown.
@@ -68,7 +72,8 @@ pub use announce::FETCHING_REANNOUNCE;
 /// Settings of one fetch.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    /// Our peer id (the engine's: peers and trackers see one box).
+    /// The engine's peer id: announced to trackers (one box, one id), and
+    /// how we recognise our own shards (fetch connections use a variant).
     pub peer_id: [u8; 20],
     /// The port the shards listen on, announced to trackers.
     pub announce_port: u16,
@@ -302,6 +307,11 @@ struct Run {
     /// Pieces the writer's queue had no room for yet.
     backlog: VecDeque<(u32, Vec<u8>)>,
     info_hash: [u8; 20],
+    /// The peer id of our fetch connections: the engine's with its last
+    /// byte changed. A peer that our shards serve sees two ids from this
+    /// box, as libtorrent drops the second connection of a peer id it
+    /// already has (it would drop what it downloads from).
+    fetch_id: [u8; 20],
     max_message: u32,
     last_housekeeping: Instant,
     requests: Vec<BlockRequest>,
@@ -329,7 +339,10 @@ impl Run {
             .max(1 << 17);
         let now = Instant::now();
         let known = HashMap::new();
+        let mut fetch_id = cfg.peer_id;
+        fetch_id[19] ^= 0x5a;
         Run {
+            fetch_id,
             info_hash: torrent.key(),
             torrent,
             writer: Some(writer),
@@ -464,7 +477,7 @@ impl Run {
             if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                 return Err("connect failed".into());
             }
-            p.connected(now, &self.info_hash, &self.cfg.peer_id);
+            p.connected(now, &self.info_hash, &self.fetch_id);
             if let Some(k) = self.known.get_mut(&p.addr) {
                 k.failures = 0;
             }
@@ -544,7 +557,7 @@ impl Run {
                     return Err("that address is us".into());
                 }
                 let have = picker.have_bitfield().clone();
-                p.handshaken(now, h, &have, self.cfg.max_requests);
+                p.handshaken(now, h, &have, self.cfg.max_requests, self.cfg.announce_port);
                 self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
             }
             Input::Message(m) => {
@@ -858,18 +871,14 @@ impl Run {
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        // New addresses from the trackers.
+        // New addresses from the trackers, `--peer`, and peers that
+        // connected to our shards for this torrent.
+        let hinted = self.torrent.take_fetch_hints();
+        if !hinted.is_empty() {
+            self.known_add(hinted, now);
+        }
         while let Ok(list) = self.peers_rx.try_recv() {
-            for a in list {
-                if self.known.len() >= MAX_KNOWN {
-                    break;
-                }
-                self.known.entry(a).or_insert(Known {
-                    failures: 0,
-                    next_try: now,
-                    connected: false,
-                });
-            }
+            self.known_add(list, now);
         }
         // Timeouts and keep-alives.
         let mut to_close = Vec::new();
@@ -913,6 +922,19 @@ impl Run {
         }
         if !self.picker.is_complete() {
             self.dial(now);
+        }
+    }
+
+    fn known_add(&mut self, list: Vec<SocketAddr>, now: Instant) {
+        for a in list {
+            if self.known.len() >= MAX_KNOWN {
+                break;
+            }
+            self.known.entry(a).or_insert(Known {
+                failures: 0,
+                next_try: now,
+                connected: false,
+            });
         }
     }
 

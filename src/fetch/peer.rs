@@ -95,7 +95,14 @@ impl FetchPeer {
     }
 
     /// Its handshake arrived: tell it what we have.
-    pub fn handshaken(&mut self, now: Instant, h: Handshake, have: &Bitfield, max_requests: usize) {
+    pub fn handshaken(
+        &mut self,
+        now: Instant,
+        h: Handshake,
+        have: &Bitfield,
+        max_requests: usize,
+        listen_port: u16,
+    ) {
         self.phase = PeerPhase::Active;
         self.since = now;
         self.fast = h.supports_fast();
@@ -105,7 +112,8 @@ impl FetchPeer {
                 &OurExtHandshake {
                     client_version: concat!("ringseed/", env!("CARGO_PKG_VERSION")),
                     reqq: 16,
-                    listen_port: None,
+                    // So the peer's box can dial our shards back.
+                    listen_port: (listen_port != 0).then_some(listen_port),
                     yourip: Some(self.addr.ip()),
                     metadata_size: None,
                     ledger: None,

@@ -525,6 +525,12 @@ impl Shard {
                     let at = std::net::SocketAddr::new(conn.remote.ip(), advert.port);
                     let _ = tx.try_send((at, advert.height));
                 }
+                if let (Some(port), Some(t)) = (ext.listen_port, &conn.torrent) {
+                    // A torrent we fetch: the peer may have pieces we lack.
+                    if port != 0 {
+                        t.hint_fetch_peer(std::net::SocketAddr::new(conn.remote.ip(), port));
+                    }
+                }
             }
         }
         if conn.drain.is_some() {
