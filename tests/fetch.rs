@@ -326,8 +326,21 @@ struct BadSeed {
     blocks: Arc<AtomicU64>,
 }
 
+/// What a [`BadSeed`] does with requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Bad {
+    /// Answers each with garbage.
+    Garbage,
+    /// Never answers; sends a block nobody asked for instead.
+    Withhold,
+}
+
 impl BadSeed {
     fn start(info_hash: [u8; 20]) -> BadSeed {
+        Self::start_as(info_hash, Bad::Garbage)
+    }
+
+    fn start_as(info_hash: [u8; 20], how: Bad) -> BadSeed {
         use ringseed::wire::codec::{decode, Decoded, Message, ReservedFlags, HANDSHAKE_LEN};
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
@@ -382,9 +395,16 @@ impl BadSeed {
                         {
                             pos += consumed;
                             if let Message::Request(r) = msg {
+                                // Withholding: a block of the next piece,
+                                // which was not asked for.
+                                let piece = if how == Bad::Withhold {
+                                    r.piece + 1
+                                } else {
+                                    r.piece
+                                };
                                 out.extend_from_slice(&(9 + r.len).to_be_bytes());
                                 out.push(7);
-                                out.extend_from_slice(&r.piece.to_be_bytes());
+                                out.extend_from_slice(&piece.to_be_bytes());
                                 out.extend_from_slice(&r.begin.to_be_bytes());
                                 out.extend(std::iter::repeat_n(0xAAu8, r.len as usize));
                                 blocks.fetch_add(1, Ordering::Relaxed);
@@ -602,5 +622,39 @@ fn a_torrent_added_through_the_control_api_with_missing_data_is_fetched() {
         404,
         "{}",
         resp.body_mut().read_to_string().unwrap()
+    );
+}
+
+#[test]
+fn a_peer_that_claims_everything_and_withholds_it_does_not_stall_the_fetch() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("app.bin");
+    std::fs::write(&data, content(8 << 20, 17)).unwrap();
+    let t = d.path().join("app.torrent");
+    create(&data, &t, &["--v1", "--piece-length", "65536"]);
+    let torrent = ringseed::metainfo::Torrent::from_bytes(&std::fs::read(&t).unwrap()).unwrap();
+    let bad = BadSeed::start_as(torrent.info_hash_v1.unwrap().0, Bad::Withhold);
+    let origin = serve_pairs(
+        &[(t.clone(), data.clone())],
+        &["--upload-rate-limit", "8MB/s"],
+    );
+    let target = d.path().join("edge/app.bin");
+    let edge = serve_pairs(
+        &[(t.clone(), target.clone())],
+        &["--peer", &bad.addr, "--peer", &origin.addr],
+    );
+    // Well under the 20 s request timeout: the endgame asks the honest
+    // peer for what the withholder sits on.
+    wait_complete(&edge, 1, Duration::from_secs(15));
+    same_tree(&data, &target);
+    assert!(
+        bad.blocks.load(Ordering::Relaxed) > 0,
+        "the withholder was never asked"
+    );
+    assert!(m(&edge, "ringseed_fetch_unsolicited_blocks_total") > 0.0);
+    assert_eq!(
+        m(&edge, "ringseed_fetch_hash_failures_total"),
+        0.0,
+        "an unrequested block entered a piece"
     );
 }

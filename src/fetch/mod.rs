@@ -1007,7 +1007,7 @@ impl FetchList {
             return;
         }
         type Get = fn(&FetchStats) -> u64;
-        let series: [(&str, &str, &str, Get); 8] = [
+        let series: [(&str, &str, &str, Get); 9] = [
             (
                 "ringseed_fetch_pieces_have",
                 "gauge",
@@ -1031,6 +1031,12 @@ impl FetchList {
                 "counter",
                 "Blocks received twice (endgame) or after a cancel.",
                 |s| s.wasted_blocks.load(Ordering::Relaxed),
+            ),
+            (
+                "ringseed_fetch_unsolicited_blocks_total",
+                "counter",
+                "Blocks nobody asked for (dropped, never part of a piece).",
+                |s| s.unsolicited_blocks.load(Ordering::Relaxed),
             ),
             (
                 "ringseed_fetch_hash_failures_total",
