@@ -132,8 +132,11 @@ const TICK: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_millis(50);
 /// Pieces that became live again (re-verified, or fetched) are announced
 /// to the peers they were withheld from on the first turn after they did
-/// (one atomic load per turn when none did), and at least this often.
+/// (one atomic load per turn when none did), at most every
+/// [`RESTORED_MIN_GAP`] (a scan visits every connection; a fast fetch
+/// restores thousands of pieces a second), and at least this often.
 const RESTORED_EVERY: Duration = Duration::from_secs(1);
+const RESTORED_MIN_GAP: Duration = Duration::from_millis(20);
 /// After shutdown is requested, how long to wait for in-flight operations.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -332,8 +335,9 @@ impl Shard {
 
             self.hist.publish_if_due(now);
             let restored = crate::storage::availability::restored_anywhere();
-            if restored != self.restored_seen
-                || now.duration_since(self.last_restored) >= RESTORED_EVERY
+            let since = now.duration_since(self.last_restored);
+            if (restored != self.restored_seen && since >= RESTORED_MIN_GAP)
+                || since >= RESTORED_EVERY
             {
                 self.restored_seen = restored;
                 self.last_restored = now;
