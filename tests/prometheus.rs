@@ -116,7 +116,10 @@ fn prometheus_scrapes_and_every_panel_query_returns_data() {
         .collect();
     std::fs::write(data.path().join("update.bin"), &content).unwrap();
     let side = tempfile::tempdir().unwrap();
-    let (server, peer_addr, target) = start_serve(data.path(), side.path());
+    // An origin the server fetches one torrent from (the fetch panels).
+    let (origin, origin_torrent) = start_origin(side.path());
+    let (server, peer_addr, target) =
+        start_serve(data.path(), side.path(), &origin.addr, &origin_torrent);
     let torrent = data.path().join(".ringseed/update.bin.torrent");
     // The load generator keeps it busy while Prometheus scrapes.
     let load = Proc(
@@ -242,6 +245,42 @@ impl Drop for Proc {
 
 /// `ringseed serve DIR` with metrics on a free port: (process, peer address,
 /// metrics address).
+/// A box seeding a 4 MiB release by `--torrent`; returns it and the torrent.
+fn start_origin(side: &Path) -> (ServeProc, PathBuf) {
+    let dir = side.join("origin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("release.bin");
+    let bytes: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    std::fs::write(&data, bytes).unwrap();
+    let torrent = dir.join("release.torrent");
+    ringseed(&[
+        "create",
+        "--v1",
+        data.to_str().unwrap(),
+        "-o",
+        torrent.to_str().unwrap(),
+    ]);
+    let origin = ServeProc::start(&[
+        "--torrent",
+        torrent.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--metrics",
+        "off",
+        "--tracker-listen",
+        "off",
+        "--control",
+        "off",
+    ]);
+    (origin, torrent)
+}
+
 /// `ringseed` run to completion; panics with its output if it fails.
 fn ringseed(args: &[&str]) -> String {
     let out = Command::new(support::serve::BIN)
@@ -282,10 +321,17 @@ fn ledger_with_one_release(dir: &Path) -> (PathBuf, String) {
     (ledger, vkey)
 }
 
-/// Serves `dir`, with a ledger kept in `side` (outside the served directory).
-fn start_serve(dir: &Path, side: &Path) -> (ServeProc, String, SocketAddr) {
+/// Serves `dir`, with a ledger kept in `side` (outside the served
+/// directory), and fetches a torrent from `origin` (for the fetch panels).
+fn start_serve(
+    dir: &Path,
+    side: &Path,
+    origin: &str,
+    fetched: &Path,
+) -> (ServeProc, String, SocketAddr) {
     let d = dir.to_str().unwrap();
     let (ledger, vkey) = ledger_with_one_release(side);
+    let fetch_to = side.join("fetched").join("release.bin");
     let ledger_listen = format!("127.0.0.1:{}", free_port());
     let serve = ServeProc::start(&[
         d,
@@ -303,6 +349,12 @@ fn start_serve(dir: &Path, side: &Path) -> (ServeProc, String, SocketAddr) {
         &vkey,
         "--ledger-listen",
         &ledger_listen,
+        "--torrent",
+        fetched.to_str().unwrap(),
+        "--data",
+        fetch_to.to_str().unwrap(),
+        "--peer",
+        origin,
     ]);
     let peer = serve.addr.clone();
     let metrics = serve

@@ -483,6 +483,34 @@ pub fn generate_dashboard() -> Value {
         vec![target("A", format!("sum by (instance, kind) (increase(ringseed_torrent_changes_total{I}[$__rate_interval]))"), "{{instance}} {{kind}}")],
     ));
 
+    l.row("Fetching");
+    l.panel(8, timeseries(
+        "Fetch progress",
+        "Verified pieces of each torrent being fetched (fetch, then seed), and 1 once complete. An edge box of a fleet climbs to the torrent's piece count.",
+        "short",
+        vec![
+            target("A", format!("sum by (instance, torrent) (ringseed_fetch_pieces_have{I})"), "{{instance}} {{torrent}}"),
+        ],
+    ));
+    l.panel(8, timeseries(
+        "Fetch throughput",
+        "Requested payload received by fetches, and payload wasted on endgame duplicates.",
+        "Bps",
+        vec![
+            target("A", format!("sum by (instance) (rate(ringseed_fetch_payload_bytes_total{I}[$__rate_interval]))"), "{{instance}} received"),
+            target("B", format!("sum by (instance) (rate(ringseed_fetch_wasted_blocks_total{I}[$__rate_interval])) * 16384"), "{{instance}} wasted (approx.)"),
+        ],
+    ));
+    l.panel(8, timeseries(
+        "Fetch: bad peers",
+        "Fetched pieces that failed their hash check, and peers banned for it (smart ban). Nonzero means a peer sends wrong data.",
+        "short",
+        vec![
+            target("A", format!("sum by (instance) (ringseed_fetch_hash_failures_total{I})"), "{{instance}} hash failures"),
+            target("B", format!("sum by (instance) (ringseed_fetch_peers_banned_total{I})"), "{{instance}} peers banned"),
+        ],
+    ));
+
     l.row("Release ledger");
     l.panel(8, timeseries(
         "Ledger height",
@@ -700,7 +728,14 @@ impl FakeLoad {
             torrents: Default::default(),
             build: BuildInfo::current(),
             ledger: Some(Default::default()),
-            fetches: Default::default(),
+            fetches: {
+                let l = ringseed::fetch::FetchList::default();
+                l.add(
+                    "release.bin",
+                    Arc::new(ringseed::fetch::FetchStats::default()),
+                );
+                Arc::new(l)
+            },
         };
         sources.verify.queue(1_000_000);
         let mut load = FakeLoad {
