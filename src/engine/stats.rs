@@ -151,8 +151,8 @@ pub struct ShardStats {
     pub throttled: AtomicI64,
     /// Upload cap: nanoseconds connections spent waiting for tokens, summed.
     pub throttle_wait_nanos: AtomicU64,
-    /// Upload cap: this shard's share of the box-wide cap in bytes per
-    /// second, 0 when unlimited (gauge, set once at start).
+    /// Upload cap: the box-wide cap in bytes per second on shard 0, 0 on
+    /// the other shards and when unlimited (gauge, set once at start).
     pub upload_limit: AtomicU64,
     /// uTP: datagrams received on the shard's UDP socket.
     pub utp_datagrams: AtomicU64,

@@ -373,7 +373,7 @@ fn describe_all() {
     );
     describe_gauge!(
         UPLOAD_LIMIT,
-        "This shard's share of the box-wide upload cap in bytes per second; 0 = unlimited."
+        "The box-wide upload cap in bytes per second, on shard 0 (0 on the others); 0 = unlimited."
     );
     describe_gauge!(
         UPLOAD_THROTTLED_CONNECTIONS,

@@ -84,7 +84,8 @@ pub const SUPERSEED_OFFERS: &str = "ringseed_superseed_offers_total";
 pub const SUPERSEED_SUGGESTS: &str = "ringseed_superseed_suggests_total";
 
 // Upload cap (per shard).
-/// This shard's share of the box-wide upload cap; 0 = unlimited (gauge).
+/// The box-wide upload cap, reported by shard 0 (the other shards report
+/// 0, so the sum over shards is the cap); 0 = unlimited (gauge).
 pub const UPLOAD_LIMIT: &str = "ringseed_upload_limit_bytes_per_second";
 /// Connections waiting for upload tokens now (gauge).
 pub const UPLOAD_THROTTLED_CONNECTIONS: &str = "ringseed_upload_throttled_connections";

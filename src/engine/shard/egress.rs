@@ -117,7 +117,8 @@ impl ConnEgress {
 
 /// A shard's limiters. Exists only when some cap is configured.
 pub struct Egress {
-    /// The shard's share of the box cap; `None` when the box is unlimited.
+    /// This shard's limiter on the box-wide pool; `None` when the box is
+    /// unlimited.
     shard: Option<EgressLimiter<u32>>,
     /// Per torrent id: its limiter if the torrent has its own cap.
     torrents: Vec<Option<EgressLimiter<u32>>>,
