@@ -275,6 +275,9 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Least wait before dialling an address that failed, doubled per failure.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// At the connection cap, a peer we have not been interested in since this
+/// long after its handshake is closed (and retried later with back-off).
+const USELESS_AFTER: Duration = Duration::from_secs(30);
 /// Addresses remembered.
 const MAX_KNOWN: usize = 1000;
 /// Our control output a peer may leave unread before it is closed.
@@ -623,6 +626,7 @@ impl Run {
                         self.stats
                             .payload_bytes
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        p.dl_bytes += data.len() as u64;
                         match picker.block_buf(&r, 0, data.len()) {
                             Some(dst) => dst.copy_from_slice(data),
                             None => {
@@ -881,6 +885,7 @@ impl Run {
             self.known_add(list, now);
         }
         // Timeouts and keep-alives.
+        let full = self.peers.len() >= self.cfg.max_peers;
         let mut to_close = Vec::new();
         let mut touched = Vec::new();
         for (&k, p) in self.peers.iter_mut() {
@@ -896,6 +901,13 @@ impl Run {
             if p.phase == PeerPhase::Active {
                 if now.duration_since(p.last_rx) > self.cfg.idle_timeout {
                     to_close.push((k, "idle"));
+                    continue;
+                }
+                // At the connection cap, a peer with nothing we lack for a
+                // while makes room for one that may have it.
+                let useless = p.dl.as_ref().is_some_and(|d| !d.am_interested);
+                if full && useless && now.duration_since(p.since) > USELESS_AFTER {
+                    to_close.push((k, "has nothing we lack"));
                     continue;
                 }
                 if let Some(dl) = p.dl.as_mut() {
