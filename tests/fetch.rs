@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::serve::{libtorrent_available, metric, ServeProc, BIN};
+use support::tree::assert_same_tree as same_tree;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -114,23 +115,6 @@ fn wait_complete(p: &ServeProc, n: usize, timeout: Duration) {
             m(p, "ringseed_fetch_pieces_have")
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Every file under `a` equals the one at the same place under `b`.
-fn same_tree(a: &Path, b: &Path) {
-    if a.is_file() {
-        assert!(
-            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
-            "{} differs from {}",
-            b.display(),
-            a.display()
-        );
-        return;
-    }
-    for e in std::fs::read_dir(a).unwrap() {
-        let e = e.unwrap();
-        same_tree(&e.path(), &b.join(e.file_name()));
     }
 }
 

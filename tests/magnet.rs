@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::tree::assert_same_tree;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -545,22 +547,6 @@ fn start_seeder(cat: MemCatalog) -> (SocketAddr, Arc<std::sync::Mutex<Served>>) 
         }
     });
     (addr, log)
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    if a.is_file() {
-        assert!(
-            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
-            "{} differs from {}",
-            b.display(),
-            a.display()
-        );
-        return;
-    }
-    for e in std::fs::read_dir(a).unwrap() {
-        let e = e.unwrap();
-        assert_same_tree(&e.path(), &b.join(e.file_name()));
-    }
 }
 
 #[test]

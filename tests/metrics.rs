@@ -130,14 +130,21 @@ fn serves_every_metric_with_the_shards_values() {
 
     // One FakeLoad step: shard 1 (second shard) moved 2x the first's traffic.
     assert_eq!(
-        series[r#"ringseed_payload_bytes_total{shard="0"}"#],
+        series[r#"ringseed_payload_bytes_total{shard="0",transport="tcp"}"#],
         (16_384 * 64) as f64
     );
     assert_eq!(
-        series[r#"ringseed_payload_bytes_total{shard="1"}"#],
+        series[r#"ringseed_payload_bytes_total{shard="1",transport="tcp"}"#],
         (16_384 * 64 * 2) as f64
     );
-    assert_eq!(series[r#"ringseed_connections{shard="1"}"#], 21.0);
+    assert_eq!(
+        series[r#"ringseed_connections{shard="1",transport="tcp"}"#],
+        21.0
+    );
+    assert_eq!(
+        series[r#"ringseed_connections{shard="1",transport="utp"}"#],
+        0.0
+    );
     for reason in [
         "queue_full",
         "choked",
@@ -218,7 +225,7 @@ fn scrapes_stay_consistent_while_shards_publish() {
         let (series, _) = parse(&body);
         assert_histograms_consistent(&series);
         let count = series["ringseed_request_to_send_seconds_count"];
-        let bytes = series[r#"ringseed_payload_bytes_total{shard="2"}"#];
+        let bytes = series[r#"ringseed_payload_bytes_total{shard="2",transport="tcp"}"#];
         assert!(
             count >= last_count && bytes >= last_bytes,
             "counters went backwards"

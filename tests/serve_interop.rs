@@ -8,6 +8,8 @@ use std::time::Duration;
 
 mod support;
 
+use support::tree::assert_same_tree;
+
 use support::serve::{libtorrent_available, ServeProc, BIN};
 
 /// `ringseed serve ARGS` on loopback, 2 shards, no metrics, embedded
@@ -56,22 +58,6 @@ fn lt_download(addr: &str, save: &Path, torrents: &[PathBuf], extra: &[&str]) ->
         args.extend(["--torrent", t.to_str().unwrap()]);
     }
     lt_download_only(save, &args)
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    if a.is_file() {
-        assert!(
-            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
-            "{} differs from {}",
-            b.display(),
-            a.display()
-        );
-        return;
-    }
-    for e in std::fs::read_dir(a).unwrap() {
-        let e = e.unwrap();
-        assert_same_tree(&e.path(), &b.join(e.file_name()));
-    }
 }
 
 /// Single- and multi-file content, with odd sizes.

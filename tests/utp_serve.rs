@@ -124,6 +124,8 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
     assert!(wait_until(Duration::from_secs(2), || {
         total(engine.stats(), |s| s.utp_accepted.load(Ordering::Relaxed)) == 1
             && total(engine.stats(), |s| s.payload_bytes.load(Ordering::Relaxed)) == len as u64
+            // Counted as uTP traffic (the `transport` label).
+            && total(engine.stats(), |s| s.utp_payload_bytes.load(Ordering::Relaxed)) == len as u64
     }));
     eprintln!("{len} bytes over uTP in {:?}", t0.elapsed());
     engine.shutdown();

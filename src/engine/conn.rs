@@ -100,6 +100,9 @@ pub struct Conn {
     pub ledger_seen: bool,
     /// Its torrent is being taken out (see `engine::shard::drain`).
     pub drain: Option<super::shard::Drain>,
+    /// A uTP connection (the engine's end of its stream), for the
+    /// `transport` label of the metrics.
+    pub utp: bool,
 }
 
 impl Conn {
@@ -142,6 +145,7 @@ impl Conn {
             in_superseed: false,
             ledger_seen: false,
             drain: None,
+            utp: false,
         }
     }
 

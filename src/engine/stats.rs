@@ -154,6 +154,11 @@ pub struct ShardStats {
     /// Upload cap: the box-wide cap in bytes per second on shard 0, 0 on
     /// the other shards and when unlimited (gauge, set once at start).
     pub upload_limit: AtomicU64,
+    /// uTP: open connections (of `connections`; the rest are TCP).
+    pub utp_connections: AtomicI64,
+    /// uTP: piece payload bytes sent on uTP connections (of
+    /// `payload_bytes`; the rest went over TCP).
+    pub utp_payload_bytes: AtomicU64,
     /// uTP: datagrams received on the shard's UDP socket.
     pub utp_datagrams: AtomicU64,
     /// uTP: `ST_RESET`s sent (answers to `SYN`s we do not serve).

@@ -68,7 +68,9 @@ struct ShardHandles {
     closed: Vec<Counter>,
     handshake_failures: Vec<Counter>,
     utp_dropped: Vec<Counter>,
-    connections: Gauge,
+    /// `transport="tcp"`, `transport="utp"`.
+    payload: [Counter; 2],
+    connections: [Gauge; 2],
     unchoked: Gauge,
     upload_limit: Gauge,
     throttled: Gauge,
@@ -148,8 +150,13 @@ impl Renderer {
             for (counter, c) in h.utp_dropped.iter().zip(&stats.utp_dropped) {
                 counter.absolute(load(c));
             }
-            h.connections
-                .set(stats.connections.load(Ordering::Relaxed) as f64);
+            let all = stats.connections.load(Ordering::Relaxed);
+            let utp = stats.utp_connections.load(Ordering::Relaxed);
+            h.connections[0].set(all.saturating_sub(utp) as f64);
+            h.connections[1].set(utp as f64);
+            let utp = load(&stats.utp_payload_bytes);
+            h.payload[0].absolute(load(&stats.payload_bytes).saturating_sub(utp));
+            h.payload[1].absolute(utp);
             h.unchoked
                 .set(stats.unchoked.load(Ordering::Relaxed) as f64);
             h.upload_limit.set(load(&stats.upload_limit) as f64);
@@ -247,11 +254,13 @@ fn plain_gauge(out: &mut String, name: &str, help: &str, value: Option<u64>) {
     }
 }
 
+/// Values of the `transport` label.
+const TRANSPORTS: [&str; 2] = ["tcp", "utp"];
+
 fn register_shard(index: usize) -> ShardHandles {
     let shard = index.to_string();
     let c = |name: &'static str| counter!(name, names::SHARD => shard.clone());
     let counters: Vec<(Counter, ReadStat)> = vec![
-        (c(names::PAYLOAD_BYTES), |s| load(&s.payload_bytes)),
         (c(names::PROTOCOL_BYTES), |s| load(&s.protocol_bytes)),
         (c(names::BLOCKS_SERVED), |s| load(&s.blocks_served)),
         (c(names::REQUESTS), |s| load(&s.requests)),
@@ -296,7 +305,12 @@ fn register_shard(index: usize) -> ShardHandles {
             .iter()
             .map(|r| reason(names::UTP_DATAGRAMS_DROPPED, r))
             .collect(),
-        connections: gauge!(names::CONNECTIONS, names::SHARD => shard.clone()),
+        payload: TRANSPORTS.map(|t| {
+            counter!(names::PAYLOAD_BYTES, names::SHARD => shard.clone(), names::TRANSPORT => t)
+        }),
+        connections: TRANSPORTS.map(|t| {
+            gauge!(names::CONNECTIONS, names::SHARD => shard.clone(), names::TRANSPORT => t)
+        }),
         unchoked: gauge!(names::UNCHOKED_PEERS, names::SHARD => shard.clone()),
         upload_limit: gauge!(names::UPLOAD_LIMIT, names::SHARD => shard.clone()),
         throttled: gauge!(names::UPLOAD_THROTTLED_CONNECTIONS, names::SHARD => shard.clone()),

@@ -8,6 +8,8 @@
 
 /// Label: the shard index ("0", "1", ...).
 pub const SHARD: &str = "shard";
+/// Label: "tcp" or "utp", on `connections` and `payload_bytes_total`.
+pub const TRANSPORT: &str = "transport";
 /// Label: why something was rejected, closed or failed.
 pub const REASON: &str = "reason";
 

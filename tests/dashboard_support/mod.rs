@@ -153,6 +153,27 @@ pub fn generate_dashboard() -> Value {
         "Bps",
         vec![target("A", format!("sum by (instance, shard) ({})", rate("ringseed_payload_bytes_total")), "{{instance}} shard {{shard}}")],
     ));
+    l.panel(12, timeseries(
+        "Upload throughput by transport",
+        "Payload bytes per second over TCP and over uTP (BEP 29; --utp serve), and the connections of each.",
+        "Bps",
+        vec![
+            target("A", format!("sum by (instance, transport) ({})", rate("ringseed_payload_bytes_total")), "{{instance}} {{transport}}"),
+        ],
+    ));
+    l.panel(
+        12,
+        timeseries(
+            "Connections by transport",
+            "Open peer connections over TCP and over uTP.",
+            "short",
+            vec![target(
+                "A",
+                format!("sum by (instance, transport) (ringseed_connections{I})"),
+                "{{instance}} {{transport}}",
+            )],
+        ),
+    );
     l.panel(
         12,
         timeseries(
@@ -200,7 +221,7 @@ pub fn generate_dashboard() -> Value {
         "Connections per shard",
         "Open peer connections by shard; connections stay on the shard that accepted them, so imbalance shows here.",
         "short",
-        vec![target("A", format!("ringseed_connections{I}"), "{{instance}} shard {{shard}}")],
+        vec![target("A", format!("sum by (instance, shard) (ringseed_connections{I})"), "{{instance}} shard {{shard}}")],
     ));
     l.panel(
         12,

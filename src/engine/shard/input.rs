@@ -74,7 +74,7 @@ impl Shard {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        self.adopt(fd, remote).map(|_| ())
+        self.adopt(fd, remote, false).map(|_| ())
     }
 
     /// Make `fd` a peer connection from `remote`, within the shard's limits
@@ -85,6 +85,7 @@ impl Shard {
         &mut self,
         fd: std::os::fd::OwnedFd,
         remote: SocketAddr,
+        utp: bool,
     ) -> io::Result<Option<u32>> {
         if self.live_conns >= self.cfg.max_connections {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
@@ -97,6 +98,9 @@ impl Shard {
         };
         ShardStats::add(&self.stats.accepted, 1);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if utp {
+            self.stats.utp_connections.fetch_add(1, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let peer = PeerState::new(now, &self.cfg.peer, remote);
         let idx = match self.free_conns.pop() {
@@ -108,7 +112,9 @@ impl Shard {
             }
         };
         let generation = self.generations[idx as usize];
-        self.conns[idx as usize] = Some(Conn::new(fd, generation, remote, admission, peer, now));
+        let mut conn = Conn::new(fd, generation, remote, admission, peer, now);
+        conn.utp = utp;
+        self.conns[idx as usize] = Some(conn);
         self.live_conns += 1;
         self.arm_recv(idx)?;
         Ok(Some(idx))

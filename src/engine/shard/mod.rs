@@ -797,6 +797,9 @@ impl Shard {
         self.free_conns.push(idx);
         self.live_conns -= 1;
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        if c.utp {
+            self.stats.utp_connections.fetch_sub(1, Ordering::Relaxed);
+        }
         drop(c); // closes the fd
     }
 }

@@ -417,6 +417,9 @@ impl Shard {
             if let Some(t) = c.torrent.as_ref().filter(|_| payload > 0) {
                 t.add_uploaded(payload);
             }
+            if c.utp {
+                ShardStats::add(&self.stats.utp_payload_bytes, payload);
+            }
         }
         if free {
             // SAFETY: the batch's last CQE, and no notification is due.

@@ -221,7 +221,7 @@ impl Shard {
             engine_end.set_nonblocking(true)?;
             pump.set_nonblocking(true)?;
             let fd = OwnedFd::from(engine_end);
-            let adopted = self.adopt(fd, key.remote)?;
+            let adopted = self.adopt(fd, key.remote, true)?;
             let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
                 return Ok(());
             };
