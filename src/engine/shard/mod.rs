@@ -21,6 +21,7 @@
 
 mod drain;
 mod egress;
+mod gso;
 mod input;
 mod superseed;
 mod transmit;

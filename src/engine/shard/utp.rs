@@ -19,7 +19,8 @@
 //! A multishot poll on each pump end wakes the shard when the engine wrote
 //! something. The price of the narrow interface: payload crosses the pair
 //! (one kernel copy) and is copied into the uTP send buffer (one user-space
-//! copy); datagrams are sent one `sendto` each (no GSO batching yet).
+//! copy); datagrams go out batched with UDP GSO where the kernel has it
+//! (`gso`: consecutive datagrams of one connection in one `sendmsg`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -57,7 +58,8 @@ pub(super) struct Serving {
     by_key: HashMap<ConnKey, u32>,
     dirty: Vec<u32>,
     buf: Vec<u8>,
-    out: Vec<u8>,
+    /// Outgoing datagrams, batched for UDP GSO.
+    gso: super::gso::GsoBatch,
 }
 
 impl Serving {
@@ -66,7 +68,7 @@ impl Serving {
             max_connections,
             ..EndpointConfig::default()
         };
-        let out = vec![0u8; cfg.conn.max_packet()];
+        let gso = super::gso::GsoBatch::new(cfg.conn.max_packet());
         Self {
             endpoint: Endpoint::new(cfg, seed),
             links: Vec::new(),
@@ -75,7 +77,7 @@ impl Serving {
             by_key: HashMap::new(),
             dirty: Vec::new(),
             buf: vec![0u8; 64 * 1024],
-            out,
+            gso,
         }
     }
 
@@ -191,14 +193,22 @@ impl Shard {
                 }
             }
         }
-        // Datagrams of every connection, including ACKs of what arrived.
-        while let Some((to, n)) = s.endpoint.poll_transmit(now, &mut s.out) {
-            if let Err(e) = u.sock.send_to(&s.out[..n], to) {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    // Lost on our side: the connection re-sends it later.
+        // Datagrams of every connection, including ACKs of what arrived,
+        // written in place into the GSO batch (consecutive ones of a
+        // connection are one `sendmsg`).
+        // WouldBlock: lost on our side; the connection re-sends it later.
+        let real_error = |e: &io::Error| e.kind() != io::ErrorKind::WouldBlock;
+        while let Some((to, n)) = s.endpoint.poll_transmit(now, s.gso.tail()) {
+            if let Err(e) = s.gso.push(&u.sock, to, n) {
+                if !real_error(&e) {
                     break;
                 }
                 tracing::debug!(peer = %to, error = %e, "uTP datagram not sent");
+            }
+        }
+        if let Err(e) = s.gso.flush(&u.sock) {
+            if real_error(&e) {
+                tracing::debug!(error = %e, "uTP datagrams not sent");
             }
         }
         for i in gone {
