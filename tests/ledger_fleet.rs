@@ -534,3 +534,101 @@ fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
         told.elapsed()
     );
 }
+
+/// A box fetching a release from an origin (`--peer`, no `--ledger-peer`)
+/// learns the origin's ledger from the extension handshake of its fetch
+/// connection, and the origin is told of the fetching box's ledger.
+#[test]
+fn a_fetching_box_learns_the_origins_ledger_over_its_fetch_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = dir.join("publisher.key");
+    let vkey = ok(&[
+        "ledger",
+        "init",
+        "--key",
+        s(&key),
+        "--name",
+        "example.org/app",
+    ]);
+    let vkey = vkey.trim().to_owned();
+    let publisher = dir.join("publisher");
+    let (served_t, served_data) = torrent(dir, "app-3.0.bin", 2 << 20, 9);
+    let (t2, _) = torrent(dir, "app-3.1.bin", 50_000, 10);
+    for t in [&served_t, &t2] {
+        ok(&[
+            "ledger",
+            "publish",
+            s(t),
+            "--ledger",
+            s(&publisher),
+            "--key",
+            s(&key),
+        ]);
+    }
+    let start = |ledger: &Path, listen: &str, data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--torrent",
+            s(&served_t),
+            "--data",
+            s(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--tracker-listen",
+            "off",
+            "--control",
+            "off",
+            "--shards",
+            "1",
+            "--ledger",
+            s(ledger),
+            "--ledger-key",
+            &vkey,
+            "--ledger-listen",
+            listen,
+        ];
+        args.extend_from_slice(extra);
+        ServeProc::start(&args)
+    };
+    let origin_ledger = dir.join("origin-ledger");
+    copy_dir(&publisher, &origin_ledger);
+    // Its ledger listens on the address its BitTorrent peers see.
+    let origin_listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let origin = start(&origin_ledger, &origin_listen, &served_data, &[]);
+    let edge_listen = free_addr(1);
+    let fetched = dir.join("edge/app-3.0.bin");
+    let told = Instant::now();
+    let _edge = start(
+        &dir.join("edge-ledger"),
+        &edge_listen,
+        &fetched,
+        &["--peer", &origin.addr],
+    );
+    let url = format!("http://{edge_listen}");
+    let deadline = told + Duration::from_secs(10);
+    while height(&url) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not learn the origin's ledger"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!(
+        "a fetching box held the origin's 2 blocks {:?} after it started",
+        told.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read(&fetched).ok() != std::fs::read(&served_data).ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not fetch the release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

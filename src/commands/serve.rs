@@ -292,6 +292,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         announce_ip: cfg.announce_ip,
         peers: cfg.peers.clone(),
         own: own_addrs(listen),
+        ledger: ledger.as_ref().map(|l| Arc::new(l.beacon())),
+        ledger_hints: ledger.as_ref().map(|l| l.node.hints()),
         ..FetchConfig::default()
     };
     for (t, writer, tiers) in fetch_torrents {

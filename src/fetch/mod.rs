@@ -100,6 +100,12 @@ pub struct FetchConfig {
     pub request_timeout: Duration,
     /// A peer that sent nothing for this long is closed. Default 120 s.
     pub idle_timeout: Duration,
+    /// Our release ledger, told to peers in the extension handshake
+    /// (`ringseed_ledger`, as the shards do).
+    pub ledger: Option<Arc<crate::wire::ext::LedgerBeacon>>,
+    /// Where another box's ledger advert goes (the ledger node pulls from
+    /// it when it is ahead); never blocks.
+    pub ledger_hints: Option<mpsc::SyncSender<crate::ledger::node::LedgerHint>>,
 }
 
 impl Default for FetchConfig {
@@ -116,6 +122,8 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(120),
+            ledger: None,
+            ledger_hints: None,
         }
     }
 }
@@ -560,7 +568,14 @@ impl Run {
                     return Err("that address is us".into());
                 }
                 let have = picker.have_bitfield().clone();
-                p.handshaken(now, h, &have, self.cfg.max_requests, self.cfg.announce_port);
+                p.handshaken(
+                    now,
+                    h,
+                    &have,
+                    self.cfg.max_requests,
+                    self.cfg.announce_port,
+                    self.cfg.ledger.as_deref(),
+                );
                 self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
             }
             Input::Message(m) => {
@@ -654,6 +669,11 @@ impl Run {
                         if let Ok(h) = crate::wire::ext::parse_ext_handshake(payload) {
                             if let Some(reqq) = h.reqq {
                                 dl.set_max_depth(self.cfg.max_requests, reqq);
+                            }
+                            if let (Some(adv), Some(tx)) = (h.ledger, &self.cfg.ledger_hints) {
+                                // Another box's ledger: its node decides.
+                                let at = SocketAddr::new(p.addr.ip(), adv.port);
+                                let _ = tx.try_send((at, adv.height));
                             }
                         }
                     }

@@ -102,6 +102,7 @@ impl FetchPeer {
         have: &Bitfield,
         max_requests: usize,
         listen_port: u16,
+        ledger: Option<&crate::wire::ext::LedgerBeacon>,
     ) {
         self.phase = PeerPhase::Active;
         self.since = now;
@@ -116,7 +117,7 @@ impl FetchPeer {
                     listen_port: (listen_port != 0).then_some(listen_port),
                     yourip: Some(self.addr.ip()),
                     metadata_size: None,
-                    ledger: None,
+                    ledger: ledger.map(|b| b.advert()),
                 },
             );
         }
