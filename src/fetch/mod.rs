@@ -283,8 +283,8 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Least wait before dialling an address that failed, doubled per failure.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// At the connection cap, a peer we have not been interested in since this
-/// long after its handshake is closed (and retried later with back-off).
+/// At the connection cap, a peer that has nothing we lack or chokes us,
+/// this long after its handshake, is closed (and retried with back-off).
 const USELESS_AFTER: Duration = Duration::from_secs(30);
 /// Addresses remembered.
 const MAX_KNOWN: usize = 1000;
@@ -923,9 +923,12 @@ impl Run {
                     to_close.push((k, "idle"));
                     continue;
                 }
-                // At the connection cap, a peer with nothing we lack for a
-                // while makes room for one that may have it.
-                let useless = p.dl.as_ref().is_some_and(|d| !d.am_interested);
+                // At the connection cap, a peer with nothing we lack, or
+                // one that keeps us choked, makes room after a while for
+                // one that may serve us.
+                let useless = p.dl.as_ref().is_some_and(|d| {
+                    !d.am_interested || (d.peer_choking && d.outstanding().is_empty())
+                });
                 if full && useless && now.duration_since(p.since) > USELESS_AFTER {
                     to_close.push((k, "has nothing we lack"));
                     continue;
