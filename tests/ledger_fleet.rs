@@ -415,17 +415,10 @@ fn five_boxes_gossip_reject_rewrites_and_catch_an_equivocating_publisher() {
     }
 }
 
-/// Boxes find each other through the peer protocol: a box greets its
-/// BitTorrent peers with `ringseed_ledger` (its height and ledger port) in
-/// the BEP 10 handshake, and a box that is told of a ledger ahead of its
-/// own by a peer connection fetches it from that peer, with no
-/// `--ledger-peer` given (every block checked as from any peer).
-#[test]
-fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
-    use ringseed::wire::ext::{parse_ext_handshake, LedgerAdvert};
-    use support::leecher::{Got, RawPeer};
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// A publisher key and a ledger (`dir/publisher`) of two blocks: `NAME.0.bin`
+/// (`len` bytes, the release the boxes serve) and `NAME.1.bin`. Returns the
+/// verifier key, the ledger and the served torrent and data.
+fn two_blocks(dir: &Path, name: &str, len: usize, fill: u8) -> (String, PathBuf, PathBuf, PathBuf) {
     let key = dir.join("publisher.key");
     let vkey = ok(&[
         "ledger",
@@ -435,10 +428,9 @@ fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
         "--name",
         "example.org/app",
     ]);
-    let vkey = vkey.trim().to_owned();
     let publisher = dir.join("publisher");
-    let (served_t, served_data) = torrent(dir, "app-2.0.bin", 1 << 20, 7);
-    let (t2, _) = torrent(dir, "app-2.1.bin", 50_000, 8);
+    let (served_t, served_data) = torrent(dir, &format!("{name}.0.bin"), len, fill);
+    let (t2, _) = torrent(dir, &format!("{name}.1.bin"), 50_000, fill + 1);
     for t in [&served_t, &t2] {
         ok(&[
             "ledger",
@@ -450,6 +442,21 @@ fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
             s(&key),
         ]);
     }
+    (vkey.trim().to_owned(), publisher, served_t, served_data)
+}
+
+/// Boxes find each other through the peer protocol: a box greets its
+/// BitTorrent peers with `ringseed_ledger` (its height and ledger port) in
+/// the BEP 10 handshake, and a box that is told of a ledger ahead of its
+/// own by a peer connection fetches it from that peer, with no
+/// `--ledger-peer` given (every block checked as from any peer).
+#[test]
+fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
+    use ringseed::wire::ext::{parse_ext_handshake, LedgerAdvert};
+    use support::leecher::{Got, RawPeer};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (vkey, publisher, served_t, served_data) = two_blocks(dir, "app-2", 1 << 20, 7);
     // B holds both blocks; A holds none and is given no ledger peer. B's
     // ledger listens on the address its BitTorrent peers see.
     let b_ledger = dir.join("b-ledger");
@@ -542,30 +549,7 @@ fn a_box_learns_a_ledger_ahead_of_it_from_the_extension_handshake() {
 fn a_fetching_box_learns_the_origins_ledger_over_its_fetch_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let key = dir.join("publisher.key");
-    let vkey = ok(&[
-        "ledger",
-        "init",
-        "--key",
-        s(&key),
-        "--name",
-        "example.org/app",
-    ]);
-    let vkey = vkey.trim().to_owned();
-    let publisher = dir.join("publisher");
-    let (served_t, served_data) = torrent(dir, "app-3.0.bin", 2 << 20, 9);
-    let (t2, _) = torrent(dir, "app-3.1.bin", 50_000, 10);
-    for t in [&served_t, &t2] {
-        ok(&[
-            "ledger",
-            "publish",
-            s(t),
-            "--ledger",
-            s(&publisher),
-            "--key",
-            s(&key),
-        ]);
-    }
+    let (vkey, publisher, served_t, served_data) = two_blocks(dir, "app-3", 2 << 20, 9);
     let start = |ledger: &Path, listen: &str, data: &Path, extra: &[&str]| {
         let mut args = vec![
             "--torrent",
