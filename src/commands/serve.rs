@@ -25,29 +25,6 @@ use crate::tracker::client::{AnnounceConfig, AnnounceTarget, Announcer};
 use crate::tracker::server::{EmbeddedTracker, SeedPeer, TrackerConfig};
 use crate::wire::PeerConfig;
 
-/// `-RS0100-` followed by 12 random characters, so several ringseed boxes
-/// in one swarm (a fleet) are told apart by clients and trackers.
-fn random_peer_id() -> [u8; 20] {
-    use std::io::Read;
-    let mut id = PeerConfig::default().peer_id;
-    let mut rnd = [0u8; 12];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut rnd))
-        .is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mix = t ^ u128::from(std::process::id()) << 64;
-        rnd.copy_from_slice(&mix.to_le_bytes()[..12]);
-    }
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    for (dst, r) in id[8..].iter_mut().zip(rnd) {
-        *dst = ALPHABET[usize::from(r) % ALPHABET.len()];
-    }
-    id
-}
-
 /// The addresses of our own listener, never dialled by a fetch.
 fn own_addrs(listen: std::net::SocketAddr) -> Vec<std::net::SocketAddr> {
     if listen.ip().is_unspecified() {
@@ -101,7 +78,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let engine_peer_id = random_peer_id();
+    let engine_peer_id = PeerConfig::random_peer_id();
     let peer = PeerConfig {
         peer_id: engine_peer_id,
         reqq: cfg.max_requests,

@@ -419,7 +419,10 @@ fn torrent_for_magnet(
             let info = crate::fetch::metadata::fetch_info(
                 &m,
                 &cfg.peers,
-                crate::wire::PeerConfig::default().peer_id,
+                // Not the engine's: the metadata connection is gone before
+                // the engine serves; distinct per box, as libtorrent drops
+                // a second connection with a peer id it already has.
+                crate::wire::PeerConfig::random_peer_id(),
                 port,
                 std::time::Duration::from_secs(60),
             )?;

@@ -184,6 +184,31 @@ pub struct PeerConfig {
     pub ledger: Option<Arc<super::ext::LedgerBeacon>>,
 }
 
+impl PeerConfig {
+    /// `-RS0100-` followed by 12 random characters, so several ringseed boxes
+    /// in one swarm (a fleet) are told apart by clients and trackers.
+    pub fn random_peer_id() -> [u8; 20] {
+        use std::io::Read;
+        let mut id = Self::default().peer_id;
+        let mut rnd = [0u8; 12];
+        let ok = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut rnd))
+            .is_ok();
+        if !ok {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let mix = t ^ u128::from(std::process::id()) << 64;
+            rnd.copy_from_slice(&mix.to_le_bytes()[..12]);
+        }
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        for (dst, r) in id[8..].iter_mut().zip(rnd) {
+            *dst = ALPHABET[usize::from(r) % ALPHABET.len()];
+        }
+        id
+    }
+}
+
 impl Default for PeerConfig {
     fn default() -> Self {
         let mut peer_id = *b"-RS0100-000000000000";
