@@ -37,6 +37,9 @@ pub enum Command {
     /// (internal) the protocol-less sender `compare` uses as its ceiling.
     #[command(hide = true)]
     Ceiling(crate::ceiling::CeilingArgs),
+    /// (internal) the minimal epoll + writev seeder `compare` uses as a baseline.
+    #[command(hide = true)]
+    EpollSeed(crate::epollseed::EpollSeedArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -81,6 +84,10 @@ pub struct RunArgs {
     /// Hash every completed piece; a mismatch fails the run.
     #[arg(long)]
     pub verify: bool,
+    /// Discard piece payload in the kernel (recv with MSG_TRUNC), never
+    /// copying it: for measuring seeders faster than one generator core reads.
+    #[arg(long)]
+    pub discard: bool,
     /// TOML file with any of these settings (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -146,6 +153,7 @@ impl RunArgs {
             threads: self.threads.or(file.threads).unwrap_or(1),
             first_cpu: self.first_cpu.or(file.first_cpu).unwrap_or(0),
             verify: self.verify || file.verify.unwrap_or(false),
+            discard: self.discard || file.discard.unwrap_or(false),
             report: self.report.or(file.report),
             stall_timeout: dur(&self
                 .stall_timeout

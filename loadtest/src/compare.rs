@@ -1,5 +1,12 @@
-//! `ringseed-loadtest compare`: ringseed vs a libtorrent 2.1.1 seeder vs the
-//! protocol-less io_uring [`crate::ceiling`], same load, same machine.
+//! `ringseed-loadtest compare`: ringseed vs a libtorrent 2.1.1 seeder vs
+//! two baselines, the minimal epoll + writev [`crate::epollseed`] (the bar
+//! to beat) and the protocol-less io_uring [`crate::ceiling`], same load,
+//! same machine.
+//!
+//! The generator discards payload in the kernel by default (`--copy` reads
+//! it instead), so that it is not the limit; its own CPU time is printed
+//! with every run, and a run where it was busy more than 90% of the time is
+//! marked `generator-bound`: that run measured the generator, not the seeder.
 //!
 //! Each server runs as a child process pinned to `--server-cpu`; the
 //! generator runs in this process pinned to `--generator-cpu`. The page
@@ -39,7 +46,7 @@ pub struct CompareArgs {
     /// Length of each measured run.
     #[arg(long, default_value = "10s")]
     pub duration: String,
-    /// Rounds of (ringseed, libtorrent, ceiling).
+    /// Rounds of (ringseed, libtorrent, epoll, ceiling).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     #[arg(long, default_value_t = 0)]
@@ -55,9 +62,26 @@ pub struct CompareArgs {
     /// Leave out the libtorrent seeder (e.g. libtorrent not installed).
     #[arg(long)]
     pub no_libtorrent: bool,
+    /// Leave out the epoll baseline seeder.
+    #[arg(long)]
+    pub no_epoll: bool,
+    /// Generator threads; thread i is pinned to CPU generator-cpu + i.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Read the payload into user space instead of discarding it in the
+    /// kernel (as a real client does; the generator saturates sooner).
+    #[arg(long)]
+    pub copy: bool,
     /// Write all runs and medians as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    /// The generator discards payload in the kernel.
+    pub fn discard(&self) -> bool {
+        !self.copy
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -65,6 +89,7 @@ pub struct CompareArgs {
 pub enum Server {
     Ringseed,
     Libtorrent,
+    Epoll,
     Ceiling,
 }
 
@@ -73,6 +98,7 @@ impl Server {
         match self {
             Server::Ringseed => "ringseed",
             Server::Libtorrent => "libtorrent",
+            Server::Epoll => "epoll",
             Server::Ceiling => "ceiling",
         }
     }
@@ -88,8 +114,21 @@ pub struct Measured {
     pub server_cpu_s: f64,
     pub payload_bytes: u64,
     pub cpu_s_per_gib: f64,
+    /// Share of the server's core that was busy (any process, softirq
+    /// included) over the run.
+    pub server_core_busy: f64,
+    /// Busy seconds of the server's core per GiB sent: the cost of the
+    /// whole send and loopback receive path on that core.
+    pub core_s_per_gib: f64,
+    /// The generator's CPU time over the run, and the share of its threads'
+    /// wall time it was busy.
+    pub generator_cpu_s: f64,
+    pub generator_busy: f64,
     pub errors: u64,
 }
+
+/// A generator busier than this share of its threads' time was the limit.
+const GENERATOR_BOUND: f64 = 0.9;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -112,6 +151,28 @@ pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((utime + stime) / hz)
+}
+
+/// (busy, total) jiffies of one CPU from `/proc/stat`. On loopback the
+/// receiver's TCP work runs in softirq on the sender's core, outside any
+/// process's utime+stime, so the server core's busy share is the honest
+/// measure of what a run cost it.
+fn cpu_jiffies(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = s
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} line in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    Ok((total - idle.min(total), total))
 }
 
 /// Reads the whole file so it is in the page cache.
@@ -227,7 +288,7 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     let bytes = warm(&args.data)?;
     let env = Environment::capture();
     println!(
-        "compare: {} ({} bytes, page cache warmed), {} connections x pipeline {}, {} runs of {:?} per server, server on CPU {}, generator on CPU {}",
+        "compare: {} ({} bytes, page cache warmed), {} connections x pipeline {}, {} runs of {:?} per server, server on CPU {}, generator: {} thread(s) from CPU {}, payload {}",
         args.torrent.display(),
         bytes,
         args.connections,
@@ -235,7 +296,9 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
         args.rounds,
         duration,
         args.server_cpu,
-        args.generator_cpu
+        args.threads,
+        args.generator_cpu,
+        if args.discard() { "discarded in the kernel" } else { "copied to user space" }
     );
     println!(
         "machine: {} x {}, kernel {}, {}, commit {}",
@@ -249,6 +312,9 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     let mut servers = vec![Server::Ringseed];
     if !args.no_libtorrent {
         servers.push(Server::Libtorrent);
+    }
+    if !args.no_epoll {
+        servers.push(Server::Epoll);
     }
     servers.push(Server::Ceiling);
     let mut runs: Vec<Measured> = Vec::new();
@@ -281,10 +347,14 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                         .args(["--torrent", &torrent, "--data", &data]);
                     c
                 }
-                Server::Ceiling => {
+                Server::Epoll | Server::Ceiling => {
                     let mut c = Command::new(&me);
                     c.args([
-                        "ceiling",
+                        if server == Server::Epoll {
+                            "epoll-seed"
+                        } else {
+                            "ceiling"
+                        },
                         "--torrent",
                         &torrent,
                         "--data",
@@ -307,9 +377,10 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 churn: 0.0,
                 popularity: Popularity::Uniform,
                 source_ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-                threads: 1,
+                threads: args.threads.max(1),
                 first_cpu: args.generator_cpu,
                 verify: false,
+                discard: args.discard(),
                 report: None,
                 stall_timeout: Duration::from_secs(30),
                 connect_timeout: Duration::from_secs(10),
@@ -317,12 +388,17 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
             };
             let pid = proc.child.id();
             let cpu0 = process_cpu_seconds(pid)?;
+            let gen0 = process_cpu_seconds(std::process::id())?;
+            let core0 = cpu_jiffies(args.server_cpu)?;
             let result = run_load(&cfg)?;
+            let core1 = cpu_jiffies(args.server_cpu)?;
+            let gen1 = process_cpu_seconds(std::process::id())?;
             let cpu1 = process_cpu_seconds(pid)?;
             drop(proc);
             let s = &result.stats;
             let secs = result.elapsed.as_secs_f64();
             let gib = s.payload_bytes as f64 / (1u64 << 30) as f64;
+            let busy = (core1.0 - core0.0) as f64 / (core1.1 - core0.1).max(1) as f64;
             let m = Measured {
                 server,
                 round,
@@ -336,10 +412,18 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 } else {
                     f64::NAN
                 },
+                server_core_busy: busy,
+                core_s_per_gib: if gib > 0.0 {
+                    busy * secs / gib
+                } else {
+                    f64::NAN
+                },
+                generator_cpu_s: gen1 - gen0,
+                generator_busy: (gen1 - gen0) / (secs * cfg.threads as f64),
                 errors: s.protocol_errors.values().sum::<u64>() + s.hash_failures + s.error_drops(),
             };
             println!(
-                "  round {} {:<10} {:>8.1} MB/s  p50 {:>7} us  p99 {:>7} us  server CPU {:>6.2} s = {:>6.3} CPU-s/GiB  errors {} {:?}  closed {:?}",
+                "  round {} {:<10} {:>8.1} MB/s  p50 {:>7} us  p99 {:>7} us  server CPU {:>6.2} s = {:>6.3} CPU-s/GiB  core {:>3.0}% busy = {:>6.3} core-s/GiB  generator {:>3.0}% busy{}  errors {} {:?}  closed {:?}",
                 round + 1,
                 server.name(),
                 m.throughput_mb_s,
@@ -347,6 +431,10 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 m.p99_us,
                 m.server_cpu_s,
                 m.cpu_s_per_gib,
+                m.server_core_busy * 100.0,
+                m.core_s_per_gib,
+                m.generator_busy * 100.0,
+                if m.generator_busy > GENERATOR_BOUND { " (generator-bound)" } else { "" },
                 m.errors,
                 s.protocol_errors,
                 s.dropped
@@ -359,31 +447,44 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     };
     println!();
     println!(
-        "{:<12} {:>12} {:>12} {:>12} {:>14}",
-        "median", "MB/s", "p50 us", "p99 us", "CPU-s/GiB"
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10}",
+        "median", "MB/s", "p50 us", "p99 us", "CPU-s/GiB", "core busy", "core-s/GiB", "generator"
     );
     for &s in &servers {
+        let busy = med(s, |m| m.generator_busy);
         println!(
-            "{:<12} {:>12.1} {:>12.0} {:>12.0} {:>14.3}",
+            "{:<12} {:>10.1} {:>10.0} {:>10.0} {:>10.3} {:>9.0}% {:>11.3} {:>9.0}%{}",
             s.name(),
             med(s, |m| m.throughput_mb_s),
             med(s, |m| m.p50_us as f64),
             med(s, |m| m.p99_us as f64),
-            med(s, |m| m.cpu_s_per_gib)
+            med(s, |m| m.cpu_s_per_gib),
+            med(s, |m| m.server_core_busy) * 100.0,
+            med(s, |m| m.core_s_per_gib),
+            busy * 100.0,
+            if busy > GENERATOR_BOUND {
+                "  generator-bound: this measured the generator, add --threads"
+            } else {
+                ""
+            }
         );
     }
     let rs = |f: fn(&Measured) -> f64| med(Server::Ringseed, f);
     let ratio = |other: Server| {
         println!(
-            "ringseed/{:<10} throughput {:.2}x   p99 latency {:.2}x   CPU-s/GiB {:.2}x",
+            "ringseed/{:<10} throughput {:.2}x   p99 latency {:.2}x   CPU-s/GiB {:.2}x   core-s/GiB {:.2}x",
             other.name(),
             rs(|m| m.throughput_mb_s) / med(other, |m| m.throughput_mb_s),
             rs(|m| m.p99_us as f64) / med(other, |m| m.p99_us as f64),
             rs(|m| m.cpu_s_per_gib) / med(other, |m| m.cpu_s_per_gib),
+            rs(|m| m.core_s_per_gib) / med(other, |m| m.core_s_per_gib),
         );
     };
     if !args.no_libtorrent {
         ratio(Server::Libtorrent);
+    }
+    if !args.no_epoll {
+        ratio(Server::Epoll);
     }
     ratio(Server::Ceiling);
     if let Some(path) = &args.report {

@@ -132,6 +132,7 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     pub first_cpu: Option<usize>,
     pub verify: Option<bool>,
+    pub discard: Option<bool>,
     pub report: Option<PathBuf>,
     pub stall_timeout: Option<String>,
     pub connect_timeout: Option<String>,
@@ -171,6 +172,10 @@ pub struct RunConfig {
     /// Thread i is pinned to CPU `(first_cpu + i) % cores`. Default 0.
     pub first_cpu: usize,
     pub verify: bool,
+    /// Throw piece payload away in the kernel (`recv` with `MSG_TRUNC`)
+    /// instead of reading it: the generator costs less than the seeder it
+    /// measures. Not with `verify`.
+    pub discard: bool,
     pub report: Option<PathBuf>,
     /// Default 30 s.
     pub stall_timeout: Duration,
@@ -193,6 +198,9 @@ impl RunConfig {
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        if self.discard && self.verify {
+            bail!("--discard and --verify exclude each other: verifying needs the payload");
         }
         Ok(())
     }

@@ -287,6 +287,42 @@ impl Leecher {
         Ok(pos)
     }
 
+    /// Payload bytes of the block now arriving that the caller may throw
+    /// away unread ([`Self::discarded`]): 0 unless a block is arriving and
+    /// `verify` is off. The next bytes on the wire are exactly these.
+    pub fn discardable(&self) -> usize {
+        match self.streaming {
+            Some(s) if !self.cfg.verify => (s.req.len - s.got) as usize,
+            _ => 0,
+        }
+    }
+
+    /// `n` bytes of [`Self::discardable`] payload were discarded unread.
+    pub fn discarded(
+        &mut self,
+        now: Instant,
+        n: usize,
+        stats: &mut Stats,
+    ) -> Result<(), DropReason> {
+        let Some(mut s) = self.streaming.filter(|_| n > 0) else {
+            return Ok(());
+        };
+        self.last_rx = Some(now);
+        let take = (s.req.len - s.got).min(u32::try_from(n).unwrap_or(u32::MAX));
+        s.got += take;
+        self.payload_bytes += u64::from(take);
+        stats.payload_bytes += u64::from(take);
+        stats.protocol_bytes_received += u64::from(take);
+        if s.got < s.req.len {
+            self.streaming = Some(s);
+            return Ok(());
+        }
+        self.streaming = None;
+        self.finish_block(now, s, stats)?;
+        self.fill_pipeline(now, stats);
+        Ok(())
+    }
+
     fn parse(
         &mut self,
         now: Instant,

@@ -6,7 +6,9 @@
 //! - [`leecher`]: the sans-IO per-connection state machine.
 //! - [`net`]: one pinned epoll thread per `--threads`, driving leechers.
 //! - [`run`], [`report`], [`stats`]: a run, its measurements and report.
-//! - [`ceiling`], [`compare`]: the comparison harness.
+//! - [`compare`]: the comparison harness, with its baselines [`ceiling`]
+//!   (io_uring, protocol-less) and [`epollseed`] (epoll + writev), both on
+//!   [`minimal`].
 //! - [`swarm`]: swarm mode, leechers that also upload to each other.
 //!
 //! The default mode does not upload, seed, or talk to trackers; [`swarm`]
@@ -16,7 +18,9 @@ pub mod ceiling;
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod epollseed;
 pub mod leecher;
+pub mod minimal;
 pub mod net;
 pub mod report;
 pub mod rng;

@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Compare(args)) => ringseed_loadtest::compare::main_compare(args)?,
         Some(Command::Swarm(args)) => ringseed_loadtest::swarm::main_swarm(args)?,
         Some(Command::Ceiling(args)) => ringseed_loadtest::ceiling::main_ceiling(args)?,
+        Some(Command::EpollSeed(args)) => ringseed_loadtest::epollseed::main_epoll_seed(args)?,
         None => ringseed_loadtest::run::main_run(&cli.run.resolve()?)?,
     };
     if !ok {

@@ -50,6 +50,7 @@ pub fn run_load(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             stall_timeout: cfg.stall_timeout,
         },
         connect_timeout: cfg.connect_timeout,
+        discard: cfg.discard,
         live: live.clone(),
         stop: Arc::new(AtomicBool::new(false)),
     });

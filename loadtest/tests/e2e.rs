@@ -116,26 +116,47 @@ fn against_ringseed_serve() {
     );
 }
 
-#[test]
-fn against_the_ceiling_sender_bytes_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tpath, _, _) = make_torrent(
-        dir.path(),
-        "c.bin",
-        2_000_000,
-        64 * 1024,
-        MetaVersion::Hybrid,
-    )
-    .unwrap();
+/// A baseline seeder (`ceiling` or `epoll-seed`) serving a 2 MB torrent.
+fn baseline(kind: &str, dir: &std::path::Path) -> (support::Server, String, std::path::PathBuf) {
+    let (tpath, _, _) =
+        make_torrent(dir, "c.bin", 2_000_000, 64 * 1024, MetaVersion::Hybrid).unwrap();
     let mut cmd = Command::new(LOADTEST);
     cmd.args([
-        "ceiling",
+        kind,
         "--torrent",
         tpath.to_str().unwrap(),
         "--data",
-        dir.path().join("c.bin").to_str().unwrap(),
+        dir.join("c.bin").to_str().unwrap(),
     ]);
-    let (_server, addr) = start(cmd);
+    let (server, addr) = start(cmd);
+    (server, addr, tpath)
+}
+
+#[test]
+fn against_the_baseline_seeders_bytes_verify() {
+    for kind in ["ceiling", "epoll-seed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, addr, tpath) = baseline(kind, dir.path());
+        let (ok, r) = run_binary(&[
+            "--target",
+            &addr,
+            "--torrent",
+            tpath.to_str().unwrap(),
+            "--connections",
+            "4",
+            "--duration",
+            "2s",
+            "--verify",
+        ]);
+        check_report(&r);
+        assert!(ok, "{kind}");
+    }
+}
+
+#[test]
+fn discard_mode_downloads_whole_torrents_without_reading_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, tpath) = baseline("epoll-seed", dir.path());
     let (ok, r) = run_binary(&[
         "--target",
         &addr,
@@ -143,12 +164,35 @@ fn against_the_ceiling_sender_bytes_verify() {
         tpath.to_str().unwrap(),
         "--connections",
         "4",
+        "--pipeline",
+        "16",
         "--duration",
         "2s",
-        "--verify",
+        "--discard",
     ]);
-    check_report(&r);
-    assert!(ok);
+    let s = &r["summary"];
+    assert!(ok, "{s}");
+    let done = s["downloads_completed"].as_u64().unwrap();
+    assert!(done > 0, "{s}");
+    // Every completed download is 2,000,000 payload bytes; the ones cut off
+    // at the end of the run add less than a torrent each.
+    let payload = s["payload_bytes"].as_u64().unwrap();
+    assert!(payload >= done * 2_000_000, "{s}");
+    assert!(payload < (done + 4) * 2_000_000, "{s}");
+    assert_eq!(s["protocol_errors_total"], 0, "{s}");
+    assert_eq!(s["pieces_verified"], 0, "{s}");
+    // --discard with --verify is refused, with the reason.
+    let out = Command::new(LOADTEST)
+        .args(["--target", &addr, "--torrent", tpath.to_str().unwrap()])
+        .args(["--discard", "--verify", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exclude each other"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -203,6 +247,7 @@ fn seeder_that_hangs_up_is_counted_as_peer_closed() {
         source_ips: vec![],
         threads: 1,
         first_cpu: 0,
+        discard: false,
         verify: false,
         report: None,
         stall_timeout: Duration::from_secs(5),

@@ -345,3 +345,40 @@ fn garbage_never_panics() {
         let _ = s.l.handle_data(s.now, &junk, &mut s.stats);
     }
 }
+
+#[test]
+fn discarded_payload_completes_blocks_like_read_payload() {
+    let mut s = Script::new(MetaVersion::V1, 200_000, cfg(4, false));
+    s.start(true);
+    for _ in 0..1000 {
+        if s.l.is_done() {
+            break;
+        }
+        for r in s.requests() {
+            let b = s.block(&r);
+            // Header plus 5 payload bytes read; the rest thrown away in
+            // pieces, as `recv(MSG_TRUNC)` returns it.
+            s.feed(&b[..18]).unwrap();
+            let mut left = s.l.discardable();
+            assert_eq!(left, r.len as usize - 5, "the rest of the block");
+            while left > 0 {
+                let n = left.min(3000);
+                s.l.discarded(s.now, n, &mut s.stats).unwrap();
+                left -= n;
+                assert_eq!(s.l.discardable(), left);
+            }
+        }
+    }
+    assert!(s.l.is_done());
+    assert_eq!(s.stats.payload_bytes, 200_000);
+    // 32 KiB pieces: 6 whole ones of 2 blocks, and a 3,392-byte last one.
+    assert_eq!(s.stats.blocks, 13);
+    // Between blocks there is nothing to discard, and with verify never.
+    assert_eq!(s.l.discardable(), 0);
+    let mut v = Script::new(MetaVersion::V1, 100_000, cfg(2, true));
+    v.start(true);
+    let r = v.requests()[0];
+    let b = v.block(&r);
+    v.feed(&b[..13]).unwrap();
+    assert_eq!(v.l.discardable(), 0, "verify needs the bytes");
+}
