@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, parse_source_ips, FileConfig, Popularity, RunConfig};
+use crate::config::{
+    parse_duration, parse_source_ips, FileConfig, Popularity, RunConfig, Transport,
+};
 use crate::leecher::Pattern;
 
 #[derive(Debug, Parser)]
@@ -88,6 +90,9 @@ pub struct RunArgs {
     /// copying it: for measuring seeders faster than one generator core reads.
     #[arg(long)]
     pub discard: bool,
+    /// tcp | utp (BEP 29 over UDP) [default: tcp].
+    #[arg(long)]
+    pub transport: Option<String>,
     /// TOML file with any of these settings (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -154,6 +159,11 @@ impl RunArgs {
             first_cpu: self.first_cpu.or(file.first_cpu).unwrap_or(0),
             verify: self.verify || file.verify.unwrap_or(false),
             discard: self.discard || file.discard.unwrap_or(false),
+            transport: self
+                .transport
+                .or(file.transport)
+                .map_or(Ok(Transport::Tcp), |s| s.parse::<Transport>())
+                .map_err(anyhow::Error::msg)?,
             report: self.report.or(file.report),
             stall_timeout: dur(&self
                 .stall_timeout

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::config::{parse_duration, Popularity, RunConfig};
+use crate::config::{parse_duration, Popularity, RunConfig, Transport};
 use crate::leecher::Pattern;
 use crate::net::pin_to_cpu;
 use crate::report::Environment;
@@ -68,6 +68,10 @@ pub struct CompareArgs {
     /// Generator threads; thread i is pinned to CPU generator-cpu + i.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// tcp | utp. Over uTP only ringseed and libtorrent run (the baselines
+    /// speak TCP) and the payload is never discarded.
+    #[arg(long, default_value = "tcp")]
+    pub transport: Transport,
     /// Read the payload into user space instead of discarding it in the
     /// kernel (as a real client does; the generator saturates sooner).
     #[arg(long)]
@@ -80,7 +84,7 @@ pub struct CompareArgs {
 impl CompareArgs {
     /// The generator discards payload in the kernel.
     pub fn discard(&self) -> bool {
-        !self.copy
+        !self.copy && self.transport == Transport::Tcp
     }
 }
 
@@ -288,7 +292,7 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     let bytes = warm(&args.data)?;
     let env = Environment::capture();
     println!(
-        "compare: {} ({} bytes, page cache warmed), {} connections x pipeline {}, {} runs of {:?} per server, server on CPU {}, generator: {} thread(s) from CPU {}, payload {}",
+        "compare: {} ({} bytes, page cache warmed), {} connections x pipeline {}, {} runs of {:?} per server, server on CPU {}, generator: {} thread(s) from CPU {}, over {}, payload {}",
         args.torrent.display(),
         bytes,
         args.connections,
@@ -298,6 +302,7 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
         args.server_cpu,
         args.threads,
         args.generator_cpu,
+        args.transport.as_str(),
         if args.discard() { "discarded in the kernel" } else { "copied to user space" }
     );
     println!(
@@ -313,10 +318,12 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     if !args.no_libtorrent {
         servers.push(Server::Libtorrent);
     }
-    if !args.no_epoll {
-        servers.push(Server::Epoll);
+    if args.transport == Transport::Tcp {
+        if !args.no_epoll {
+            servers.push(Server::Epoll);
+        }
+        servers.push(Server::Ceiling);
     }
-    servers.push(Server::Ceiling);
     let mut runs: Vec<Measured> = Vec::new();
     for round in 0..args.rounds {
         for &server in &servers {
@@ -345,6 +352,9 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                     let mut c = Command::new("python3");
                     c.arg(&lt_script)
                         .args(["--torrent", &torrent, "--data", &data]);
+                    if args.transport == Transport::Utp {
+                        c.arg("--utp");
+                    }
                     c
                 }
                 Server::Epoll | Server::Ceiling => {
@@ -381,6 +391,7 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
                 first_cpu: args.generator_cpu,
                 verify: false,
                 discard: args.discard(),
+                transport: args.transport,
                 report: None,
                 stall_timeout: Duration::from_secs(30),
                 connect_timeout: Duration::from_secs(10),
@@ -483,10 +494,12 @@ pub fn main_compare(args: CompareArgs) -> anyhow::Result<bool> {
     if !args.no_libtorrent {
         ratio(Server::Libtorrent);
     }
-    if !args.no_epoll {
-        ratio(Server::Epoll);
+    if args.transport == Transport::Tcp {
+        if !args.no_epoll {
+            ratio(Server::Epoll);
+        }
+        ratio(Server::Ceiling);
     }
-    ratio(Server::Ceiling);
     if let Some(path) = &args.report {
         let json = serde_json::json!({ "environment": env, "runs": runs });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)

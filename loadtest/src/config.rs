@@ -133,6 +133,8 @@ pub struct FileConfig {
     pub first_cpu: Option<usize>,
     pub verify: Option<bool>,
     pub discard: Option<bool>,
+    /// "tcp" or "utp".
+    pub transport: Option<String>,
     pub report: Option<PathBuf>,
     pub stall_timeout: Option<String>,
     pub connect_timeout: Option<String>,
@@ -144,6 +146,36 @@ impl FileConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+/// What carries the peer protocol (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// BEP 29 over UDP, with ringseed's own uTP ([`ringseed::utp`]).
+    Utp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "utp" => Ok(Transport::Utp),
+            _ => Err(format!("unknown transport {s:?}: use tcp or utp")),
+        }
+    }
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Utp => "utp",
+        }
     }
 }
 
@@ -176,6 +208,8 @@ pub struct RunConfig {
     /// instead of reading it: the generator costs less than the seeder it
     /// measures. Not with `verify`.
     pub discard: bool,
+    /// What carries the peer protocol. Default TCP.
+    pub transport: Transport,
     pub report: Option<PathBuf>,
     /// Default 30 s.
     pub stall_timeout: Duration,
@@ -198,6 +232,9 @@ impl RunConfig {
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        if self.discard && self.transport == Transport::Utp {
+            bail!("--discard is for TCP: uTP payload arrives in datagrams our own uTP reassembles");
         }
         if self.discard && self.verify {
             bail!("--discard and --verify exclude each other: verifying needs the payload");

@@ -4,7 +4,8 @@
 //! io_uring ceiling on the same machine.
 //!
 //! - [`leecher`]: the sans-IO per-connection state machine.
-//! - [`net`]: one pinned epoll thread per `--threads`, driving leechers.
+//! - [`net`]: one pinned epoll thread per `--threads`, driving leechers
+//!   over TCP; [`utpnet`] the same over uTP (`--transport utp`).
 //! - [`run`], [`report`], [`stats`]: a run, its measurements and report.
 //! - [`compare`]: the comparison harness, with its baselines [`ceiling`]
 //!   (io_uring, protocol-less) and [`epollseed`] (epoll + writev), both on
@@ -30,3 +31,4 @@ pub mod swarm;
 pub mod testkit;
 pub mod testseed;
 pub mod torrents;
+pub mod utpnet;

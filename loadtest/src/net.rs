@@ -97,6 +97,18 @@ impl Drop for Epoll {
     }
 }
 
+impl ThreadPlan {
+    /// Connections this thread may have open `now` (the ramp).
+    pub fn allowed(&self, now: Instant, start: Instant) -> usize {
+        if self.ramp > 0.0 {
+            let ramped = (self.ramp * now.duration_since(start).as_secs_f64()) as usize + 1;
+            ramped.min(self.connections)
+        } else {
+            self.connections
+        }
+    }
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is an empty set.
@@ -199,17 +211,7 @@ pub fn run_thread(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
         next_ip: plan.index,
         rng: Rng::new(plan.seed),
         stats: Stats::default(),
-        rarity: sh
-            .torrents
-            .iter()
-            .map(|t| {
-                if sh.leecher.pattern == Pattern::RarestFirst {
-                    vec![0; t.num_pieces as usize]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect(),
+        rarity: rarity_tables(sh),
         completed_scratch: Vec::new(),
         no_open_before: start,
     };
@@ -254,24 +256,14 @@ pub fn run_thread(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
 
 impl Thread<'_> {
     fn pick_torrent(&mut self) -> usize {
-        let u = self.rng.unit();
-        self.sh
-            .popularity_cdf
-            .iter()
-            .position(|&c| u < c)
-            .unwrap_or(self.sh.torrents.len().saturating_sub(1))
+        pick_torrent(&self.sh.popularity_cdf, &mut self.rng)
     }
 
     fn open_more(&mut self, now: Instant, start: Instant) {
         if now < self.no_open_before {
             return;
         }
-        let allowed = if self.plan.ramp > 0.0 {
-            let ramped = (self.plan.ramp * now.duration_since(start).as_secs_f64()) as usize + 1;
-            ramped.min(self.plan.connections)
-        } else {
-            self.plan.connections
-        };
+        let allowed = self.plan.allowed(now, start);
         // Bounded per loop so a burst of 10,000 does not starve the reads.
         let mut budget = 256;
         while self.active < allowed && budget > 0 {
@@ -354,23 +346,7 @@ impl Thread<'_> {
             Live::add(&self.sh.live.failed, 1);
             return;
         }
-        self.stats.count_drop(reason);
-        if reason == DropReason::Completed {
-            self.stats.downloads_completed += 1;
-            Live::add(&self.sh.live.completed, 1);
-        }
-        if reason.is_error() {
-            Live::add(&self.sh.live.errors, 1);
-        }
-        if let Some(t0) = c.leecher.connected_at() {
-            let secs = now.saturating_duration_since(t0).as_secs_f64();
-            if secs > 0.0 {
-                record(
-                    &mut self.stats.conn_throughput_kib_s,
-                    (c.leecher.payload_bytes() as f64 / 1024.0 / secs) as u64,
-                );
-            }
-        }
+        record_close(&mut self.stats, &self.sh.live, &c.leecher, now, reason);
     }
 
     fn churn_one(&mut self) {
@@ -495,15 +471,11 @@ impl Thread<'_> {
                 self.stats.payload_bytes - before,
             );
             Live::add(&self.sh.live.blocks, self.stats.blocks - blocks_before);
-            if !self.rarity[c.torrent_index].is_empty() {
-                c.leecher.take_completed(&mut self.completed_scratch);
-                let counts = &mut self.rarity[c.torrent_index];
-                for p in self.completed_scratch.drain(..) {
-                    if let Some(x) = counts.get_mut(p as usize) {
-                        *x += 1;
-                    }
-                }
-            }
+            note_completed(
+                &mut self.rarity[c.torrent_index],
+                &mut c.leecher,
+                &mut self.completed_scratch,
+            );
             if !more {
                 // The socket had no more (or this was one plain read: level-
                 // triggered epoll reports the rest).
@@ -540,6 +512,69 @@ impl Thread<'_> {
                 .map_err(|_| DropReason::IoError)?;
         }
         Ok(())
+    }
+}
+
+/// A torrent index drawn by popularity.
+pub(crate) fn pick_torrent(cdf: &[f64], rng: &mut Rng) -> usize {
+    let u = rng.unit();
+    cdf.iter()
+        .position(|&c| u < c)
+        .unwrap_or(cdf.len().saturating_sub(1))
+}
+
+/// Feeds the pieces a leecher completed into its thread's rarity counts
+/// (kept only for rarest-first).
+pub(crate) fn note_completed(rarity: &mut [u32], leecher: &mut Leecher, scratch: &mut Vec<u32>) {
+    if rarity.is_empty() {
+        return;
+    }
+    leecher.take_completed(scratch);
+    for p in scratch.drain(..) {
+        if let Some(x) = rarity.get_mut(p as usize) {
+            *x += 1;
+        }
+    }
+}
+
+/// The rarity table of each torrent for one thread (empty unless rarest-first).
+pub(crate) fn rarity_tables(sh: &Shared) -> Vec<Vec<u32>> {
+    sh.torrents
+        .iter()
+        .map(|t| {
+            if sh.leecher.pattern == Pattern::RarestFirst {
+                vec![0; t.num_pieces as usize]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
+/// Counts one established connection's end (TCP and uTP alike).
+pub(crate) fn record_close(
+    stats: &mut Stats,
+    live: &Live,
+    leecher: &Leecher,
+    now: Instant,
+    reason: DropReason,
+) {
+    stats.count_drop(reason);
+    if reason == DropReason::Completed {
+        stats.downloads_completed += 1;
+        Live::add(&live.completed, 1);
+    }
+    if reason.is_error() {
+        Live::add(&live.errors, 1);
+    }
+    if let Some(t0) = leecher.connected_at() {
+        let secs = now.saturating_duration_since(t0).as_secs_f64();
+        if secs > 0.0 {
+            record(
+                &mut stats.conn_throughput_kib_s,
+                (leecher.payload_bytes() as f64 / 1024.0 / secs) as u64,
+            );
+        }
     }
 }
 

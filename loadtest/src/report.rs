@@ -182,7 +182,18 @@ impl Environment {
                 .map(|(_, v)| v.trim().to_string())
         });
         Environment {
-            git_commit: cmd_out("git", &["rev-parse", "HEAD"]),
+            // The commit of the source this binary was built from, wherever
+            // it runs (the working directory is usually the data's).
+            git_commit: cmd_out(
+                "git",
+                &[
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "rev-parse",
+                    "--short=12",
+                    "HEAD",
+                ],
+            ),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .ok()
                 .map(|s| s.trim().to_string()),

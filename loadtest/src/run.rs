@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Transport};
 use crate::net::{plans, raise_nofile_limit, run_thread, Shared};
 use crate::report::{Report, Summary};
 use crate::stats::{Live, Stats};
 use crate::torrents::LoadTorrent;
+use crate::utpnet::run_thread_utp;
 
 pub struct RunResult {
     pub stats: Stats,
@@ -56,13 +57,17 @@ pub fn run_load(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     });
     let start = Instant::now();
     let deadline = start + cfg.duration;
+    let transport = cfg.transport;
     let handles = plans(cfg, cores())
         .into_iter()
         .map(|plan| {
             let sh = shared.clone();
             std::thread::Builder::new()
                 .name(format!("loadgen-{:02}", plan.index))
-                .spawn(move || run_thread(&sh, &plan, deadline))
+                .spawn(move || match transport {
+                    Transport::Tcp => run_thread(&sh, &plan, deadline),
+                    Transport::Utp => run_thread_utp(&sh, &plan, deadline),
+                })
                 .context("spawn generator thread")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

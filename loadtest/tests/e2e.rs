@@ -63,10 +63,10 @@ fn check_report(r: &serde_json::Value) {
     assert!(e["command"].as_array().unwrap().len() > 3);
 }
 
-#[test]
-fn against_ringseed_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// `ringseed serve` (one shard) of a 3 MB file; the server, its address
+/// and the torrent it made.
+fn serve_three_mb(dir: &std::path::Path) -> (support::Server, String, std::path::PathBuf) {
+    let data = dir.join("data");
     std::fs::create_dir(&data).unwrap();
     let content: Vec<u8> = (0..3_000_000u64)
         .map(ringseed_loadtest::testkit::content_byte)
@@ -85,8 +85,14 @@ fn against_ringseed_serve() {
         "--tracker-listen",
         "off",
     ]);
-    let (_server, addr) = start(cmd);
-    let torrent = data.join(".ringseed/f.bin.torrent");
+    let (server, addr) = start(cmd);
+    (server, addr, data.join(".ringseed/f.bin.torrent"))
+}
+
+#[test]
+fn against_ringseed_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, torrent) = serve_three_mb(dir.path());
     let (ok, r) = run_binary(&[
         "--target",
         &addr,
@@ -113,6 +119,50 @@ fn against_ringseed_serve() {
             .as_u64()
             .unwrap()
             > 0
+    );
+}
+
+#[test]
+fn over_utp_against_ringseed_serve_bytes_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, torrent) = serve_three_mb(dir.path());
+    let (ok, r) = run_binary(&[
+        "--target",
+        &addr,
+        "--torrent",
+        torrent.to_str().unwrap(),
+        "--transport",
+        "utp",
+        "--connections",
+        "6",
+        "--duration",
+        "4s",
+        "--pipeline",
+        "16",
+        "--churn",
+        "1",
+        "--source-ips",
+        "127.0.0.1-127.0.0.2",
+        "--verify",
+    ]);
+    check_report(&r);
+    assert!(ok, "binary exited non-zero");
+    let s = &r["summary"];
+    assert!(
+        s["connections_closed"]["completed"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    // --discard is refused over uTP, with the reason.
+    let out = Command::new(LOADTEST)
+        .args(["--target", &addr, "--torrent", torrent.to_str().unwrap()])
+        .args(["--transport", "utp", "--discard", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--discard is for TCP"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -248,6 +298,7 @@ fn seeder_that_hangs_up_is_counted_as_peer_closed() {
         threads: 1,
         first_cpu: 0,
         discard: false,
+        transport: ringseed_loadtest::config::Transport::Tcp,
         verify: false,
         report: None,
         stall_timeout: Duration::from_secs(5),
