@@ -2,19 +2,20 @@
 //! [`Leecher`]s as [`crate::net`], carried by ringseed's sans-IO uTP
 //! ([`ringseed::utp::Endpoint`]) instead of TCP sockets.
 //!
-//! A thread has one nonblocking UDP socket per source address (as a real
-//! client has one UDP socket for all its uTP peers), each with its own
-//! `Endpoint`; connections are spread over them round robin. Each loop
-//! turn: datagrams in (up to [`RECV_BATCH`] per socket), the touched
-//! connections' bytes to and from their leechers, timers, then every
-//! datagram the endpoints have ready out. A connection the run closes gets
-//! a FIN and stays in its endpoint until the FIN is acknowledged or
-//! [`DRAIN`] has passed, so a seeder is not left with half-dead peers.
+//! Each connection is its own client: its own nonblocking UDP socket,
+//! connected to the target and bound to the next source address, with its
+//! own `Endpoint`. So connections spread over a seeder's shards as real
+//! clients do (SO_REUSEPORT hashes the address pair), and one connection's
+//! burst cannot overflow a socket buffer another shares. Each loop turn:
+//! timers, datagrams in (up to [`RECV_BATCH`] per ready socket), the
+//! touched connections' bytes to and from their leechers, then every
+//! datagram ready out. A connection the run closes gets a FIN and is kept
+//! (off epoll, polled each turn) until the FIN is acknowledged or [`DRAIN`]
+//! has passed, so a seeder is not left with half-dead peers.
 //!
 //! Payload is copied once, out of the uTP receive buffer into the
 //! leecher's parser: uTP has no kernel-side stream to discard from.
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -32,17 +33,83 @@ use crate::net::{
 use crate::rng::Rng;
 use crate::stats::{DropReason, Live, Stats};
 
-/// Datagrams read per socket per loop turn.
-const RECV_BATCH: usize = 512;
+/// Datagrams read per ready socket per loop turn.
+const RECV_BATCH: usize = 256;
 /// How long a closed connection may take to finish its FIN.
 const DRAIN: Duration = Duration::from_secs(2);
-/// Socket buffers asked for: a burst of a seeder's window must not be
-/// dropped by our own socket.
-const SOCKET_BUFFER: usize = 8 << 20;
+/// Socket buffers asked for: more than the 1 MiB a seeder may have in
+/// flight to one connection (the kernel caps it at rmem_max / wmem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// One uTP client: a socket connected to the target and its endpoint.
+struct Client {
+    sock: UdpSocket,
+    endpoint: Endpoint,
+    key: ConnKey,
+}
+
+impl Client {
+    fn open(local: IpAddr, target: SocketAddr, now: Instant, seed: u64) -> std::io::Result<Self> {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
+        sock.connect(target)?;
+        sock.set_nonblocking(true)?;
+        let r = SockRef::from(&sock);
+        // Best effort: a smaller buffer only means loss under bursts.
+        let _ = r.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = r.set_send_buffer_size(SOCKET_BUFFER);
+        let cfg = EndpointConfig {
+            accept: false,
+            max_connections: 1,
+            ..EndpointConfig::default()
+        };
+        let mut endpoint = Endpoint::new(cfg, seed);
+        let key = endpoint.connect(now, target);
+        Ok(Client {
+            sock,
+            endpoint,
+            key,
+        })
+    }
+
+    /// Datagrams waiting into the endpoint; false if none arrived.
+    fn receive(&mut self, now: Instant, dgram: &mut [u8]) -> bool {
+        let mut any = false;
+        for _ in 0..RECV_BATCH {
+            match self.sock.recv(dgram) {
+                Ok(n) => {
+                    self.endpoint.handle(now, self.key.remote, &dgram[..n]);
+                    any = true;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // WouldBlock; or an ICMP error for an earlier datagram
+                // (the seeder's port closed): the connection times out.
+                Err(_) => break,
+            }
+        }
+        any
+    }
+
+    /// Every datagram the endpoint has ready, out.
+    fn transmit(&mut self, now: Instant, dgram: &mut [u8]) {
+        while let Some((_, n)) = self.endpoint.poll_transmit(now, dgram) {
+            // A full socket buffer drops this one; uTP resends it.
+            if let Err(e) = self.sock.send(&dgram[..n]) {
+                if e.kind() == ErrorKind::WouldBlock {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        if self.endpoint.poll_timeout().is_some_and(|d| d <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+    }
+}
 
 struct UConn {
-    sock: usize,
-    key: ConnKey,
+    client: Client,
     leecher: Leecher,
     connecting: bool,
     opened: Instant,
@@ -50,61 +117,24 @@ struct UConn {
     torrent_index: usize,
 }
 
-struct Udp {
-    sock: UdpSocket,
-    endpoint: Endpoint,
-    slots: HashMap<ConnKey, usize>,
-}
-
 struct UtpThread<'a> {
     sh: &'a Shared,
     plan: &'a ThreadPlan,
-    udp: Vec<Udp>,
+    ep: Epoll,
+    local: Vec<IpAddr>,
     conns: Vec<Option<UConn>>,
     free: Vec<usize>,
     active: usize,
-    next_sock: usize,
+    next_ip: usize,
     rng: Rng,
     stats: Stats,
     rarity: Vec<Vec<u32>>,
     scratch: Vec<u32>,
     /// Slots that received something this turn.
     touched: Vec<usize>,
-    /// Closed by us, waiting for their FIN to finish: (socket, key, since).
-    draining: Vec<(usize, ConnKey, Instant)>,
+    /// Closed by us, finishing their FIN.
+    draining: Vec<(Client, Instant)>,
     no_open_before: Instant,
-}
-
-fn bind_sockets(sh: &Shared, plan: &ThreadPlan, seed: u64) -> std::io::Result<Vec<Udp>> {
-    let any = match sh.target.ip() {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
-    let ips = if plan.source_ips.is_empty() {
-        vec![any]
-    } else {
-        plan.source_ips.clone()
-    };
-    ips.iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            let sock = UdpSocket::bind(SocketAddr::new(*ip, 0))?;
-            sock.set_nonblocking(true)?;
-            let r = SockRef::from(&sock);
-            // Best effort: the kernel caps these at rmem_max / wmem_max.
-            let _ = r.set_recv_buffer_size(SOCKET_BUFFER);
-            let _ = r.set_send_buffer_size(SOCKET_BUFFER);
-            let cfg = EndpointConfig {
-                accept: false,
-                ..EndpointConfig::default()
-            };
-            Ok(Udp {
-                sock,
-                endpoint: Endpoint::new(cfg, seed ^ (i as u64).wrapping_mul(0x9e37_79b9)),
-                slots: HashMap::new(),
-            })
-        })
-        .collect()
 }
 
 /// Runs one uTP generator thread until `deadline` or `stop`.
@@ -114,39 +144,33 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
             eprintln!("loadtest thread {}: pin to CPU {cpu}: {e}", plan.index);
         }
     }
-    let failed = |what: &str, e: std::io::Error| {
-        eprintln!("loadtest thread {}: {what}: {e}", plan.index);
-        let mut s = Stats::default();
-        s.count_drop(DropReason::IoError);
-        s
-    };
     let ep = match Epoll::new() {
         Ok(ep) => ep,
-        Err(e) => return failed("epoll_create1", e),
-    };
-    let udp = match bind_sockets(sh, plan, plan.seed) {
-        Ok(u) => u,
-        Err(e) => return failed("bind UDP socket", e),
-    };
-    for (i, u) in udp.iter().enumerate() {
-        if let Err(e) = ep.ctl(
-            libc::EPOLL_CTL_ADD,
-            u.sock.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            i as u64,
-        ) {
-            return failed("epoll_ctl", e);
+        Err(e) => {
+            eprintln!("loadtest thread {}: epoll_create1: {e}", plan.index);
+            let mut s = Stats::default();
+            s.count_drop(DropReason::IoError);
+            return s;
         }
-    }
+    };
+    let any = match sh.target.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
     let start = Instant::now();
     let mut t = UtpThread {
         sh,
         plan,
-        udp,
+        ep,
+        local: if plan.source_ips.is_empty() {
+            vec![any]
+        } else {
+            plan.source_ips.clone()
+        },
         conns: Vec::new(),
         free: Vec::new(),
         active: 0,
-        next_sock: plan.index,
+        next_ip: plan.index,
         rng: Rng::new(plan.seed),
         stats: Stats::default(),
         rarity: rarity_tables(sh),
@@ -157,7 +181,7 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
     };
     let mut buf = vec![0u8; READ_BUF + crate::leecher::MAX_MESSAGE_LEN as usize + 64];
     let mut dgram = vec![0u8; 64 * 1024];
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut last_tick = start;
     let mut churn_credit = 0.0f64;
     let mut last_churn = start;
@@ -180,27 +204,39 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
             t.check_timeouts(now);
         }
         // Timers first: what they queue goes out with this turn's sends.
-        for u in &mut t.udp {
-            if u.endpoint.poll_timeout().is_some_and(|d| d <= now) {
-                u.endpoint.handle_timeout(now);
+        let mut next_timer: Option<Instant> = None;
+        for i in 0..t.conns.len() {
+            if let Some(c) = &mut t.conns[i] {
+                c.client.timers(now);
+                if c.client
+                    .endpoint
+                    .conn(c.client.key)
+                    .is_none_or(|x| x.is_closed())
+                {
+                    t.touched.push(i);
+                }
+                next_timer = match (next_timer, c.client.endpoint.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
-        t.flush(now, &mut dgram);
-        let wait_ms = t
-            .udp
-            .iter()
-            .filter_map(|u| u.endpoint.poll_timeout())
-            .min()
-            .map_or(10, |d| {
-                d.saturating_duration_since(now).as_millis().clamp(0, 10) as i32
-            });
-        let n = ep.wait(&mut events, wait_ms);
+        t.service(now, &mut buf, &mut dgram);
+        let wait_ms = next_timer.map_or(10, |d| {
+            d.saturating_duration_since(now).as_millis().min(10) as i32
+        });
+        let n = t.ep.wait(&mut events, wait_ms);
         let now = Instant::now();
         for ev in events.iter().take(n) {
-            t.receive(now, ev.u64 as usize, &mut dgram);
+            let slot = ev.u64 as usize;
+            if let Some(Some(c)) = t.conns.get_mut(slot) {
+                if c.client.receive(now, &mut dgram) {
+                    t.touched.push(slot);
+                }
+            }
         }
-        t.service(now, &mut buf);
-        t.flush(now, &mut dgram);
+        t.service(now, &mut buf, &mut dgram);
+        t.drain(now, &mut dgram);
     }
     let now = Instant::now();
     for i in 0..t.conns.len() {
@@ -209,7 +245,9 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
         }
     }
     // Send the FINs once; the seeder learns the rest by its timeouts.
-    t.flush(now, &mut dgram);
+    for (c, _) in &mut t.draining {
+        c.transmit(now, &mut dgram);
+    }
     t.stats
 }
 
@@ -222,14 +260,23 @@ impl UtpThread<'_> {
         let mut budget = 256;
         while self.active < allowed && budget > 0 {
             budget -= 1;
-            self.open(now);
+            if let Err(e) = self.open(now) {
+                self.stats.connections_failed += 1;
+                Live::add(&self.sh.live.failed, 1);
+                if e.raw_os_error() == Some(libc::EMFILE) {
+                    eprintln!("loadtest: out of file descriptors (raise `ulimit -n`): {e}");
+                }
+                self.no_open_before = now + Duration::from_millis(50);
+                return;
+            }
         }
     }
 
-    fn open(&mut self, now: Instant) {
+    fn open(&mut self, now: Instant) -> std::io::Result<()> {
         self.stats.connect_attempts += 1;
-        let si = self.next_sock % self.udp.len();
-        self.next_sock = self.next_sock.wrapping_add(1);
+        let local = self.local[self.next_ip % self.local.len()];
+        self.next_ip = self.next_ip.wrapping_add(1);
+        let client = Client::open(local, self.sh.target, now, self.rng.next_u64())?;
         let ti = pick_torrent(&self.sh.popularity_cdf, &mut self.rng);
         let leecher = Leecher::new(
             self.sh.torrents[ti].clone(),
@@ -237,55 +284,53 @@ impl UtpThread<'_> {
             &mut self.rng,
             &self.rarity[ti],
         );
-        let key = self.udp[si].endpoint.connect(now, self.sh.target);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.udp[si].slots.insert(key, slot);
+        if let Err(e) = self.ep.ctl(
+            libc::EPOLL_CTL_ADD,
+            client.sock.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            slot as u64,
+        ) {
+            self.free.push(slot);
+            return Err(e);
+        }
         self.conns[slot] = Some(UConn {
-            sock: si,
-            key,
+            client,
             leecher,
             connecting: true,
             opened: now,
             leftover: Vec::new(),
             torrent_index: ti,
         });
+        // The SYN goes out with this turn's sends.
+        self.touched.push(slot);
         self.active += 1;
         Live::add(&self.sh.live.active, 1);
+        Ok(())
     }
 
-    /// Datagrams waiting on socket `si` into its endpoint.
-    fn receive(&mut self, now: Instant, si: usize, dgram: &mut [u8]) {
-        let Some(u) = self.udp.get_mut(si) else {
-            return;
-        };
-        for _ in 0..RECV_BATCH {
-            let (n, from) = match u.sock.recv_from(dgram) {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // WouldBlock; or an ICMP error for an earlier datagram
-                // (the seeder's port closed): its connection times out.
-                Err(_) => return,
-            };
-            if let Some(key) = u.endpoint.handle(now, from, &dgram[..n]) {
-                if let Some(&slot) = u.slots.get(&key) {
-                    self.touched.push(slot);
-                }
-            }
-        }
-    }
-
-    /// Moves bytes between the touched connections and their leechers.
-    fn service(&mut self, now: Instant, buf: &mut [u8]) {
+    /// Moves bytes between the touched connections and their leechers,
+    /// then sends what they have ready.
+    fn service(&mut self, now: Instant, buf: &mut [u8], dgram: &mut [u8]) {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
         for &slot in &touched {
-            if let Err(reason) = self.service_one(now, slot, buf) {
-                self.close(slot, now, reason);
+            match self.service_one(now, slot, buf) {
+                Ok(()) => {
+                    if let Some(Some(c)) = self.conns.get_mut(slot) {
+                        c.client.transmit(now, dgram);
+                    }
+                }
+                Err(reason) => self.close(slot, now, reason),
             }
+        }
+        // Timers of untouched connections may have queued resends.
+        for c in self.conns.iter_mut().flatten() {
+            c.client.transmit(now, dgram);
         }
         touched.clear();
         self.touched = touched;
@@ -295,7 +340,7 @@ impl UtpThread<'_> {
         let Some(Some(c)) = self.conns.get_mut(slot) else {
             return Ok(());
         };
-        let Some(conn) = self.udp[c.sock].endpoint.conn_mut(c.key) else {
+        let Some(conn) = c.client.endpoint.conn_mut(c.client.key) else {
             return Err(DropReason::IoError);
         };
         if c.connecting {
@@ -352,46 +397,31 @@ impl UtpThread<'_> {
         }
     }
 
-    /// Every datagram the endpoints have ready, then drained connections out.
-    fn flush(&mut self, now: Instant, dgram: &mut [u8]) {
-        for u in &mut self.udp {
-            while let Some((to, n)) = u.endpoint.poll_transmit(now, dgram) {
-                match u.sock.send_to(&dgram[..n], to) {
-                    Ok(_) => {}
-                    // A full socket buffer drops this one; uTP resends it.
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {}
-                }
-            }
-        }
-        let udp = &mut self.udp;
-        self.draining.retain(|&(si, key, since)| {
-            let e = &mut udp[si].endpoint;
-            let done = e.conn(key).is_none_or(|c| c.is_closed());
-            if done || now.saturating_duration_since(since) > DRAIN {
-                e.remove(key);
-                false
-            } else {
-                true
-            }
+    /// Connections we closed: their FIN exchange, until done or [`DRAIN`].
+    fn drain(&mut self, now: Instant, dgram: &mut [u8]) {
+        self.draining.retain_mut(|(c, since)| {
+            c.receive(now, dgram);
+            c.timers(now);
+            c.transmit(now, dgram);
+            let done = c.endpoint.conn(c.key).is_none_or(|x| x.is_closed());
+            !done && now.saturating_duration_since(*since) <= DRAIN
         });
     }
 
     fn close(&mut self, slot: usize, now: Instant, reason: DropReason) {
-        let Some(c) = self.conns.get_mut(slot).and_then(Option::take) else {
+        let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
         self.free.push(slot);
         self.active -= 1;
         self.sh.live.active.fetch_sub(1, Ordering::Relaxed);
-        let u = &mut self.udp[c.sock];
-        u.slots.remove(&c.key);
-        if let Some(conn) = u.endpoint.conn_mut(c.key) {
-            if conn.is_closed() {
-                u.endpoint.remove(c.key);
-            } else {
+        let _ = self
+            .ep
+            .ctl(libc::EPOLL_CTL_DEL, c.client.sock.as_raw_fd(), 0, 0);
+        if let Some(conn) = c.client.endpoint.conn_mut(c.client.key) {
+            if !conn.is_closed() {
                 conn.close();
-                self.draining.push((c.sock, c.key, now));
+                self.draining.push((c.client, now));
             }
         }
         if c.connecting {
