@@ -761,11 +761,17 @@ impl Connection {
             debug_assert!(false, "packet bytes outside the send buffer");
             len = 0;
         }
-        for (dst, src) in out[n..n + len]
-            .iter_mut()
-            .zip(self.send_buf.range(start..start + len))
-        {
-            *dst = *src;
+        // The ring's two halves, copied as slices (a byte-wise copy through
+        // the deque's iterator was 28% of a shard's CPU serving uTP).
+        let dst = &mut out[n..n + len];
+        let (a, b) = self.send_buf.as_slices();
+        let from_a = a.len().saturating_sub(start).min(len);
+        if from_a > 0 {
+            dst[..from_a].copy_from_slice(&a[start..start + from_a]);
+        }
+        if from_a < len {
+            let b_start = start + from_a - a.len();
+            dst[from_a..].copy_from_slice(&b[b_start..b_start + (len - from_a)]);
         }
         n + len
     }
