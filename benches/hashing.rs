@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use ringseed::metainfo::merkle;
 use ringseed::metainfo::{FileEntry, MetaVersion, Torrent};
-use ringseed::storage::{self, hash_files, merkle};
+use ringseed::storage::{self, hash_files};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 

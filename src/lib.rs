@@ -9,6 +9,8 @@
 //! - [`tracker`]: announcing to trackers, and the embedded tracker.
 //! - [`utp`]: sans-IO uTP (BEP 29): packets, refusing with resets.
 //! - [`engine`]: thread-per-core io_uring shards that serve peers.
+//! - [`prepare`]: from the serve configuration to verified, servable
+//!   torrents, before the shards start (and for torrents added later).
 //! - [`fetch`]: fetch, then seed: downloads a torrent's missing pieces from
 //!   the swarm while the shards serve the verified ones.
 //! - [`metrics`]: shard-local counters and histograms, Prometheus exporter.
@@ -27,6 +29,7 @@ pub mod fetch;
 pub mod ledger;
 pub mod metainfo;
 pub mod metrics;
+pub mod prepare;
 pub mod storage;
 pub mod swarm;
 pub mod tracker;

@@ -315,10 +315,10 @@ fn metadata_flood_without_reading_closes_but_a_reader_is_fine() {
 fn v2_torrent(n: u32) -> (MemTorrent, [u8; 32], Vec<[u8; 32]>) {
     let piece = 32 * 1024u32;
     let layer: Vec<[u8; 32]> = (0..n)
-        .map(|i| ringseed::storage::merkle::hash_leaf(&i.to_be_bytes()))
+        .map(|i| ringseed::metainfo::merkle::hash_leaf(&i.to_be_bytes()))
         .collect();
     let len = u64::from(piece) * u64::from(n) - 5;
-    let root = ringseed::storage::merkle::piece_layer_root(&layer, len, u64::from(piece)).unwrap();
+    let root = ringseed::metainfo::merkle::piece_layer_root(&layer, len, u64::from(piece)).unwrap();
     let single_root = [9u8; 32];
     let layers = V2Layers::new(
         u64::from(piece),
@@ -351,7 +351,7 @@ fn hash_requests_get_hashes_or_reject() {
     for (i, l) in layer.iter().enumerate() {
         assert_eq!(&hashes[i * 32..i * 32 + 32], l);
     }
-    let pad = ringseed::storage::merkle::pad_hash(1);
+    let pad = ringseed::metainfo::merkle::pad_hash(1);
     assert_eq!(&hashes[5 * 32..6 * 32], &pad);
     // Bad requests: echoed in a hash reject.
     let single = [9u8; 32];

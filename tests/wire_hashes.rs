@@ -1,7 +1,7 @@
 //! BEP 52 hash requests against `V2Layers`: validation reasons, and replies
 //! checked against a tree computed independently from the piece hashes.
 
-use ringseed::storage::merkle::{hash_leaf, hash_pair, pad_hash, piece_layer_root, Hash256};
+use ringseed::metainfo::merkle::{hash_leaf, hash_pair, pad_hash, piece_layer_root, Hash256};
 use ringseed::wire::codec::{decode, Decoded, HashRequest, Message};
 use ringseed::wire::hashes::{V2LayersError, MAX_HASH_REQUEST_LENGTH};
 use ringseed::wire::{HashRejectReason, V2Layers};

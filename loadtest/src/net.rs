@@ -109,6 +109,11 @@ impl ThreadPlan {
     }
 }
 
+/// CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is an empty set.

@@ -199,7 +199,7 @@ impl Environment {
                 .map(|s| s.trim().to_string()),
             rustc: cmd_out("rustc", &["--version"]),
             cpu_model,
-            cores: crate::run::cores(),
+            cores: crate::net::cores(),
             command: std::env::args().collect(),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{RunConfig, Transport};
-use crate::net::{plans, raise_nofile_limit, run_thread, Shared};
+use crate::net::{cores, plans, raise_nofile_limit, run_thread, Shared};
 use crate::report::{Report, Summary};
 use crate::stats::{Live, Stats};
 use crate::torrents::LoadTorrent;
@@ -18,10 +18,6 @@ use crate::utpnet::run_thread_utp;
 pub struct RunResult {
     pub stats: Stats,
     pub elapsed: Duration,
-}
-
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Runs the load described by `cfg` and returns the merged measurements.

@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use ringseed::metainfo::merkle::{hash_leaf, piece_hash_from_leaves, Hash256, LEAF_SIZE};
 use ringseed::metainfo::Torrent;
-use ringseed::storage::merkle::{hash_leaf, piece_hash_from_leaves, Hash256, LEAF_SIZE};
 use sha1::{Digest, Sha1};
 
 /// One torrent, ready for leechers.

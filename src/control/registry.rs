@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use crate::config::ServeConfig;
 use crate::engine::catalog::{watch, CatalogError, LiveCatalog, ServedTorrent};
-use crate::engine::prepare::{prepare_dir_entry, prepare_torrent, Prepared};
 use crate::metainfo::magnet::Magnet;
 use crate::metainfo::Torrent;
 use crate::metrics::{TorrentChange, TorrentCounts, TorrentState, VerifyStats};
+use crate::prepare::{prepare_dir_entry, prepare_torrent, Prepared};
 use crate::storage::resume::ResumeRecord;
 use crate::storage::watch::{DataChangeStats, DataWatch, Watched};
 use crate::tracker::client::{AnnounceTarget, Announcer};

@@ -19,12 +19,11 @@
 //! `swarm::superseed`).
 //!
 //! Deliberately not here: torrent creation and verification (done off the
-//! shards, see `engine::prepare` and `control`), trackers, metrics export.
+//! shards, see `crate::prepare` and `control`), trackers, metrics export.
 
 pub mod catalog;
 pub mod conn;
 pub mod limits;
-pub mod prepare;
 pub mod shard;
 pub mod stats;
 pub mod stream;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::bencode::{encode_bytes, encode_int, DictBuilder};
 
 use super::{component_problem, FileEntry, MetaVersion, MetainfoError, Torrent, MAX_PIECES};
+use crate::metainfo::merkle::LEAF_SIZE as BLOCK_SIZE;
 use crate::storage::hash::{hash_files, ContentHashes, FileHashes};
-use crate::storage::merkle::LEAF_SIZE as BLOCK_SIZE;
 use crate::storage::StorageError;
 
 /// Default piece lengths are clamped to this range.

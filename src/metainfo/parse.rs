@@ -10,7 +10,7 @@ use crate::bencode::{decode, Spanned, Value};
 use super::fields::{opt_bytes, opt_dict, opt_int, opt_text, utf8};
 use super::files::{check_unique, component_problem, parse_v1, parse_v2, ListedFile};
 use super::{FileEntry, InfoHashV1, InfoHashV2, MetaVersion, MetainfoError, Torrent};
-use crate::storage::merkle::{piece_layer_root, LEAF_SIZE as BLOCK_SIZE};
+use crate::metainfo::merkle::{piece_layer_root, LEAF_SIZE as BLOCK_SIZE};
 
 /// Largest piece length accepted (libtorrent's limit, `i32::MAX / 2`).
 pub const MAX_PIECE_LENGTH: u64 = (i32::MAX / 2) as u64;

@@ -10,9 +10,9 @@ use std::path::Path;
 
 use super::files::{self, AsFile};
 use super::layout::PieceLayout;
-use super::merkle::{self, Hash256};
 use super::reader::{self, PieceDigest, PieceHasher, PieceReadError};
 use super::StorageError;
+use crate::metainfo::merkle::{self, Hash256};
 use crate::metainfo::{FileEntry, Torrent};
 
 /// The hashes of a torrent's content.

@@ -7,7 +7,6 @@
 //!   segments and zero (pad) segments, plus the block bounds check the server
 //!   calls for every request.
 //! - [`files`]: resolve a data path, check sizes, open read-only and mmap.
-//! - [`merkle`]: BEP 52 merkle helpers (leaf hashing, roots, piece layers).
 //! - [`hash`]: multi-threaded hashing of a torrent's content (used by
 //!   `ringseed create` and by [`verify`]).
 //! - [`verify`]: check every piece against v1 and v2 hashes.
@@ -20,7 +19,8 @@
 //! - [`writer`]: fetching: check a downloaded piece and write it on an I/O
 //!   thread, keeping the resume record up to date.
 //!
-//! What does not live here: parsing `.torrent` files (see `metainfo`) and
+//! What does not live here: parsing `.torrent` files and the BEP 52 merkle
+//! math (see `metainfo`) and
 //! anything that talks to the network. Nothing in this module panics on file
 //! contents or sizes found on disk.
 
@@ -31,7 +31,6 @@ pub mod files;
 pub mod hash;
 pub mod layout;
 pub mod lease;
-pub mod merkle;
 pub mod progress;
 mod reader;
 pub mod resume;

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::files::AsFile;
 use super::layout::{PieceLayout, Segment};
-use super::merkle::{self, Hash256, LEAF_SIZE};
 use super::StorageError;
+use crate::metainfo::merkle::{self, Hash256, LEAF_SIZE};
 use crate::metainfo::FileEntry;
 
 /// Bytes per pread: a multiple of the merkle leaf size.

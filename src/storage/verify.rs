@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use super::files::{self, AsFile, FileStatus};
 use super::hash::{self, check_digest, PieceCheck};
 use super::layout::PieceLayout;
-use super::merkle::{self, Hash256};
 use super::reader::{self, PieceDigest};
 use super::{Content, StorageError};
+use crate::metainfo::merkle::{self, Hash256};
 use crate::metainfo::Torrent;
 use crate::wire::Bitfield;
 

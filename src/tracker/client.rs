@@ -24,7 +24,6 @@
 //! jobs by at most [`AnnounceConfig::request_timeout`], which at one
 //! announce per ~30 minutes per torrent is harmless.
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -35,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::proto::udp::ConnectionCache;
 use super::proto::{AnnounceRequest, AnnounceResponse, Event, InfoHash, ScrapeStats, TrackerUrl};
 pub use super::transport::AnnounceError;
-use super::transport::{self, Deadline, Session};
+use super::transport::{self, Deadline, Rng, Session};
 use crate::metainfo::Torrent;
 
 /// Announcer settings. Durations are wall time.
@@ -138,24 +137,6 @@ pub struct AnnounceCounters {
 pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     let shift = failures.saturating_sub(1).min(20);
     min.saturating_mul(1 << shift).min(max)
-}
-
-/// Small non-cryptographic generator for keys and transaction ids.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new() -> Self {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-        Rng(seed | 1)
-    }
-
-    pub(crate) fn next_u32(&mut self) -> u32 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
-    }
 }
 
 /// One tracker of one job.

@@ -262,10 +262,31 @@ fn udp_connection_id(
     }
 }
 
+/// Small non-cryptographic generator for keys and transaction ids.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new() -> Self {
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            Instant::now(),
+        );
+        Rng(seed | 1)
+    }
+
+    pub(crate) fn next_u32(&mut self) -> u32 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    }
+}
+
 /// What the announcer keeps between exchanges.
 pub(crate) struct Session {
     pub udp_ids: ConnectionCache,
-    pub rng: super::client::Rng,
+    pub rng: Rng,
 }
 
 /// One announce to one tracker.

@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 use super::codec::{hashes_header, HashRequest};
-use crate::metainfo::Torrent;
-use crate::storage::merkle::{
+use crate::metainfo::merkle::{
     leaves_per_piece, subtree_with_proof, tree_layers, Hash256, LEAF_SIZE,
 };
+use crate::metainfo::Torrent;
 
 /// Largest `length` we serve (libtorrent requests at most 512 piece hashes
 /// at a time; BEP 52: "SHOULD NOT be greater than 512").

@@ -18,7 +18,7 @@ use crate::storage::writer::{PieceWriter, WriterConfig};
 use crate::storage::{verify, Content};
 use crate::wire::Bitfield;
 
-use super::catalog::ServedTorrent;
+use crate::engine::catalog::ServedTorrent;
 
 /// A torrent ready to be served, plus what the operator is told about it.
 pub struct Prepared {
