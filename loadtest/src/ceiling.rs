@@ -9,9 +9,8 @@
 //! after both completions have arrived.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use io_uring::{opcode, types, IoUring};
@@ -22,16 +21,7 @@ const OP_ACCEPT: u64 = 0;
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 
-#[derive(Debug, clap::Args)]
-pub struct CeilingArgs {
-    #[arg(long)]
-    pub torrent: PathBuf,
-    /// The torrent's single file (or a directory containing it).
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-}
+pub type CeilingArgs = crate::minimal::BaselineArgs;
 
 struct Conn {
     fd: i32,

@@ -9,9 +9,8 @@
 //! returns, so nothing is referenced across calls but the `Batch` cursor.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -22,16 +21,7 @@ const IN: u32 = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
 const LISTENER: u64 = u64::MAX;
 
-#[derive(Debug, clap::Args)]
-pub struct EpollSeedArgs {
-    #[arg(long)]
-    pub torrent: PathBuf,
-    /// The torrent's single file (or a directory containing it).
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-}
+pub type EpollSeedArgs = crate::minimal::BaselineArgs;
 
 struct Conn {
     sock: TcpStream,

@@ -23,6 +23,18 @@ use ringseed::wire::codec::{
 
 use crate::torrents::LoadTorrent;
 
+/// The command line of both baseline seeders.
+#[derive(Debug, clap::Args)]
+pub struct BaselineArgs {
+    #[arg(long)]
+    pub torrent: std::path::PathBuf,
+    /// The torrent's single file (or a directory containing it).
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+}
+
 /// Blocks per send.
 pub const BATCH: usize = 16;
 /// Receive buffer per connection: requests are 17 bytes, so this holds ~960.

@@ -174,75 +174,207 @@ pub struct Shared {
 const IN: u32 = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
 
-struct Thread<'a> {
-    sh: &'a Shared,
-    plan: &'a ThreadPlan,
-    ep: Epoll,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    active: usize,
-    next_ip: usize,
-    rng: Rng,
-    stats: Stats,
-    rarity: Vec<Vec<u32>>,
-    completed_scratch: Vec<u32>,
-    no_open_before: Instant,
+/// What the TCP and uTP generator threads share: opening up to the plan's
+/// connections (ramped, backing off when the target refuses), churn and
+/// timeouts. The transport supplies opening, closing and a look at a slot.
+pub(crate) trait Driver<'a> {
+    fn base(&self) -> &Base<'a>;
+    fn base_mut(&mut self) -> &mut Base<'a>;
+    /// Slots, open or free.
+    fn slots(&self) -> usize;
+    /// `(connecting, opened at, leecher)` of an open slot.
+    fn slot(&self, i: usize) -> Option<(bool, Instant, &Leecher)>;
+    fn open(&mut self, now: Instant) -> std::io::Result<()>;
+    fn close(&mut self, slot: usize, now: Instant, reason: DropReason);
+
+    fn open_more(&mut self, now: Instant, start: Instant) {
+        if now < self.base().no_open_before {
+            return;
+        }
+        let allowed = self.base().plan.allowed(now, start);
+        // Bounded per loop so a burst of 10,000 does not starve the reads.
+        let mut budget = 256;
+        while self.base().active < allowed && budget > 0 {
+            budget -= 1;
+            if let Err(e) = self.open(now) {
+                self.base_mut().stats.connections_failed += 1;
+                Live::add(&self.base().sh.live.failed, 1);
+                if e.raw_os_error() == Some(libc::EMFILE) {
+                    eprintln!("loadtest: out of file descriptors (raise `ulimit -n`): {e}");
+                }
+                // Back off so a refusing target is not hammered in a loop.
+                self.base_mut().no_open_before = now + Duration::from_millis(50);
+                return;
+            }
+        }
+    }
+
+    /// Closes one established connection, chosen at random.
+    fn churn_one(&mut self, now: Instant) {
+        let n = self.slots();
+        if self.base().active == 0 || n == 0 {
+            return;
+        }
+        let start = self.base_mut().rng.below(n as u64) as usize;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if matches!(self.slot(i), Some((false, _, _))) {
+                self.close(i, now, DropReason::Churn);
+                return;
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let connect_timeout = self.base().sh.connect_timeout;
+        for i in 0..self.slots() {
+            let reason = match self.slot(i) {
+                Some((true, opened, _)) => {
+                    (now.duration_since(opened) > connect_timeout).then_some(DropReason::Stalled)
+                }
+                Some((false, _, leecher)) => leecher.check_timeout(now),
+                None => None,
+            };
+            if let Some(r) = reason {
+                self.close(i, now, r);
+            }
+        }
+    }
+
+    /// Closes every open connection (the run is over).
+    fn close_all(&mut self, now: Instant) {
+        for i in 0..self.slots() {
+            if self.slot(i).is_some() {
+                self.close(i, now, DropReason::RunEnded);
+            }
+        }
+    }
 }
 
-/// Runs one generator thread until `deadline` or `stop`.
-pub fn run_thread(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
+/// What every generator thread keeps, whatever the transport.
+pub(crate) struct Base<'a> {
+    pub sh: &'a Shared,
+    pub plan: &'a ThreadPlan,
+    /// Connections open now (connecting included).
+    pub active: usize,
+    /// Free connection slots.
+    pub free: Vec<usize>,
+    /// Round robin over `plan.source_ips`.
+    pub next_ip: usize,
+    pub rng: Rng,
+    pub stats: Stats,
+    /// Per torrent, how often this thread's leechers completed each piece
+    /// (rarest first only).
+    pub rarity: Vec<Vec<u32>>,
+    pub scratch: Vec<u32>,
+    /// No connection attempt before this (back-off).
+    pub no_open_before: Instant,
+}
+
+impl<'a> Base<'a> {
+    pub fn new(sh: &'a Shared, plan: &'a ThreadPlan, start: Instant) -> Self {
+        Base {
+            sh,
+            plan,
+            active: 0,
+            free: Vec::new(),
+            next_ip: plan.index,
+            rng: Rng::new(plan.seed),
+            stats: Stats::default(),
+            rarity: rarity_tables(sh),
+            scratch: Vec::new(),
+            no_open_before: start,
+        }
+    }
+
+    /// A slot for a new connection in `conns`.
+    pub fn take_slot<C>(&mut self, conns: &mut Vec<Option<C>>) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            conns.push(None);
+            conns.len() - 1
+        })
+    }
+}
+
+/// Pins a generator thread and makes its epoll instance; on failure the
+/// thread's whole result is one I/O error.
+pub(crate) fn thread_setup(plan: &ThreadPlan) -> Result<Epoll, Box<Stats>> {
     if let Some(cpu) = plan.cpu {
         if let Err(e) = pin_to_cpu(cpu) {
             eprintln!("loadtest thread {}: pin to CPU {cpu}: {e}", plan.index);
         }
     }
-    let ep = match Epoll::new() {
-        Ok(ep) => ep,
-        Err(e) => {
-            eprintln!("loadtest thread {}: epoll_create1: {e}", plan.index);
-            let mut s = Stats::default();
-            s.count_drop(DropReason::IoError);
-            return s;
+    Epoll::new().map_err(|e| {
+        eprintln!("loadtest thread {}: epoll_create1: {e}", plan.index);
+        let mut s = Box::<Stats>::default();
+        s.count_drop(DropReason::IoError);
+        s
+    })
+}
+
+/// The once-per-loop-turn chores of a [`Driver`]: open, churn, timeouts.
+pub(crate) struct Pacer {
+    start: Instant,
+    last_tick: Instant,
+    churn_credit: f64,
+    last_churn: Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(start: Instant) -> Self {
+        Pacer {
+            start,
+            last_tick: start,
+            churn_credit: 0.0,
+            last_churn: start,
         }
+    }
+
+    pub(crate) fn turn<'a, D: Driver<'a>>(&mut self, d: &mut D, now: Instant) {
+        d.open_more(now, self.start);
+        let churn = d.base().plan.churn;
+        if churn > 0.0 {
+            self.churn_credit += churn * now.duration_since(self.last_churn).as_secs_f64();
+            self.last_churn = now;
+            while self.churn_credit >= 1.0 {
+                self.churn_credit -= 1.0;
+                d.churn_one(now);
+            }
+        }
+        if now.duration_since(self.last_tick) >= Duration::from_millis(250) {
+            self.last_tick = now;
+            d.check_timeouts(now);
+        }
+    }
+}
+
+struct Thread<'a> {
+    b: Base<'a>,
+    ep: Epoll,
+    conns: Vec<Option<Conn>>,
+}
+
+/// Runs one generator thread until `deadline` or `stop`.
+pub fn run_thread(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
+    let ep = match thread_setup(plan) {
+        Ok(ep) => ep,
+        Err(failed) => return *failed,
     };
     let start = Instant::now();
     let mut t = Thread {
-        sh,
-        plan,
+        b: Base::new(sh, plan, start),
         ep,
         conns: Vec::new(),
-        free: Vec::new(),
-        active: 0,
-        next_ip: plan.index,
-        rng: Rng::new(plan.seed),
-        stats: Stats::default(),
-        rarity: rarity_tables(sh),
-        completed_scratch: Vec::new(),
-        no_open_before: start,
     };
     let mut buf = vec![0u8; READ_BUF + crate::leecher::MAX_MESSAGE_LEN as usize + 64];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut last_tick = start;
-    let mut churn_credit = 0.0f64;
-    let mut last_churn = start;
+    let mut pacer = Pacer::new(start);
     while !sh.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        t.open_more(now, start);
-        if plan.churn > 0.0 {
-            churn_credit += plan.churn * now.duration_since(last_churn).as_secs_f64();
-            last_churn = now;
-            while churn_credit >= 1.0 {
-                churn_credit -= 1.0;
-                t.churn_one();
-            }
-        }
-        if now.duration_since(last_tick) >= Duration::from_millis(250) {
-            last_tick = now;
-            t.check_timeouts(now);
-        }
+        pacer.turn(&mut t, now);
         let n = t.ep.wait(&mut events, 10);
         let now = Instant::now();
         for ev in events.iter().take(n) {
@@ -250,45 +382,40 @@ pub fn run_thread(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
             t.on_event(now, token as usize, flags, &mut buf);
         }
     }
-    let now = Instant::now();
-    for i in 0..t.conns.len() {
-        if t.conns[i].is_some() {
-            t.close(i, now, DropReason::RunEnded);
-        }
+    t.close_all(Instant::now());
+    t.b.stats
+}
+
+impl<'a> Driver<'a> for Thread<'a> {
+    fn base(&self) -> &Base<'a> {
+        &self.b
     }
-    t.stats
+    fn base_mut(&mut self) -> &mut Base<'a> {
+        &mut self.b
+    }
+    fn slots(&self) -> usize {
+        self.conns.len()
+    }
+    fn slot(&self, i: usize) -> Option<(bool, Instant, &Leecher)> {
+        let c = self.conns.get(i)?.as_ref()?;
+        Some((c.connecting, c.opened, &c.leecher))
+    }
+    fn open(&mut self, now: Instant) -> std::io::Result<()> {
+        self.open_tcp(now)
+    }
+    fn close(&mut self, slot: usize, now: Instant, reason: DropReason) {
+        self.close_tcp(slot, now, reason)
+    }
 }
 
 impl Thread<'_> {
     fn pick_torrent(&mut self) -> usize {
-        pick_torrent(&self.sh.popularity_cdf, &mut self.rng)
+        pick_torrent(&self.b.sh.popularity_cdf, &mut self.b.rng)
     }
 
-    fn open_more(&mut self, now: Instant, start: Instant) {
-        if now < self.no_open_before {
-            return;
-        }
-        let allowed = self.plan.allowed(now, start);
-        // Bounded per loop so a burst of 10,000 does not starve the reads.
-        let mut budget = 256;
-        while self.active < allowed && budget > 0 {
-            budget -= 1;
-            if let Err(e) = self.open(now) {
-                self.stats.connections_failed += 1;
-                Live::add(&self.sh.live.failed, 1);
-                if e.raw_os_error() == Some(libc::EMFILE) {
-                    eprintln!("loadtest: out of file descriptors (raise `ulimit -n`): {e}");
-                }
-                // Back off so a refusing target is not hammered in a loop.
-                self.no_open_before = now + Duration::from_millis(50);
-                return;
-            }
-        }
-    }
-
-    fn open(&mut self, now: Instant) -> std::io::Result<()> {
-        self.stats.connect_attempts += 1;
-        let target = self.sh.target;
+    fn open_tcp(&mut self, now: Instant) -> std::io::Result<()> {
+        self.b.stats.connect_attempts += 1;
+        let target = self.b.sh.target;
         let sock = Socket::new(
             Domain::for_address(target),
             Type::STREAM,
@@ -296,9 +423,9 @@ impl Thread<'_> {
         )?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
-        if !self.plan.source_ips.is_empty() {
-            let ip = self.plan.source_ips[self.next_ip % self.plan.source_ips.len()];
-            self.next_ip = self.next_ip.wrapping_add(1);
+        if !self.b.plan.source_ips.is_empty() {
+            let ip = self.b.plan.source_ips[self.b.next_ip % self.b.plan.source_ips.len()];
+            self.b.next_ip = self.b.next_ip.wrapping_add(1);
             set_bind_no_port(&sock);
             sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
         }
@@ -308,22 +435,21 @@ impl Thread<'_> {
             Err(e) => return Err(e),
         }
         let ti = self.pick_torrent();
-        let torrent = self.sh.torrents[ti].clone();
+        let torrent = self.b.sh.torrents[ti].clone();
         let leecher = Leecher::new(
             torrent,
-            self.sh.leecher.clone(),
-            &mut self.rng,
-            &self.rarity[ti],
+            self.b.sh.leecher.clone(),
+            &mut self.b.rng,
+            &self.b.rarity[ti],
         );
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-        };
-        self.ep
-            .ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), IN | OUT, slot as u64)?;
+        let slot = self.b.take_slot(&mut self.conns);
+        if let Err(e) = self
+            .ep
+            .ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), IN | OUT, slot as u64)
+        {
+            self.b.free.push(slot);
+            return Err(e);
+        }
         self.conns[slot] = Some(Conn {
             sock,
             leecher,
@@ -333,53 +459,25 @@ impl Thread<'_> {
             want_write: true,
             torrent_index: ti,
         });
-        self.active += 1;
-        Live::add(&self.sh.live.active, 1);
+        self.b.active += 1;
+        Live::add(&self.b.sh.live.active, 1);
         Ok(())
     }
 
-    fn close(&mut self, slot: usize, now: Instant, reason: DropReason) {
+    fn close_tcp(&mut self, slot: usize, now: Instant, reason: DropReason) {
         let Some(c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        self.free.push(slot);
-        self.active -= 1;
-        self.sh.live.active.fetch_sub(1, Ordering::Relaxed);
+        self.b.free.push(slot);
+        self.b.active -= 1;
+        self.b.sh.live.active.fetch_sub(1, Ordering::Relaxed);
         let _ = self.ep.ctl(libc::EPOLL_CTL_DEL, c.sock.as_raw_fd(), 0, 0);
         if c.connecting {
-            self.stats.connections_failed += 1;
-            Live::add(&self.sh.live.failed, 1);
+            self.b.stats.connections_failed += 1;
+            Live::add(&self.b.sh.live.failed, 1);
             return;
         }
-        record_close(&mut self.stats, &self.sh.live, &c.leecher, now, reason);
-    }
-
-    fn churn_one(&mut self) {
-        if self.active == 0 {
-            return;
-        }
-        let start = self.rng.below(self.conns.len() as u64) as usize;
-        for k in 0..self.conns.len() {
-            let i = (start + k) % self.conns.len();
-            if matches!(&self.conns[i], Some(c) if !c.connecting) {
-                self.close(i, Instant::now(), DropReason::Churn);
-                return;
-            }
-        }
-    }
-
-    fn check_timeouts(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
-            let reason = match &self.conns[i] {
-                Some(c) if c.connecting => (now.duration_since(c.opened) > self.sh.connect_timeout)
-                    .then_some(DropReason::Stalled),
-                Some(c) => c.leecher.check_timeout(now),
-                None => None,
-            };
-            if let Some(r) = reason {
-                self.close(i, now, r);
-            }
-        }
+        record_close(&mut self.b.stats, &self.b.sh.live, &c.leecher, now, reason);
     }
 
     fn on_event(&mut self, now: Instant, slot: usize, flags: u32, buf: &mut [u8]) {
@@ -399,8 +497,8 @@ impl Thread<'_> {
             }
             c.connecting = false;
             c.leecher.on_connected(now);
-            self.stats.connections_established += 1;
-            Live::add(&self.sh.live.established, 1);
+            self.b.stats.connections_established += 1;
+            Live::add(&self.b.sh.live.established, 1);
         }
         if flags & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | libc::EPOLLERR as u32) != 0 {
             if let Err(r) = self.read(slot, now, buf) {
@@ -425,9 +523,9 @@ impl Thread<'_> {
             let Some(Some(c)) = self.conns.get_mut(slot) else {
                 return Ok(());
             };
-            let before = self.stats.payload_bytes;
-            let blocks_before = self.stats.blocks;
-            let skip = if self.sh.discard {
+            let before = self.b.stats.payload_bytes;
+            let blocks_before = self.b.stats.blocks;
+            let skip = if self.b.sh.discard {
                 c.leecher.discardable().min(budget)
             } else {
                 0
@@ -441,14 +539,14 @@ impl Thread<'_> {
                     Err(e) => return io_outcome(&e),
                 };
                 budget = budget.saturating_sub(n);
-                c.leecher.discarded(now, n, &mut self.stats)?;
+                c.leecher.discarded(now, n, &mut self.b.stats)?;
                 n == skip
             } else {
                 let keep = c.leftover.len();
                 buf[..keep].copy_from_slice(&c.leftover);
                 // Discarding and unchoked: the next bytes are most likely a
                 // piece header, so ask for that much and no payload.
-                let want = if self.sh.discard && c.leecher.is_unchoked() {
+                let want = if self.b.sh.discard && c.leecher.is_unchoked() {
                     if keep < PIECE_HEADER_LEN {
                         PIECE_HEADER_LEN - keep
                     } else {
@@ -466,20 +564,20 @@ impl Thread<'_> {
                 budget = budget.saturating_sub(n);
                 let consumed = c
                     .leecher
-                    .handle_data(now, &buf[..keep + n], &mut self.stats)?;
+                    .handle_data(now, &buf[..keep + n], &mut self.b.stats)?;
                 c.leftover.clear();
                 c.leftover.extend_from_slice(&buf[consumed..keep + n]);
-                self.sh.discard && n == end - keep
+                self.b.sh.discard && n == end - keep
             };
             Live::add(
-                &self.sh.live.payload_bytes,
-                self.stats.payload_bytes - before,
+                &self.b.sh.live.payload_bytes,
+                self.b.stats.payload_bytes - before,
             );
-            Live::add(&self.sh.live.blocks, self.stats.blocks - blocks_before);
+            Live::add(&self.b.sh.live.blocks, self.b.stats.blocks - blocks_before);
             note_completed(
-                &mut self.rarity[c.torrent_index],
+                &mut self.b.rarity[c.torrent_index],
                 &mut c.leecher,
-                &mut self.completed_scratch,
+                &mut self.b.scratch,
             );
             if !more {
                 // The socket had no more (or this was one plain read: level-

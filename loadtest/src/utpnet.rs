@@ -27,10 +27,9 @@ use socket2::SockRef;
 
 use crate::leecher::Leecher;
 use crate::net::{
-    note_completed, pick_torrent, pin_to_cpu, rarity_tables, record_close, Epoll, Shared,
+    note_completed, pick_torrent, record_close, thread_setup, Base, Driver, Epoll, Pacer, Shared,
     ThreadPlan, READ_BUF,
 };
-use crate::rng::Rng;
 use crate::stats::{DropReason, Live, Stats};
 
 /// Datagrams read per ready socket per loop turn.
@@ -118,40 +117,22 @@ struct UConn {
 }
 
 struct UtpThread<'a> {
-    sh: &'a Shared,
-    plan: &'a ThreadPlan,
+    b: Base<'a>,
     ep: Epoll,
+    /// Source addresses, round robin.
     local: Vec<IpAddr>,
     conns: Vec<Option<UConn>>,
-    free: Vec<usize>,
-    active: usize,
-    next_ip: usize,
-    rng: Rng,
-    stats: Stats,
-    rarity: Vec<Vec<u32>>,
-    scratch: Vec<u32>,
     /// Slots that received something this turn.
     touched: Vec<usize>,
     /// Closed by us, finishing their FIN.
     draining: Vec<(Client, Instant)>,
-    no_open_before: Instant,
 }
 
 /// Runs one uTP generator thread until `deadline` or `stop`.
 pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stats {
-    if let Some(cpu) = plan.cpu {
-        if let Err(e) = pin_to_cpu(cpu) {
-            eprintln!("loadtest thread {}: pin to CPU {cpu}: {e}", plan.index);
-        }
-    }
-    let ep = match Epoll::new() {
+    let ep = match thread_setup(plan) {
         Ok(ep) => ep,
-        Err(e) => {
-            eprintln!("loadtest thread {}: epoll_create1: {e}", plan.index);
-            let mut s = Stats::default();
-            s.count_drop(DropReason::IoError);
-            return s;
-        }
+        Err(failed) => return *failed,
     };
     let any = match sh.target.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -159,8 +140,7 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
     };
     let start = Instant::now();
     let mut t = UtpThread {
-        sh,
-        plan,
+        b: Base::new(sh, plan, start),
         ep,
         local: if plan.source_ips.is_empty() {
             vec![any]
@@ -168,41 +148,19 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
             plan.source_ips.clone()
         },
         conns: Vec::new(),
-        free: Vec::new(),
-        active: 0,
-        next_ip: plan.index,
-        rng: Rng::new(plan.seed),
-        stats: Stats::default(),
-        rarity: rarity_tables(sh),
-        scratch: Vec::new(),
         touched: Vec::new(),
         draining: Vec::new(),
-        no_open_before: start,
     };
     let mut buf = vec![0u8; READ_BUF + crate::leecher::MAX_MESSAGE_LEN as usize + 64];
     let mut dgram = vec![0u8; 64 * 1024];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut last_tick = start;
-    let mut churn_credit = 0.0f64;
-    let mut last_churn = start;
+    let mut pacer = Pacer::new(start);
     while !sh.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        t.open_more(now, start);
-        if plan.churn > 0.0 {
-            churn_credit += plan.churn * now.duration_since(last_churn).as_secs_f64();
-            last_churn = now;
-            while churn_credit >= 1.0 {
-                churn_credit -= 1.0;
-                t.churn_one(now);
-            }
-        }
-        if now.duration_since(last_tick) >= Duration::from_millis(250) {
-            last_tick = now;
-            t.check_timeouts(now);
-        }
+        pacer.turn(&mut t, now);
         // Timers first: what they queue goes out with this turn's sends.
         let mut next_timer: Option<Instant> = None;
         for i in 0..t.conns.len() {
@@ -239,62 +197,57 @@ pub fn run_thread_utp(sh: &Shared, plan: &ThreadPlan, deadline: Instant) -> Stat
         t.drain(now, &mut dgram);
     }
     let now = Instant::now();
-    for i in 0..t.conns.len() {
-        if t.conns[i].is_some() {
-            t.close(i, now, DropReason::RunEnded);
-        }
-    }
+    t.close_all(now);
     // Send the FINs once; the seeder learns the rest by its timeouts.
     for (c, _) in &mut t.draining {
         c.transmit(now, &mut dgram);
     }
-    t.stats
+    t.b.stats
+}
+
+impl<'a> Driver<'a> for UtpThread<'a> {
+    fn base(&self) -> &Base<'a> {
+        &self.b
+    }
+    fn base_mut(&mut self) -> &mut Base<'a> {
+        &mut self.b
+    }
+    fn slots(&self) -> usize {
+        self.conns.len()
+    }
+    fn slot(&self, i: usize) -> Option<(bool, Instant, &Leecher)> {
+        let c = self.conns.get(i)?.as_ref()?;
+        Some((c.connecting, c.opened, &c.leecher))
+    }
+    fn open(&mut self, now: Instant) -> std::io::Result<()> {
+        self.open_utp(now)
+    }
+    fn close(&mut self, slot: usize, now: Instant, reason: DropReason) {
+        self.close_utp(slot, now, reason)
+    }
 }
 
 impl UtpThread<'_> {
-    fn open_more(&mut self, now: Instant, start: Instant) {
-        if now < self.no_open_before {
-            return;
-        }
-        let allowed = self.plan.allowed(now, start);
-        let mut budget = 256;
-        while self.active < allowed && budget > 0 {
-            budget -= 1;
-            if let Err(e) = self.open(now) {
-                self.stats.connections_failed += 1;
-                Live::add(&self.sh.live.failed, 1);
-                if e.raw_os_error() == Some(libc::EMFILE) {
-                    eprintln!("loadtest: out of file descriptors (raise `ulimit -n`): {e}");
-                }
-                self.no_open_before = now + Duration::from_millis(50);
-                return;
-            }
-        }
-    }
-
-    fn open(&mut self, now: Instant) -> std::io::Result<()> {
-        self.stats.connect_attempts += 1;
-        let local = self.local[self.next_ip % self.local.len()];
-        self.next_ip = self.next_ip.wrapping_add(1);
-        let client = Client::open(local, self.sh.target, now, self.rng.next_u64())?;
-        let ti = pick_torrent(&self.sh.popularity_cdf, &mut self.rng);
+    fn open_utp(&mut self, now: Instant) -> std::io::Result<()> {
+        self.b.stats.connect_attempts += 1;
+        let local = self.local[self.b.next_ip % self.local.len()];
+        self.b.next_ip = self.b.next_ip.wrapping_add(1);
+        let client = Client::open(local, self.b.sh.target, now, self.b.rng.next_u64())?;
+        let ti = pick_torrent(&self.b.sh.popularity_cdf, &mut self.b.rng);
         let leecher = Leecher::new(
-            self.sh.torrents[ti].clone(),
-            self.sh.leecher.clone(),
-            &mut self.rng,
-            &self.rarity[ti],
+            self.b.sh.torrents[ti].clone(),
+            self.b.sh.leecher.clone(),
+            &mut self.b.rng,
+            &self.b.rarity[ti],
         );
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.conns.push(None);
-            self.conns.len() - 1
-        });
+        let slot = self.b.take_slot(&mut self.conns);
         if let Err(e) = self.ep.ctl(
             libc::EPOLL_CTL_ADD,
             client.sock.as_raw_fd(),
             libc::EPOLLIN as u32,
             slot as u64,
         ) {
-            self.free.push(slot);
+            self.b.free.push(slot);
             return Err(e);
         }
         self.conns[slot] = Some(UConn {
@@ -307,8 +260,8 @@ impl UtpThread<'_> {
         });
         // The SYN goes out with this turn's sends.
         self.touched.push(slot);
-        self.active += 1;
-        Live::add(&self.sh.live.active, 1);
+        self.b.active += 1;
+        Live::add(&self.b.sh.live.active, 1);
         Ok(())
     }
 
@@ -347,16 +300,16 @@ impl UtpThread<'_> {
             if conn.is_established() {
                 c.connecting = false;
                 c.leecher.on_connected(now);
-                self.stats.connections_established += 1;
-                Live::add(&self.sh.live.established, 1);
+                self.b.stats.connections_established += 1;
+                Live::add(&self.b.sh.live.established, 1);
             } else if conn.is_closed() {
                 return Err(DropReason::IoError);
             } else {
                 return Ok(());
             }
         }
-        let before = self.stats.payload_bytes;
-        let blocks_before = self.stats.blocks;
+        let before = self.b.stats.payload_bytes;
+        let blocks_before = self.b.stats.blocks;
         loop {
             let keep = c.leftover.len();
             buf[..keep].copy_from_slice(&c.leftover);
@@ -366,19 +319,19 @@ impl UtpThread<'_> {
             }
             let consumed = c
                 .leecher
-                .handle_data(now, &buf[..keep + n], &mut self.stats)?;
+                .handle_data(now, &buf[..keep + n], &mut self.b.stats)?;
             c.leftover.clear();
             c.leftover.extend_from_slice(&buf[consumed..keep + n]);
         }
         Live::add(
-            &self.sh.live.payload_bytes,
-            self.stats.payload_bytes - before,
+            &self.b.sh.live.payload_bytes,
+            self.b.stats.payload_bytes - before,
         );
-        Live::add(&self.sh.live.blocks, self.stats.blocks - blocks_before);
+        Live::add(&self.b.sh.live.blocks, self.b.stats.blocks - blocks_before);
         note_completed(
-            &mut self.rarity[c.torrent_index],
+            &mut self.b.rarity[c.torrent_index],
             &mut c.leecher,
-            &mut self.scratch,
+            &mut self.b.scratch,
         );
         let out = c.leecher.pending_output();
         if !out.is_empty() {
@@ -408,13 +361,13 @@ impl UtpThread<'_> {
         });
     }
 
-    fn close(&mut self, slot: usize, now: Instant, reason: DropReason) {
+    fn close_utp(&mut self, slot: usize, now: Instant, reason: DropReason) {
         let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        self.free.push(slot);
-        self.active -= 1;
-        self.sh.live.active.fetch_sub(1, Ordering::Relaxed);
+        self.b.free.push(slot);
+        self.b.active -= 1;
+        self.b.sh.live.active.fetch_sub(1, Ordering::Relaxed);
         let _ = self
             .ep
             .ctl(libc::EPOLL_CTL_DEL, c.client.sock.as_raw_fd(), 0, 0);
@@ -425,38 +378,10 @@ impl UtpThread<'_> {
             }
         }
         if c.connecting {
-            self.stats.connections_failed += 1;
-            Live::add(&self.sh.live.failed, 1);
+            self.b.stats.connections_failed += 1;
+            Live::add(&self.b.sh.live.failed, 1);
             return;
         }
-        record_close(&mut self.stats, &self.sh.live, &c.leecher, now, reason);
-    }
-
-    fn churn_one(&mut self, now: Instant) {
-        if self.active == 0 {
-            return;
-        }
-        let start = self.rng.below(self.conns.len() as u64) as usize;
-        for k in 0..self.conns.len() {
-            let i = (start + k) % self.conns.len();
-            if matches!(&self.conns[i], Some(c) if !c.connecting) {
-                self.close(i, now, DropReason::Churn);
-                return;
-            }
-        }
-    }
-
-    fn check_timeouts(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
-            let reason = match &self.conns[i] {
-                Some(c) if c.connecting => (now.duration_since(c.opened) > self.sh.connect_timeout)
-                    .then_some(DropReason::Stalled),
-                Some(c) => c.leecher.check_timeout(now),
-                None => None,
-            };
-            if let Some(r) = reason {
-                self.close(i, now, r);
-            }
-        }
+        record_close(&mut self.b.stats, &self.b.sh.live, &c.leecher, now, reason);
     }
 }
