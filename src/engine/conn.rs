@@ -1,5 +1,6 @@
-//! One peer connection as a shard holds it: the socket, the sans-IO
-//! [`PeerState`], and which io_uring operations are in flight for it.
+//! One peer connection as a shard holds it: what carries its bytes (a TCP
+//! socket or a uTP connection), the sans-IO [`PeerState`], and which
+//! operations are in flight for it.
 
 use super::limits::Admission;
 use std::collections::VecDeque;
@@ -37,8 +38,19 @@ pub enum SendQueueWatch {
     Stuck(u32, Instant),
 }
 
+/// What carries a connection's bytes.
+#[derive(Debug)]
+pub enum Carrier {
+    /// A TCP socket: io_uring receives and sends on it.
+    Tcp(OwnedFd),
+    /// A uTP connection of the shard's endpoint, by its link index (see
+    /// `shard::utp`): received bytes are fed in, and a send slot's bytes
+    /// are copied into the uTP send buffer, in the shard's own loop.
+    Utp(u32),
+}
+
 pub struct Conn {
-    pub fd: OwnedFd,
+    pub carrier: Carrier,
     pub generation: u32,
     pub remote: SocketAddr,
     /// Its place in the box-wide connection counts, given back on close.
@@ -100,14 +112,11 @@ pub struct Conn {
     pub ledger_seen: bool,
     /// Its torrent is being taken out (see `engine::shard::drain`).
     pub drain: Option<super::shard::Drain>,
-    /// A uTP connection (the engine's end of its stream), for the
-    /// `transport` label of the metrics.
-    pub utp: bool,
 }
 
 impl Conn {
     pub fn new(
-        fd: OwnedFd,
+        carrier: Carrier,
         generation: u32,
         remote: SocketAddr,
         admission: Admission,
@@ -115,7 +124,7 @@ impl Conn {
         now: Instant,
     ) -> Self {
         Self {
-            fd,
+            carrier,
             generation,
             remote,
             admission,
@@ -145,12 +154,34 @@ impl Conn {
             in_superseed: false,
             ledger_seen: false,
             drain: None,
-            utp: false,
         }
     }
 
+    /// The TCP socket, if this is a TCP connection.
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        match &self.carrier {
+            Carrier::Tcp(fd) => Some(fd),
+            Carrier::Utp(_) => None,
+        }
+    }
+
+    /// The socket for io_uring operations; -1 (never valid) for uTP, which
+    /// has none.
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// The uTP link carrying this connection, if it is a uTP one.
+    pub fn utp_link(&self) -> Option<u32> {
+        match self.carrier {
+            Carrier::Utp(l) => Some(l),
+            Carrier::Tcp(_) => None,
+        }
+    }
+
+    /// A uTP connection (the `transport` label of the metrics).
+    pub fn is_utp(&self) -> bool {
+        self.utp_link().is_some()
     }
 
     /// Our side of the stream is shut for a drain: input is ignored.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::swarm::choker::PeerId;
 
+use super::super::conn::Carrier;
 use super::super::stats::CloseKind;
 use super::Shard;
 
@@ -103,7 +104,13 @@ impl Shard {
                         && !c.dirty
                         && c.peer.poll_transmit().is_empty();
                     if idle {
-                        let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Write);
+                        match &c.carrier {
+                            Carrier::Tcp(fd) => {
+                                let _ =
+                                    socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Write);
+                            }
+                            Carrier::Utp(l) => self.utp_fin.push(*l),
+                        }
                         c.drain = Some(Drain::FinSent {
                             deadline: now + FIN_WAIT,
                         });

@@ -14,7 +14,7 @@ use io_uring::cqueue;
 
 use crate::wire::{CloseReason, PeerState};
 
-use super::super::conn::Conn;
+use super::super::conn::{Carrier, Conn};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::{self, FeedError, MseOutcome};
 use super::super::uring::{sys, OpKind, UserData};
@@ -74,18 +74,17 @@ impl Shard {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        self.adopt(fd, remote, false).map(|_| ())
+        self.adopt(Carrier::Tcp(fd), remote).map(|_| ())
     }
 
-    /// Make `fd` a peer connection from `remote`, within the shard's limits
-    /// (a TCP socket just accepted, or the engine's end of a uTP
-    /// connection's stream, see `udp`). `Ok(None)`: refused by a limit
-    /// (the fd is closed).
+    /// Make `carrier` a peer connection from `remote`, within the shard's
+    /// limits (a TCP socket just accepted, or a uTP connection just
+    /// accepted, see `utp`). `Ok(None)`: refused by a limit (a socket is
+    /// closed; the caller forgets a uTP connection).
     pub(super) fn adopt(
         &mut self,
-        fd: std::os::fd::OwnedFd,
+        carrier: Carrier,
         remote: SocketAddr,
-        utp: bool,
     ) -> io::Result<Option<u32>> {
         if self.live_conns >= self.cfg.max_connections {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
@@ -98,7 +97,7 @@ impl Shard {
         };
         ShardStats::add(&self.stats.accepted, 1);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        if utp {
+        if matches!(carrier, Carrier::Utp(_)) {
             self.stats.utp_connections.fetch_add(1, Ordering::Relaxed);
         }
         let now = Instant::now();
@@ -112,8 +111,7 @@ impl Shard {
             }
         };
         let generation = self.generations[idx as usize];
-        let mut conn = Conn::new(fd, generation, remote, admission, peer, now);
-        conn.utp = utp;
+        let conn = Conn::new(carrier, generation, remote, admission, peer, now);
         self.conns[idx as usize] = Some(conn);
         self.live_conns += 1;
         self.arm_recv(idx)?;
@@ -126,7 +124,8 @@ impl Shard {
         let Some(c) = self.conns[idx as usize].as_mut() else {
             return Ok(());
         };
-        if c.recv_armed || c.closing.is_some() {
+        if c.recv_armed || c.closing.is_some() || c.is_utp() {
+            // uTP bytes are fed in by the shard's uTP turn.
             return Ok(());
         }
         let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
@@ -174,30 +173,14 @@ impl Shard {
             if let Some(bid) = bid {
                 if conn.closing.is_none() && !conn.fin_sent() {
                     let data = self.bufs.data(bid, res as usize);
-                    match stream::feed(
-                        &mut conn.stream,
-                        &mut conn.peer,
-                        &mut conn.pre_tx,
+                    outcome = feed(
+                        conn,
+                        &self.stats,
+                        self.cfg.encryption,
+                        catalog.as_ref(),
                         now,
                         data,
-                        catalog.as_ref(),
-                        self.cfg.encryption,
-                    ) {
-                        Ok(MseOutcome::None) => {}
-                        Ok(MseOutcome::Plaintext) => ShardStats::add(&self.stats.mse_plaintext, 1),
-                        Ok(MseOutcome::Rc4) => ShardStats::add(&self.stats.mse_rc4, 1),
-                        Err(FeedError::Peer(reason)) => {
-                            conn.last_reason = Some(reason);
-                            tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
-                            outcome = Err(close_kind(reason));
-                        }
-                        Err(FeedError::Mse(e)) => {
-                            ShardStats::add(&self.stats.mse_failed, 1);
-                            conn.last_reason = Some(CloseReason::BadHandshake);
-                            tracing::debug!(peer = %conn.remote, error = %e, "MSE handshake failed");
-                            outcome = Err(CloseKind::ProtocolError);
-                        }
-                    }
+                    );
                 }
                 self.bufs.recycle(bid);
             }
@@ -225,5 +208,47 @@ impl Shard {
             self.arm_recv(ud.index)?;
         }
         Ok(())
+    }
+}
+
+/// Received bytes into a connection: the MSE detector or RC4, then its
+/// `PeerState`. `Err`: close it so.
+pub(super) fn feed(
+    conn: &mut Conn,
+    stats: &ShardStats,
+    encryption: crate::wire::mse::EncryptionPolicy,
+    catalog: &crate::engine::catalog::Catalog,
+    now: Instant,
+    data: &[u8],
+) -> Result<(), CloseKind> {
+    match stream::feed(
+        &mut conn.stream,
+        &mut conn.peer,
+        &mut conn.pre_tx,
+        now,
+        data,
+        catalog,
+        encryption,
+    ) {
+        Ok(MseOutcome::None) => Ok(()),
+        Ok(MseOutcome::Plaintext) => {
+            ShardStats::add(&stats.mse_plaintext, 1);
+            Ok(())
+        }
+        Ok(MseOutcome::Rc4) => {
+            ShardStats::add(&stats.mse_rc4, 1);
+            Ok(())
+        }
+        Err(FeedError::Peer(reason)) => {
+            conn.last_reason = Some(reason);
+            tracing::debug!(peer = %conn.remote, reason = reason.as_str(), "closing peer");
+            Err(close_kind(reason))
+        }
+        Err(FeedError::Mse(e)) => {
+            ShardStats::add(&stats.mse_failed, 1);
+            conn.last_reason = Some(CloseReason::BadHandshake);
+            tracing::debug!(peer = %conn.remote, error = %e, "MSE handshake failed");
+            Err(CloseKind::ProtocolError)
+        }
     }
 }

@@ -208,6 +208,11 @@ pub struct Shard {
     /// Scratch: connections the limiters just granted tokens.
     woken: Vec<u32>,
     superseed: superseed::SuperSeeding,
+    /// Completions of uTP "sends" (bytes copied into a uTP send buffer),
+    /// handled like CQEs by [`Shard::reap_synthetic`].
+    synthetic: VecDeque<(u64, i32)>,
+    /// uTP links whose engine side finished (FIN after what it sent).
+    utp_fin: Vec<u32>,
 }
 
 impl Shard {
@@ -286,6 +291,8 @@ impl Shard {
             woken: Vec::new(),
             superseed,
             cfg,
+            synthetic: VecDeque::new(),
+            utp_fin: Vec::new(),
         })
     }
 
@@ -329,7 +336,9 @@ impl Shard {
             self.egress_poll(now);
             self.superseed_timers(now);
             self.flush_dirty()?;
+            self.reap_synthetic()?;
             self.utp_turn(now)?;
+            self.reap_synthetic()?;
             self.drain_turn(now);
             self.rearm_recvs()?;
             self.fence_turn();
@@ -373,7 +382,7 @@ impl Shard {
     /// if a timer (upload tokens, super-seed timeout) is due sooner, zero
     /// while connections wait to be flushed.
     fn wait_time(&self, now: Instant) -> Duration {
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || !self.synthetic.is_empty() {
             return Duration::ZERO;
         }
         // Drain deadlines are checked every turn; a turn every 10 ms is plenty.
@@ -422,7 +431,9 @@ impl Shard {
         // more of our memory (reads write into the read pool; sends read
         // send slots), bounded in time.
         for c in self.conns.iter_mut().flatten() {
-            let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
+            if let Some(fd) = c.fd() {
+                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(1);
         while (self.cold.iter().any(Option::is_some)
@@ -492,6 +503,21 @@ impl Shard {
         }
     }
 
+    /// The completions of uTP sends queued since the last call (and those
+    /// their handling queues), in order.
+    fn reap_synthetic(&mut self) -> io::Result<()> {
+        // Bounded: a handler may queue more (a partial send resumed).
+        for _ in 0..4096 {
+            let Some((ud, res)) = self.synthetic.pop_front() else {
+                return Ok(());
+            };
+            if let Some(ud) = UserData::decode(ud) {
+                self.on_send(ud, res, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     fn dispatch(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
         let Some(ud) = UserData::decode(cqe.user_data()) else {
             return Ok(());
@@ -499,7 +525,7 @@ impl Shard {
         match ud.kind {
             OpKind::Accept => self.on_accept(cqe),
             OpKind::Recv => self.on_recv(ud, cqe),
-            OpKind::Send => self.on_send(ud, cqe),
+            OpKind::Send => self.on_send(ud, cqe.result(), cqe.flags()),
             OpKind::Read => self.on_read(ud, cqe),
             OpKind::Udp => self.on_udp(ud, cqe),
             OpKind::Cancel | OpKind::Wake => Ok(()),
@@ -740,8 +766,12 @@ impl Shard {
             }
         }
         // Shutting the socket down completes pending receives (res 0) and
-        // fails pending sends quickly.
-        let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
+        // fails pending sends quickly; a uTP stream gets its FIN and a send
+        // waiting for room fails.
+        let utp = c.utp_link();
+        if let Some(fd) = c.fd() {
+            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+        }
         if c.recv_armed {
             let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
             let cancel = UserData::new(OpKind::Cancel, c.generation, idx).encode();
@@ -752,6 +782,10 @@ impl Shard {
             if let Some(t) = c.torrent.as_ref().map(|t| t.id) {
                 self.superseed_closed(Instant::now(), idx, t);
             }
+        }
+        if let Some(l) = utp {
+            self.utp_fin.push(l);
+            self.utp_fail_waiting(l);
         }
         self.egress_release(Instant::now(), idx);
         let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
@@ -798,10 +832,11 @@ impl Shard {
         self.free_conns.push(idx);
         self.live_conns -= 1;
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        if c.utp {
+        if let Some(l) = c.utp_link() {
             self.stats.utp_connections.fetch_sub(1, Ordering::Relaxed);
+            self.utp_released(l);
         }
-        drop(c); // closes the fd
+        drop(c); // closes a TCP socket
     }
 }
 
@@ -819,7 +854,12 @@ fn send_queue_stuck(c: &mut Conn, now: Instant, timeout: Duration) -> bool {
     {
         return false;
     }
-    let queued = super::uring::sys::unsent_bytes(&c.fd).unwrap_or(0);
+    let Some(fd) = c.fd() else {
+        // uTP: no socket queue; a peer that stops reading closes its
+        // window, and a send waiting for room is a send in flight.
+        return false;
+    };
+    let queued = super::uring::sys::unsent_bytes(fd).unwrap_or(0);
     match c.send_queue {
         _ if queued == 0 => c.send_queue = SendQueueWatch::Drained,
         SendQueueWatch::Stuck(before, since) if queued >= before => {

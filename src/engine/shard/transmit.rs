@@ -311,16 +311,22 @@ impl Shard {
         }
         conn.send_slot = Some(slot_id);
         slot.epoch = self.fence.begin();
+        ShardStats::add(&self.stats.sends, 1);
+        if let Some(link) = conn.utp_link() {
+            // uTP: the bytes are copied into the uTP send buffer (`utp`).
+            self.sends.hold(slot_id, slot);
+            self.utp_send(link, slot_id);
+            return Ok(());
+        }
         let fd = types::Fd(conn.raw_fd());
         let ud = UserData::new(OpKind::Send, 0, slot_id).encode();
-        ShardStats::add(&self.stats.sends, 1);
         self.sends.submit(&mut self.ring, slot_id, slot, fd, zc, ud)
     }
 
-    pub(super) fn on_send(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
+    /// A send's completion: a CQE's result and flags, or a uTP send's
+    /// (`utp`; flags 0).
+    pub(super) fn on_send(&mut self, ud: UserData, res: i32, flags: u32) -> io::Result<()> {
         let slot_id = ud.index;
-        let res = cqe.result();
-        let flags = cqe.flags();
         let Some(slot) = self.sends.get_mut(slot_id) else {
             return Ok(());
         };
@@ -386,6 +392,10 @@ impl Shard {
             // Partial send (socket buffer full): the iovecs now describe the
             // rest; resubmit the same slot.
             ShardStats::add(&self.stats.partial_sends, 1);
+            if let Some(link) = self.conn_mut(cidx, cgen).and_then(|c| c.utp_link()) {
+                self.utp_send(link, slot_id);
+                return Ok(());
+            }
             let fd = self.conn_mut(cidx, cgen).map_or(-1, |c| c.raw_fd());
             return self.sends.resubmit(
                 &mut self.ring,
@@ -417,7 +427,7 @@ impl Shard {
             if let Some(t) = c.torrent.as_ref().filter(|_| payload > 0) {
                 t.add_uploaded(payload);
             }
-            if c.utp {
+            if c.is_utp() {
                 ShardStats::add(&self.stats.utp_payload_bytes, payload);
             }
         }

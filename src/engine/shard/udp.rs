@@ -96,7 +96,7 @@ impl Shard {
 
     pub(super) fn on_udp(&mut self, ud: UserData, cqe: &cqueue::Entry) -> io::Result<()> {
         if ud.index != 0 {
-            self.on_pump_poll(ud, cqueue::more(cqe.flags()));
+            // Only the socket's own receive (index 0) is ours.
             return Ok(());
         }
         let Some(u) = self.udp.as_mut() else {

@@ -1,51 +1,52 @@
-//! Serving uTP connections (`--utp serve`) through the engine's own peer
-//! path, behind one narrow interface: each uTP connection gets a Unix
-//! stream socket pair; the shard adopts one end exactly like an accepted
-//! TCP socket ([`Shard::adopt`]: same `PeerState`, choker, limits, upload
-//! cap, super-seeding, MSE, metrics, zero-copy sends from the mmap into the
-//! pair), and this module pumps the other end to and from the sans-IO
-//! [`crate::utp::Endpoint`]:
+//! Serving uTP connections (`--utp serve`) as connections of the engine:
+//! a uTP connection accepted by the shard's [`crate::utp::Endpoint`] is
+//! adopted like an accepted TCP socket ([`Shard::adopt`] with
+//! [`Carrier::Utp`]: same `PeerState`, choker, limits, upload cap,
+//! super-seeding, MSE and metrics); only the carrying of bytes differs, and
+//! it happens here, in the shard's loop, with no socket of its own:
 //!
-//! - engine -> peer: bytes the engine sent into the pair are read (as much
-//!   as the uTP send buffer takes) and written into the uTP connection,
-//!   whose packets go out with a non-blocking `sendto`;
-//! - peer -> engine: bytes the uTP connection delivers in order are
-//!   written into the pair (what does not fit waits, and the uTP receive
-//!   window closes behind it);
-//! - end of stream either way is passed on (FIN <-> shutdown), and a uTP
-//!   connection that closes (FIN, reset, timeout) closes the pair, which
-//!   the engine sees as the peer closing.
+//! - peer -> engine: the bytes the uTP connection delivers in order are fed
+//!   to the connection's stream and `PeerState` ([`input::feed`]), as a
+//!   receive completion's would be;
+//! - engine -> peer: a send slot built for the connection (headers and
+//!   iovecs into the mmap or read buffers, exactly as for TCP) is not
+//!   submitted to io_uring; its bytes are copied into the uTP send buffer
+//!   as far as it has room, and a completion for that many bytes is queued
+//!   ([`Shard::reap_synthetic`] hands it to the same `on_send` as a CQE), so
+//!   a partial "send" resumes when acks make room;
+//! - the engine closing (or a drain's FIN) finishes the uTP stream with a
+//!   FIN after what was sent; a uTP connection that ends (FIN, reset,
+//!   timeout) closes the engine connection.
 //!
-//! A multishot poll on each pump end wakes the shard when the engine wrote
-//! something. The price of the narrow interface: payload crosses the pair
-//! (one kernel copy) and is copied into the uTP send buffer (one user-space
-//! copy); datagrams go out batched with UDP GSO where the kernel has it
-//! (`gso`: consecutive datagrams of one connection in one `sendmsg`).
+//! One copy of the payload is left, from the mmap into the uTP send buffer
+//! (kept until acked, for retransmission); the datagrams go out batched
+//! with UDP GSO where the kernel has it (`gso`).
+//!
+//! A link (the table entry tying a uTP connection to its engine
+//! connection) lives until both have let go, so the engine's
+//! `Carrier::Utp(index)` never names a reused link.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::utp::{ConnKey, Endpoint, EndpointConfig};
 
-use super::super::stats::ShardStats;
-use super::super::uring::user_data::next_generation;
+use super::super::conn::Carrier;
+use super::super::stats::{CloseKind, ShardStats};
 use super::super::uring::{OpKind, UserData};
-use super::Shard;
+use super::{input, Shard};
 
-/// One uTP connection's pump.
+/// One uTP connection and the engine connection it carries.
 struct Link {
     key: ConnKey,
-    pump: UnixStream,
-    generation: u32,
-    /// Delivered bytes the pair could not take yet.
-    to_engine: Vec<u8>,
-    /// The engine closed its end (its FIN goes to the peer).
-    engine_eof: bool,
-    /// We shut our write side (the peer's FIN went to the engine).
-    shut: bool,
+    /// The engine connection (index, generation) until it is released.
+    conn: Option<(u32, u32)>,
+    /// A send slot waiting for room in the uTP send buffer.
+    waiting: Option<u32>,
+    /// The engine finished its side: FIN after what it sent.
+    fin: bool,
     dirty: bool,
 }
 
@@ -53,7 +54,6 @@ struct Link {
 pub(super) struct Serving {
     endpoint: Endpoint,
     links: Vec<Option<Link>>,
-    generations: Vec<u32>,
     free: Vec<u32>,
     by_key: HashMap<ConnKey, u32>,
     dirty: Vec<u32>,
@@ -72,7 +72,6 @@ impl Serving {
         Self {
             endpoint: Endpoint::new(cfg, seed),
             links: Vec::new(),
-            generations: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
             dirty: Vec::new(),
@@ -121,77 +120,69 @@ impl Serving {
         self.endpoint.poll_timeout()
     }
 
-    fn poll_user_data(i: u32, generation: u32) -> u64 {
-        UserData::new(OpKind::Udp, generation, i + 1).encode()
+    fn link_mut(&mut self, i: u32) -> Option<&mut Link> {
+        self.links.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    /// Forget link `i` and its uTP connection.
+    fn drop_link(&mut self, i: u32) {
+        if let Some(l) = self.links.get_mut(i as usize).and_then(Option::take) {
+            self.by_key.remove(&l.key);
+            self.endpoint.remove(l.key);
+            self.free.push(i);
+        }
     }
 }
 
-impl Shard {
-    /// A poll completion on pump `index - 1`: the engine wrote or closed.
-    pub(super) fn on_pump_poll(&mut self, ud: UserData, more: bool) {
-        let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
-            return;
-        };
-        let i = ud.index - 1;
-        let live = s
-            .links
-            .get(i as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|l| l.generation == ud.generation);
-        if live {
-            s.mark(i);
-            if !more {
-                // The multishot poll ended (overflow): arm it again.
-                self.arm_pump_poll(i);
-            }
-        }
-    }
+fn send_user_data(slot_id: u32) -> u64 {
+    UserData::new(OpKind::Send, 0, slot_id).encode()
+}
 
-    fn arm_pump_poll(&mut self, i: u32) {
-        let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
-            return;
-        };
-        let Some(l) = s.links.get(i as usize).and_then(Option::as_ref) else {
-            return;
-        };
-        let ud = Serving::poll_user_data(i, l.generation);
-        let fd = l.pump.as_raw_fd();
-        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        if self.ring.push_poll_multi(fd, events, ud).is_err() {
-            tracing::warn!("could not arm a uTP pump poll");
-        }
+impl Shard {
+    fn serving(&mut self) -> Option<&mut Serving> {
+        self.udp.as_mut().and_then(|u| u.serving.as_mut())
     }
 
     /// Once per loop turn: adopt new uTP connections, run their timers,
-    /// pump the ones that have work, send their datagrams.
+    /// carry the bytes of the ones that have work, send their datagrams.
     pub(super) fn utp_turn(&mut self, now: Instant) -> io::Result<()> {
-        if self.udp.as_ref().is_none_or(|u| u.serving.is_none()) {
+        if self.serving().is_none() {
             return Ok(());
         }
         self.utp_accept()?;
+        let fins = std::mem::take(&mut self.utp_fin);
+        let Some(s) = self.serving() else {
+            return Ok(());
+        };
+        for &i in &fins {
+            if let Some(l) = s.link_mut(i) {
+                l.fin = true;
+            }
+            s.mark(i);
+        }
+        if s.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            s.endpoint.handle_timeout(now);
+            s.mark_all();
+        }
+        let dirty = std::mem::take(&mut s.dirty);
+        for &i in &dirty {
+            self.utp_service(i, now);
+        }
         let Some(u) = self.udp.as_mut() else {
             return Ok(());
         };
         let Some(s) = u.serving.as_mut() else {
             return Ok(());
         };
-        if s.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-            s.endpoint.handle_timeout(now);
-            s.mark_all();
+        let mut dirty = dirty;
+        dirty.clear();
+        if s.dirty.is_empty() {
+            s.dirty = dirty;
         }
-        let dirty = std::mem::take(&mut s.dirty);
-        let mut gone = Vec::new();
-        for &i in &dirty {
-            if let Some(l) = s.links.get_mut(i as usize).and_then(Option::as_mut) {
-                l.dirty = false;
-                if pump(&mut s.endpoint, l, &mut s.buf) {
-                    gone.push(i);
-                } else if !l.to_engine.is_empty() {
-                    // The pair is full: try again next turn.
-                    l.dirty = true;
-                    s.dirty.push(i);
-                }
-            }
+        let mut fins = fins;
+        fins.clear();
+        if self.utp_fin.is_empty() {
+            self.utp_fin = fins;
         }
         // Datagrams of every connection, including ACKs of what arrived,
         // written in place into the GSO batch (consecutive ones of a
@@ -211,149 +202,226 @@ impl Shard {
                 tracing::debug!(error = %e, "uTP datagrams not sent");
             }
         }
-        for i in gone {
-            self.utp_drop_link(i);
-        }
         Ok(())
     }
 
     fn utp_accept(&mut self) -> io::Result<()> {
         loop {
-            let Some(key) = self
-                .udp
-                .as_mut()
-                .and_then(|u| u.serving.as_mut())
-                .and_then(|s| s.endpoint.poll_accept())
-            else {
+            let Some(s) = self.serving() else {
                 return Ok(());
             };
-            let (engine_end, pump) = UnixStream::pair()?;
-            engine_end.set_nonblocking(true)?;
-            pump.set_nonblocking(true)?;
-            let fd = OwnedFd::from(engine_end);
-            let adopted = self.adopt(fd, key.remote, true)?;
-            let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
+            let Some(key) = s.endpoint.poll_accept() else {
                 return Ok(());
             };
-            if adopted.is_none() {
-                // Over a connection limit: forget it (the peer times out).
-                if let Some(c) = s.endpoint.conn_mut(key) {
-                    c.abort();
-                }
-                s.endpoint.remove(key);
-                continue;
-            }
-            ShardStats::add(&self.stats.utp_accepted, 1);
-            let i = match s.free.pop() {
-                Some(i) => i,
-                None => {
-                    s.links.push(None);
-                    s.generations.push(0);
-                    (s.links.len() - 1) as u32
-                }
-            };
-            let generation = s.generations[i as usize];
+            let i = s.free.pop().unwrap_or_else(|| {
+                s.links.push(None);
+                (s.links.len() - 1) as u32
+            });
             s.links[i as usize] = Some(Link {
                 key,
-                pump,
-                generation,
-                to_engine: Vec::new(),
-                engine_eof: false,
-                shut: false,
+                conn: None,
+                waiting: None,
+                fin: false,
                 dirty: false,
             });
             s.by_key.insert(key, i);
-            s.mark(i);
-            self.arm_pump_poll(i);
+            let adopted = self.adopt(Carrier::Utp(i), key.remote)?;
+            let generation = adopted.and_then(|idx| {
+                self.conns[idx as usize]
+                    .as_ref()
+                    .map(|c| (idx, c.generation))
+            });
+            let Some(s) = self.serving() else {
+                return Ok(());
+            };
+            match generation {
+                Some(owner) => {
+                    if let Some(l) = s.link_mut(i) {
+                        l.conn = Some(owner);
+                    }
+                    s.mark(i);
+                    ShardStats::add(&self.stats.utp_accepted, 1);
+                }
+                None => {
+                    // Over a connection limit: forget it (the peer times out).
+                    if let Some(c) = s.endpoint.conn_mut(key) {
+                        c.abort();
+                    }
+                    s.drop_link(i);
+                }
+            }
         }
     }
 
-    fn utp_drop_link(&mut self, i: u32) {
-        let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
+    /// Carries link `i`'s bytes both ways and follows its state.
+    fn utp_service(&mut self, i: u32, now: Instant) {
+        let Some(l) = self.serving().and_then(|s| s.link_mut(i)) else {
             return;
         };
-        let Some(l) = s.links.get_mut(i as usize).and_then(Option::take) else {
+        l.dirty = false;
+        let (key, owner, waiting, fin) = (l.key, l.conn, l.waiting, l.fin);
+        let alive = owner.filter(|&(idx, generation)| {
+            self.conns
+                .get(idx as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.generation == generation && c.closing.is_none())
+        });
+        // Peer -> engine, in order, as much as has arrived.
+        if let Some((idx, _)) = alive {
+            let catalog = Arc::clone(&self.catalog);
+            let mut fed = false;
+            loop {
+                let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
+                    return;
+                };
+                let Some(c) = s.endpoint.conn_mut(key) else {
+                    break;
+                };
+                let n = c.read(&mut s.buf);
+                if n == 0 {
+                    break;
+                }
+                let Some(conn) = self.conns[idx as usize].as_mut() else {
+                    break;
+                };
+                if conn.closing.is_some() || conn.fin_sent() {
+                    // Closing, or drained: input is ignored.
+                    continue;
+                }
+                let outcome = input::feed(
+                    conn,
+                    &self.stats,
+                    self.cfg.encryption,
+                    catalog.as_ref(),
+                    now,
+                    &s.buf[..n],
+                );
+                fed = true;
+                if let Err(kind) = outcome {
+                    self.close(idx, kind);
+                    fed = false;
+                    break;
+                }
+            }
+            if fed {
+                self.after_input(idx, now);
+            }
+        }
+        // Engine -> peer: a send that waited for room.
+        if let Some(slot_id) = waiting {
+            self.utp_send(i, slot_id);
+        }
+        let Some(s) = self.serving() else {
             return;
         };
-        s.by_key.remove(&l.key);
-        s.endpoint.remove(l.key);
-        s.generations[i as usize] = next_generation(s.generations[i as usize]);
-        s.free.push(i);
-        let ud = Serving::poll_user_data(i, l.generation);
-        let cancel = UserData::new(OpKind::Cancel, 0, 0).encode();
-        let _ = self.ring.push_cancel(ud, cancel);
-        drop(l); // closes the pump end: the engine sees the peer close
+        let (closed, eof) = match s.endpoint.conn_mut(key) {
+            Some(c) => {
+                if fin {
+                    c.close();
+                }
+                (c.is_closed(), c.is_eof())
+            }
+            None => (true, true),
+        };
+        if closed || eof {
+            // The peer finished or the connection died: so does the engine
+            // connection (its in-flight send, if any, fails below).
+            if let Some((idx, _)) = alive {
+                self.close(idx, CloseKind::PeerClosed);
+            }
+        }
+        if closed {
+            self.utp_fail_waiting(i);
+            let Some(s) = self.serving() else {
+                return;
+            };
+            if s.link_mut(i).is_some_and(|l| l.conn.is_none()) {
+                s.drop_link(i);
+            }
+        }
     }
 
-    /// Every link's pump, e.g. once per tick as a safety net.
+    /// Copies what send slot `slot_id` still has into link `i`'s uTP send
+    /// buffer, as far as there is room, and queues the completion; with no
+    /// room the slot waits for acks.
+    pub(super) fn utp_send(&mut self, i: u32, slot_id: u32) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        let Some(s) = u.serving.as_mut() else {
+            return;
+        };
+        let Some(l) = s.links.get_mut(i as usize).and_then(Option::as_mut) else {
+            self.synthetic
+                .push_back((send_user_data(slot_id), -libc::ECONNRESET));
+            return;
+        };
+        let Some(c) = s.endpoint.conn_mut(l.key).filter(|c| !c.is_closed()) else {
+            l.waiting = None;
+            self.synthetic
+                .push_back((send_user_data(slot_id), -libc::ECONNRESET));
+            return;
+        };
+        let Some(slot) = self.sends.get_mut(slot_id) else {
+            l.waiting = None;
+            return;
+        };
+        let room = c.send_capacity();
+        if room == 0 {
+            l.waiting = Some(slot_id);
+            return;
+        }
+        let mut n = 0;
+        for bytes in slot.pending() {
+            let take = bytes.len().min(room - n);
+            let written = c.write(&bytes[..take]);
+            n += written;
+            if written < bytes.len() || n >= room {
+                // Full: the rest of this iovec and the next wait for room.
+                break;
+            }
+        }
+        l.waiting = None;
+        self.synthetic
+            .push_back((send_user_data(slot_id), n.min(i32::MAX as usize) as i32));
+    }
+
+    /// Fails the send slot link `i` holds waiting for room, if any (the
+    /// connection is closing or gone), so its engine connection can go.
+    pub(super) fn utp_fail_waiting(&mut self, i: u32) {
+        let Some(l) = self.serving().and_then(|s| s.link_mut(i)) else {
+            return;
+        };
+        if let Some(slot_id) = l.waiting.take() {
+            self.synthetic
+                .push_back((send_user_data(slot_id), -libc::ECONNRESET));
+        }
+    }
+
+    /// The engine connection on link `i` was released: the link goes once
+    /// its uTP connection has finished (the FIN exchange, or a timeout).
+    pub(super) fn utp_released(&mut self, i: u32) {
+        let Some(s) = self.serving() else {
+            return;
+        };
+        let Some(l) = s.link_mut(i) else {
+            return;
+        };
+        l.conn = None;
+        l.fin = true;
+        let key = l.key;
+        let gone = s.endpoint.conn(key).is_none_or(|c| c.is_closed());
+        if gone {
+            s.drop_link(i);
+        } else {
+            s.mark(i);
+        }
+    }
+
+    /// Every link's state, e.g. once per tick as a safety net.
     pub(super) fn utp_mark_all(&mut self) {
-        if let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) {
+        if let Some(s) = self.serving() {
             s.mark_all();
         }
     }
-}
-
-/// Move bytes between a uTP connection and its pair; `true` when the link
-/// is finished (the uTP connection closed).
-fn pump(ep: &mut Endpoint, l: &mut Link, buf: &mut [u8]) -> bool {
-    let Some(c) = ep.conn_mut(l.key) else {
-        return true;
-    };
-    // Peer -> engine.
-    while !l.to_engine.is_empty() {
-        match l.pump.write(&l.to_engine) {
-            Ok(0) => break,
-            Ok(n) => {
-                l.to_engine.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => {
-                c.abort();
-                return true;
-            }
-        }
-    }
-    while l.to_engine.is_empty() {
-        let n = c.read(buf);
-        if n == 0 {
-            break;
-        }
-        match l.pump.write(&buf[..n]) {
-            Ok(w) if w < n => l.to_engine.extend_from_slice(&buf[w..n]),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                l.to_engine.extend_from_slice(&buf[..n]);
-            }
-            Err(_) => {
-                c.abort();
-                return true;
-            }
-        }
-    }
-    if c.is_eof() && l.to_engine.is_empty() && !l.shut {
-        l.shut = true;
-        let _ = l.pump.shutdown(std::net::Shutdown::Write);
-    }
-    // Engine -> peer.
-    while !l.engine_eof {
-        let room = c.send_capacity().min(buf.len());
-        if room == 0 {
-            break;
-        }
-        match l.pump.read(&mut buf[..room]) {
-            Ok(0) => {
-                l.engine_eof = true;
-                c.close();
-            }
-            Ok(n) => {
-                c.write(&buf[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => {
-                l.engine_eof = true;
-                c.close();
-            }
-        }
-    }
-    c.is_closed()
 }

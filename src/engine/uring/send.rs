@@ -228,6 +228,17 @@ impl SendSlot {
         }
     }
 
+    /// The bytes still to send, in order (what the iovecs describe now).
+    pub fn pending(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.iov.iter().map(|iov| {
+            // SAFETY: every iovec points into memory this slot owns or keeps
+            // alive (its control bytes and headers, `push_owned` mmaps,
+            // reserved read-pool buffers, the static zero page), valid for
+            // `iov_len` bytes while the slot is borrowed.
+            unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) }
+        })
+    }
+
     pub fn total_len(&self) -> usize {
         self.total
     }
@@ -315,6 +326,13 @@ impl SendTable {
         slot.reset((0, 0));
         self.spare.push(slot);
         self.free_ids.push(id);
+    }
+
+    /// Keep `slot` as in flight without submitting it: its bytes are
+    /// carried by the caller (a uTP connection copies them), which then
+    /// completes it like a CQE would.
+    pub fn hold(&mut self, id: u32, slot: Box<SendSlot>) {
+        self.slots[id as usize] = Some(slot);
     }
 
     /// Submit `slot` as SENDMSG (or SENDMSG_ZC) on `fd`.
