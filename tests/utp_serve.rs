@@ -131,3 +131,117 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
     engine.shutdown();
     engine.join().unwrap();
 }
+
+/// A uTP peer that asks for a whole torrent and then stops reading: its
+/// receive window closes, the seed's uTP send buffer fills, the engine's
+/// send waits for room and makes no progress, and the send timeout closes
+/// the connection (counted as such), leaving nothing behind.
+#[test]
+fn a_utp_peer_that_stops_reading_is_closed_by_the_send_timeout() {
+    use ringseed::engine::CloseKind;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    // Far more than the uTP send buffer (1 MiB) and the receive window.
+    let len = 8 << 20;
+    std::fs::write(&file, data(6, len)).unwrap();
+    let fix = make_torrent(&file, MetaVersion::V1, Some(BLOCK * 16));
+    let engine = start_engine(
+        vec![served(&fix, &file)],
+        1,
+        ShardConfig {
+            utp: UtpMode::Serve,
+            send_timeout: Duration::from_secs(1),
+            ..ShardConfig::default()
+        },
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(2)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut ep = Endpoint::new(EndpointConfig::default(), 7);
+    let key = ep.connect(t0, engine.local_addr());
+    let (mut out, mut inbuf) = (vec![0u8; 2048], vec![0u8; 4096]);
+    let (mut hello, mut sent) = (false, false);
+    let mut stream: Vec<u8> = Vec::new();
+    let closed = |e: &ringseed::engine::Engine| {
+        total(e.stats(), |s| {
+            s.closed(CloseKind::SendTimeout).load(Ordering::Relaxed)
+        })
+    };
+    while closed(&engine) == 0 && t0.elapsed() < Duration::from_secs(15) {
+        let now = Instant::now();
+        while let Some((to, n)) = ep.poll_transmit(now, &mut out) {
+            sock.send_to(&out[..n], to).unwrap();
+        }
+        if let Ok((n, from)) = sock.recv_from(&mut inbuf) {
+            ep.handle(Instant::now(), from, &inbuf[..n]);
+        }
+        let now = Instant::now();
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        let Some(c) = ep.conn_mut(key) else { break };
+        if c.state() == State::Connected && !hello {
+            hello = true;
+            let mut m = handshake_bytes(info_hash(&fix.torrent), true, false).to_vec();
+            m.extend_from_slice(&[0, 0, 0, 1, 2]); // interested
+            assert_eq!(c.write(&m), m.len());
+        }
+        if !sent {
+            // Read until the unchoke, then ask for 250 blocks at once and
+            // never read again.
+            let mut rbuf = [0u8; 4096];
+            loop {
+                let n = c.read(&mut rbuf);
+                if n == 0 {
+                    break;
+                }
+                stream.extend_from_slice(&rbuf[..n]);
+            }
+            let mut pos = 68.min(stream.len());
+            let mut unchoked = false;
+            while stream.len() >= 68 && stream.len() >= pos + 5 {
+                let mlen = u32::from_be_bytes(stream[pos..pos + 4].try_into().unwrap()) as usize;
+                if stream.len() < pos + 4 + mlen {
+                    break;
+                }
+                unchoked |= mlen >= 1 && stream[pos + 4] == 1;
+                pos += 4 + mlen;
+            }
+            if unchoked {
+                sent = true;
+                let mut m = Vec::new();
+                for off in (0..len as u64).step_by(BLOCK as usize).take(250) {
+                    let piece = (off / (BLOCK * 16)) as u32;
+                    let begin = (off % (BLOCK * 16)) as u32;
+                    m.extend_from_slice(&13u32.to_be_bytes());
+                    m.push(6);
+                    m.extend_from_slice(&piece.to_be_bytes());
+                    m.extend_from_slice(&begin.to_be_bytes());
+                    m.extend_from_slice(&(BLOCK as u32).to_be_bytes());
+                }
+                assert_eq!(c.write(&m), m.len());
+            }
+        }
+    }
+    let waited = t0.elapsed();
+    assert_eq!(
+        closed(&engine),
+        1,
+        "closed by the send timeout after {waited:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || engine
+            .stats()
+            .iter()
+            .all(|s| s.utp_connections.load(Ordering::Relaxed) == 0)),
+        "the uTP connection was let go"
+    );
+    // What reached us is less than the torrent: the seed stopped at the
+    // closed window (its send buffer and our receive window), not sooner.
+    let sent_bytes = total(engine.stats(), |s| s.payload_bytes.load(Ordering::Relaxed));
+    assert!(sent_bytes < len as u64, "{sent_bytes}");
+    eprintln!("stalled uTP peer closed after {waited:?}, {sent_bytes} payload bytes sent");
+    engine.shutdown();
+    engine.join().unwrap();
+}
