@@ -134,6 +134,17 @@ impl FenceTracker {
         self.seen
     }
 
+    /// Another operation under `epoch` starts, e.g. a carrier that keeps a
+    /// send's bytes after the send completes (uTP holds them until they
+    /// are acknowledged). `epoch` is one this tracker handed out.
+    pub fn retain(&mut self, epoch: u64) {
+        match self.inflight.iter().position(|&(e, _)| e >= epoch) {
+            Some(i) if self.inflight[i].0 == epoch => self.inflight[i].1 += 1,
+            Some(i) => self.inflight.insert(i, (epoch, 1)),
+            None => self.inflight.push_back((epoch, 1)),
+        }
+    }
+
     /// The operation tagged `epoch` has finished (its last completion).
     pub fn end(&mut self, epoch: u64) {
         if let Some(i) = self.inflight.iter().position(|&(e, _)| e == epoch) {

@@ -59,7 +59,13 @@ impl Config {
     /// Bytes [`Connection::poll_transmit`] may need: header, the largest
     /// selective ACK and a full payload.
     pub fn max_packet(&self) -> usize {
-        HEADER_LEN + 2 + 32 + self.max_payload
+        self.max_header() + self.max_payload
+    }
+
+    /// Bytes a header may need: the fixed header and the largest selective
+    /// ACK ([`Connection::poll_transmit_parts`]).
+    pub fn max_header(&self) -> usize {
+        HEADER_LEN + 2 + 32
     }
 }
 

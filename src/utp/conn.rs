@@ -9,24 +9,32 @@
 //! 3. after either, drain [`Connection::poll_transmit`] until `None` and
 //!    send what it writes;
 //! 4. the application side: [`Connection::write`] (copied into the bounded
-//!    send buffer), [`Connection::read`], [`Connection::close`] (a FIN once
-//!    everything written is sent);
+//!    send buffer) or [`Connection::write_shared`] (a [`Bytes`] taken as it
+//!    is, e.g. a block of a file's mmap), [`Connection::read`],
+//!    [`Connection::close`] (a FIN once everything written is sent);
 //! 5. drop it once [`Connection::is_closed`].
 //!
 //! Sequence and ack numbers count packets (16 bits, wrapping). The send
-//! buffer holds each byte until it is acknowledged, and a packet is a
-//! `(stream offset, length)` into it, so a re-send re-reads the same bytes
-//! (BEP 29: packets are never repackaged). Memory per connection is
+//! buffer ([`SendBuf`]) holds each byte until it is acknowledged, and a
+//! packet is a `(stream offset, length)` into it, so a re-send re-reads the
+//! same bytes (BEP 29: packets are never repackaged).
+//! [`Connection::poll_transmit_parts`] gives a datagram as its header plus
+//! slices of that buffer (for a `sendmsg` iovec: shared bytes are never
+//! copied in user space); [`Connection::poll_transmit`] copies them into
+//! one buffer. Memory per connection is
 //! bounded by [`Config::send_buffer`] + [`Config::recv_window`] plus one
 //! small record per packet in flight.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 pub use super::config::{CloseReason, Config, Counters, Ignored, State};
 use super::congestion::{Ledbat, Rtt};
 use super::packet::{self, seq_diff, seq_less, Header, Packet, PacketType, HEADER_LEN};
 use super::recv::{Received, RecvBuffer};
+use super::sendbuf::SendBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -69,9 +77,8 @@ pub struct Connection {
     seq_nr: u16,
     /// Last sequence number the peer acknowledged cumulatively.
     acked_nr: u16,
-    /// Unacknowledged bytes from stream offset `send_base` on.
-    send_buf: VecDeque<u8>,
-    send_base: u64,
+    /// Unacknowledged bytes from stream offset `send_buf.base()` on.
+    send_buf: SendBuf,
     /// Stream offset of the first byte not yet sent.
     unsent: u64,
     /// Packets `acked_nr + 1 ..`, in order.
@@ -104,6 +111,8 @@ pub struct Connection {
     last_recv: Instant,
     last_send: Instant,
     counters: Counters,
+    /// Reused by [`Connection::poll_transmit`] for its parts.
+    scratch: Vec<Bytes>,
 }
 
 impl Connection {
@@ -117,8 +126,7 @@ impl Connection {
             send_id,
             seq_nr,
             acked_nr: seq_nr.wrapping_sub(1),
-            send_buf: VecDeque::new(),
-            send_base: 0,
+            send_buf: SendBuf::default(),
             unsent: 0,
             sent: VecDeque::new(),
             resend: VecDeque::new(),
@@ -142,6 +150,7 @@ impl Connection {
             last_recv: now,
             last_send: now,
             counters: Counters::default(),
+            scratch: Vec::new(),
             cfg,
         }
     }
@@ -247,6 +256,17 @@ impl Connection {
         self.send_buf.len()
     }
 
+    /// Stream offset after the last byte written (bytes written so far).
+    pub fn written(&self) -> u64 {
+        self.send_buf.end()
+    }
+
+    /// Stream offset up to which the peer acknowledged everything (the
+    /// send buffer no longer holds those bytes).
+    pub fn acked(&self) -> u64 {
+        self.send_buf.base()
+    }
+
     /// Bytes [`Connection::write`] would take now.
     pub fn send_capacity(&self) -> usize {
         if self.close_requested || self.is_closed() {
@@ -276,7 +296,20 @@ impl Connection {
     /// [`Config::send_buffer`]; none after [`Connection::close`]).
     pub fn write(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.send_capacity());
-        self.send_buf.extend(&data[..n]);
+        self.send_buf.write_copy(&data[..n]);
+        n
+    }
+
+    /// Queue `data` without copying it (the send buffer holds it until the
+    /// peer acknowledges it, and re-sends read it again); returns how many
+    /// bytes were taken, like [`Connection::write`].
+    pub fn write_shared(&mut self, data: Bytes) -> usize {
+        let n = data.len().min(self.send_capacity());
+        if n == data.len() {
+            self.send_buf.write_shared(data);
+        } else if n > 0 {
+            self.send_buf.write_shared(data.slice(..n));
+        }
         n
     }
 
@@ -428,9 +461,7 @@ impl Connection {
             let acked = self.acked_nr;
             self.resend.retain(|s| seq_less(acked, *s));
             let keep_from = self.sent.front().map_or(self.unsent, |s| s.off);
-            let release = keep_from.saturating_sub(self.send_base) as usize;
-            self.send_buf.drain(..release.min(self.send_buf.len()));
-            self.send_base += release as u64;
+            self.send_buf.release_to(keep_from);
             self.dup_acks = 0;
             progress = true;
         } else if h.ack_nr == self.acked_nr && h.ty == PacketType::State && !self.sent.is_empty() {
@@ -650,8 +681,36 @@ impl Connection {
 
     /// The next datagram to send, written into `out` (at least
     /// [`Config::max_packet`] bytes); `None` when there is nothing to send.
+    /// Copies the payload; see [`Connection::poll_transmit_parts`].
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
-        if self.is_closed() || out.len() < self.cfg.max_packet() {
+        if out.len() < self.cfg.max_packet() {
+            return None;
+        }
+        let mut parts = std::mem::take(&mut self.scratch);
+        parts.clear();
+        let header = self.poll_transmit_parts(now, out, &mut parts);
+        let mut n = header.unwrap_or(0);
+        for p in parts.drain(..) {
+            out[n..n + p.len()].copy_from_slice(&p);
+            n += p.len();
+        }
+        self.scratch = parts;
+        header.map(|_| n)
+    }
+
+    /// The next datagram to send without copying its payload: its header is
+    /// written into `header` (at least [`Config::max_header`] bytes) and its
+    /// length returned; its payload is the slices appended to `parts` (at
+    /// most [`Config::max_payload`] bytes in all), in order. `None` when
+    /// there is nothing to send (`parts` untouched).
+    pub fn poll_transmit_parts(
+        &mut self,
+        now: Instant,
+        header: &mut [u8],
+        parts: &mut Vec<Bytes>,
+    ) -> Option<usize> {
+        let out = header;
+        if self.is_closed() || out.len() < self.cfg.max_header() {
             return None;
         }
         // 1. Re-sends (the SYN's first sending included).
@@ -669,7 +728,7 @@ impl Connection {
                 break;
             }
             self.resend.pop_front();
-            let n = self.write_packet(now, seq, s.kind, s.off, s.len, out);
+            let n = self.write_packet(now, seq, s.kind, s.off, s.len, out, parts);
             let s = &mut self.sent[idx];
             if s.transmissions > 0 {
                 self.counters.retransmits += 1;
@@ -683,11 +742,11 @@ impl Connection {
         }
         if self.state == State::Connected && self.sent.len() < self.cfg.max_in_flight_packets {
             // 2. New data.
-            let pending = (self.send_base + self.send_buf.len() as u64 - self.unsent) as usize;
+            let pending = (self.send_buf.end() - self.unsent) as usize;
             if pending > 0 && self.resend.is_empty() {
                 let len = pending.min(self.cfg.max_payload) as u32;
                 if self.may_send(len + HEADER_LEN as u32) {
-                    return Some(self.send_new(now, Kind::Data, len, out));
+                    return Some(self.send_new(now, Kind::Data, len, out, parts));
                 }
             }
             // 3. Our FIN, after the last byte.
@@ -697,7 +756,7 @@ impl Connection {
                 && self.fin_seq.is_none()
                 && self.may_send(HEADER_LEN as u32)
             {
-                return Some(self.send_new(now, Kind::Fin, 0, out));
+                return Some(self.send_new(now, Kind::Fin, 0, out, parts));
             }
         }
         // 4. A bare ACK (also the acceptor's answer to the SYN, and the
@@ -709,7 +768,14 @@ impl Connection {
         None
     }
 
-    fn send_new(&mut self, now: Instant, kind: Kind, len: u32, out: &mut [u8]) -> usize {
+    fn send_new(
+        &mut self,
+        now: Instant,
+        kind: Kind,
+        len: u32,
+        out: &mut [u8],
+        parts: &mut Vec<Bytes>,
+    ) -> usize {
         let seq = self.seq_nr;
         self.seq_nr = self.seq_nr.wrapping_add(1);
         let off = self.unsent;
@@ -729,7 +795,7 @@ impl Connection {
         self.in_flight += s.size();
         self.sent.push_back(s);
         self.arm_rto(now);
-        self.write_packet(now, seq, kind, off, len, out)
+        self.write_packet(now, seq, kind, off, len, out, parts)
     }
 
     fn arm_rto(&mut self, now: Instant) {
@@ -738,6 +804,10 @@ impl Connection {
         }
     }
 
+    /// Writes the header of packet `seq` into `out` and appends its
+    /// payload (stream bytes `off .. off + len`) to `parts`; returns the
+    /// header's length.
+    #[allow(clippy::too_many_arguments)]
     fn write_packet(
         &mut self,
         now: Instant,
@@ -746,6 +816,7 @@ impl Connection {
         off: u64,
         len: u32,
         out: &mut [u8],
+        parts: &mut Vec<Bytes>,
     ) -> usize {
         let ty = match kind {
             Kind::Syn => PacketType::Syn,
@@ -753,27 +824,15 @@ impl Connection {
             Kind::Fin => PacketType::Fin,
         };
         let n = self.write_header(now, ty, seq, out);
-        let start = off.saturating_sub(self.send_base) as usize;
-        let mut len = len as usize;
-        if start + len > self.send_buf.len() || n + len > out.len() {
+        let before = parts.len();
+        let got = self.send_buf.gather(off, len as usize, parts);
+        if got != len as usize {
             // Unreachable by the invariants (a packet's bytes stay until it
-            // is acked); never panic on them.
+            // is acked); never panic on them: send the header alone.
             debug_assert!(false, "packet bytes outside the send buffer");
-            len = 0;
+            parts.truncate(before);
         }
-        // The ring's two halves, copied as slices (a byte-wise copy through
-        // the deque's iterator was 28% of a shard's CPU serving uTP).
-        let dst = &mut out[n..n + len];
-        let (a, b) = self.send_buf.as_slices();
-        let from_a = a.len().saturating_sub(start).min(len);
-        if from_a > 0 {
-            dst[..from_a].copy_from_slice(&a[start..start + from_a]);
-        }
-        if from_a < len {
-            let b_start = start + from_a - a.len();
-            dst[from_a..].copy_from_slice(&b[b_start..b_start + (len - from_a)]);
-        }
-        n + len
+        n
     }
 
     fn write_header(&mut self, now: Instant, ty: PacketType, seq: u16, out: &mut [u8]) -> usize {

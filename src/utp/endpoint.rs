@@ -250,6 +250,27 @@ impl Endpoint {
 
     /// The next datagram of any connection, round robin.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        self.poll_each(|c| c.poll_transmit(now, out))
+    }
+
+    /// [`Endpoint::poll_transmit`] without copying payloads: the header
+    /// goes into `header`, the payload's slices onto `parts`
+    /// ([`Connection::poll_transmit_parts`]).
+    pub fn poll_transmit_parts(
+        &mut self,
+        now: Instant,
+        header: &mut [u8],
+        parts: &mut Vec<bytes::Bytes>,
+    ) -> Option<(SocketAddr, usize)> {
+        self.poll_each(|c| c.poll_transmit_parts(now, header, parts))
+    }
+
+    /// Round robin over the connections, staying on one until `f` gives
+    /// it nothing more to send.
+    fn poll_each(
+        &mut self,
+        mut f: impl FnMut(&mut Connection) -> Option<usize>,
+    ) -> Option<(SocketAddr, usize)> {
         let n = self.order.len();
         for _ in 0..n {
             if self.next >= self.order.len() {
@@ -258,7 +279,7 @@ impl Endpoint {
             let key = self.order[self.next];
             self.next += 1;
             if let Some(e) = self.conns.get_mut(&key) {
-                if let Some(len) = e.conn.poll_transmit(now, out) {
+                if let Some(len) = f(&mut e.conn) {
                     self.next -= 1; // stay on it until it is drained
                     return Some((key.remote, len));
                 }

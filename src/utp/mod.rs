@@ -7,6 +7,8 @@
 //!   zero-window timeouts; bounded buffers), with [`recv`] (reorder buffer,
 //!   selective ACKs, receive window) and [`congestion`] (LEDBAT with a
 //!   100 ms target and a floor option for seed boxes; RTT/RTO);
+//! - [`sendbuf`]: the send buffer as a queue of [`bytes::Bytes`] chunks
+//!   (copied protocol bytes, or blocks of a file's mmap taken as they are);
 //! - [`endpoint`]: the connections behind one UDP socket, with half-open
 //!   connections capped and expiring;
 //! - [`refuse`]: answering a SYN we will not serve with a rate-limited
@@ -42,6 +44,7 @@ pub mod endpoint;
 pub mod packet;
 pub mod recv;
 pub mod refuse;
+pub mod sendbuf;
 
 pub use congestion::LedbatConfig;
 pub use conn::{CloseReason, Config, Connection, State};

@@ -673,6 +673,7 @@ impl Shard {
             for idx in stale {
                 self.close(idx, CloseKind::IoError);
             }
+            self.utp_abort_stale(forced);
         }
         self.fence.publish();
     }

@@ -10,31 +10,39 @@
 //!   receive completion's would be;
 //! - engine -> peer: a send slot built for the connection (headers and
 //!   iovecs into the mmap or read buffers, exactly as for TCP) is not
-//!   submitted to io_uring; its bytes are copied into the uTP send buffer
-//!   as far as it has room, and a completion for that many bytes is queued
-//!   ([`Shard::reap_synthetic`] hands it to the same `on_send` as a CQE), so
-//!   a partial "send" resumes when acks make room;
+//!   submitted to io_uring; its bytes go into the uTP send buffer as far as
+//!   it has room (mmap slices as shared handles, the rest copied), and a
+//!   completion for that many bytes is queued ([`Shard::reap_synthetic`]
+//!   hands it to the same `on_send` as a CQE), so a partial "send" resumes
+//!   when acks make room;
 //! - the engine closing (or a drain's FIN) finishes the uTP stream with a
 //!   FIN after what was sent; a uTP connection that ends (FIN, reset,
 //!   timeout) closes the engine connection.
 //!
-//! One copy of the payload is left, from the mmap into the uTP send buffer
-//! (kept until acked, for retransmission); the datagrams go out batched
-//! with UDP GSO where the kernel has it (`gso`).
+//! The payload is never copied in user space: the uTP send buffer holds
+//! the mmap slices until they are acknowledged (a re-send re-reads the
+//! mmap), and each datagram goes out as its header plus iovecs into them,
+//! batched with UDP GSO where the kernel has it (`gso`). Protocol bytes,
+//! piece headers, cold reads and RC4 output are copied. While the send
+//! buffer holds slices of a send, the send's fence epoch stays held
+//! (`storage::fence`): a data change waits for the acks, and a forced
+//! fence aborts such connections.
 //!
 //! A link (the table entry tying a uTP connection to its engine
 //! connection) lives until both have let go, so the engine's
 //! `Carrier::Utp(index)` never names a reused link.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::storage::fence::FenceTracker;
 use crate::utp::{ConnKey, Endpoint, EndpointConfig};
 
 use super::super::conn::Carrier;
 use super::super::stats::{CloseKind, ShardStats};
+use super::super::uring::send::Pending;
 use super::super::uring::{OpKind, UserData};
 use super::{input, Shard};
 
@@ -48,6 +56,9 @@ struct Link {
     /// The engine finished its side: FIN after what it sent.
     fin: bool,
     dirty: bool,
+    /// Fence epochs held for mmap slices in the uTP send buffer: (stream
+    /// offset after the last byte of the send, epoch), oldest first.
+    held: VecDeque<(u64, u64)>,
 }
 
 /// The uTP connections of one shard.
@@ -68,7 +79,7 @@ impl Serving {
             max_connections,
             ..EndpointConfig::default()
         };
-        let gso = super::gso::GsoBatch::new(cfg.conn.max_packet());
+        let gso = super::gso::GsoBatch::new(cfg.conn.max_header());
         Self {
             endpoint: Endpoint::new(cfg, seed),
             links: Vec::new(),
@@ -124,13 +135,46 @@ impl Serving {
         self.links.get_mut(i as usize).and_then(Option::as_mut)
     }
 
-    /// Forget link `i` and its uTP connection.
-    fn drop_link(&mut self, i: u32) {
+    /// Forget link `i` and its uTP connection (and the fence epochs it
+    /// held: its send buffer goes with it).
+    fn drop_link(&mut self, i: u32, fence: &mut FenceTracker) {
         if let Some(l) = self.links.get_mut(i as usize).and_then(Option::take) {
             self.by_key.remove(&l.key);
             self.endpoint.remove(l.key);
+            for (_, epoch) in l.held {
+                fence.end(epoch);
+            }
             self.free.push(i);
         }
+    }
+
+    /// Ends the fence epochs of link `i` whose bytes are all acknowledged.
+    fn release_acked(&mut self, i: u32, fence: &mut FenceTracker) {
+        let Some(l) = self.links.get_mut(i as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(acked) = self.endpoint.conn(l.key).map(|c| c.acked()) else {
+            return;
+        };
+        while let Some(&(end, epoch)) = l.held.front() {
+            if end > acked {
+                break;
+            }
+            l.held.pop_front();
+            fence.end(epoch);
+        }
+    }
+
+    /// Links holding bytes of a send built before `epoch`.
+    fn holding_before(&self, epoch: u64) -> Vec<u32> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let l = l.as_ref()?;
+                l.held.iter().any(|&(_, e)| e < epoch).then_some(i as u32)
+            })
+            .collect()
     }
 }
 
@@ -189,7 +233,11 @@ impl Shard {
         // connection are one `sendmsg`).
         // WouldBlock: lost on our side; the connection re-sends it later.
         let real_error = |e: &io::Error| e.kind() != io::ErrorKind::WouldBlock;
-        while let Some((to, n)) = s.endpoint.poll_transmit(now, s.gso.tail()) {
+        loop {
+            let (header, parts) = s.gso.next();
+            let Some((to, n)) = s.endpoint.poll_transmit_parts(now, header, parts) else {
+                break;
+            };
             if let Err(e) = s.gso.push(&u.sock, to, n) {
                 if !real_error(&e) {
                     break;
@@ -223,6 +271,7 @@ impl Shard {
                 waiting: None,
                 fin: false,
                 dirty: false,
+                held: VecDeque::new(),
             });
             s.by_key.insert(key, i);
             let adopted = self.adopt(Carrier::Utp(i), key.remote)?;
@@ -231,7 +280,7 @@ impl Shard {
                     .as_ref()
                     .map(|c| (idx, c.generation))
             });
-            let Some(s) = self.serving() else {
+            let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
                 return Ok(());
             };
             match generation {
@@ -247,7 +296,7 @@ impl Shard {
                     if let Some(c) = s.endpoint.conn_mut(key) {
                         c.abort();
                     }
-                    s.drop_link(i);
+                    s.drop_link(i, &mut self.fence);
                 }
             }
         }
@@ -307,7 +356,11 @@ impl Shard {
                 self.after_input(idx, now);
             }
         }
-        // Engine -> peer: a send that waited for room.
+        // Engine -> peer: acked sends let go of their fence epochs; a send
+        // that waited for room.
+        if let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) {
+            s.release_acked(i, &mut self.fence);
+        }
         if let Some(slot_id) = waiting {
             self.utp_send(i, slot_id);
         }
@@ -332,18 +385,19 @@ impl Shard {
         }
         if closed {
             self.utp_fail_waiting(i);
-            let Some(s) = self.serving() else {
+            let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
                 return;
             };
             if s.link_mut(i).is_some_and(|l| l.conn.is_none()) {
-                s.drop_link(i);
+                s.drop_link(i, &mut self.fence);
             }
         }
     }
 
-    /// Copies what send slot `slot_id` still has into link `i`'s uTP send
-    /// buffer, as far as there is room, and queues the completion; with no
-    /// room the slot waits for acks.
+    /// Puts what send slot `slot_id` still has into link `i`'s uTP send
+    /// buffer, as far as there is room (mmap slices shared, the rest
+    /// copied), and queues the completion; with no room the slot waits for
+    /// acks. Shared slices hold the slot's fence epoch until acked.
     pub(super) fn utp_send(&mut self, i: u32, slot_id: u32) {
         let Some(u) = self.udp.as_mut() else {
             return;
@@ -372,14 +426,24 @@ impl Shard {
             return;
         }
         let mut n = 0;
-        for bytes in slot.pending() {
-            let take = bytes.len().min(room - n);
-            let written = c.write(&bytes[..take]);
+        let mut shared = false;
+        for part in slot.pending_parts() {
+            let (len, written) = match part {
+                Pending::Copy(bytes) => (bytes.len(), c.write(&bytes[..bytes.len().min(room - n)])),
+                Pending::Shared(bytes) => {
+                    shared = true;
+                    (bytes.len(), c.write_shared(bytes))
+                }
+            };
             n += written;
-            if written < bytes.len() || n >= room {
+            if written < len || n >= room {
                 // Full: the rest of this iovec and the next wait for room.
                 break;
             }
+        }
+        if shared {
+            self.fence.retain(slot.epoch);
+            l.held.push_back((c.written(), slot.epoch));
         }
         l.waiting = None;
         self.synthetic
@@ -412,9 +476,43 @@ impl Shard {
         let key = l.key;
         let gone = s.endpoint.conn(key).is_none_or(|c| c.is_closed());
         if gone {
-            s.drop_link(i);
+            if let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) {
+                s.drop_link(i, &mut self.fence);
+            }
         } else {
             s.mark(i);
+        }
+    }
+
+    /// A forced fence (`fence_turn`): uTP connections still holding bytes
+    /// of a send built before `forced` are aborted (a FIN would still
+    /// re-send them), their engine connections closed, and the epochs let
+    /// go.
+    pub(super) fn utp_abort_stale(&mut self, forced: u64) {
+        let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
+            return;
+        };
+        for i in s.holding_before(forced) {
+            let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
+                return;
+            };
+            let Some(l) = s.link_mut(i) else { continue };
+            let (key, owner) = (l.key, l.conn);
+            for (_, epoch) in std::mem::take(&mut l.held) {
+                self.fence.end(epoch);
+            }
+            if let Some(c) = s.endpoint.conn_mut(key) {
+                c.abort();
+            }
+            s.mark(i);
+            if let Some((idx, generation)) = owner {
+                if self.conns[idx as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.generation == generation)
+                {
+                    self.close(idx, CloseKind::IoError);
+                }
+            }
         }
     }
 

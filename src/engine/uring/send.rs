@@ -9,6 +9,8 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use io_uring::{opcode, squeue, types};
 
 use super::readpool::{ReadPool, READ_BUF_SIZE};
@@ -36,10 +38,52 @@ pub struct SentBlock {
     pub at: std::time::Instant,
 }
 
+/// Whose memory an iovec points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The slot's own buffers or a read-pool buffer (reused once the slot
+    /// completes).
+    Slot,
+    /// `keep[i]`: a torrent's mmap, alive while the `Arc` is.
+    Keep(u16),
+    /// The static zero page.
+    Zeros,
+}
+
+/// One piece of a slot's pending bytes, for a carrier that keeps bytes
+/// past the send's completion (uTP holds them until acknowledged).
+pub enum Pending<'a> {
+    /// Memory the slot reuses: copy it.
+    Copy(&'a [u8]),
+    /// Memory that lives as long as this handle (mmap or static): keep it.
+    Shared(Bytes),
+}
+
+/// A slice of memory kept alive by `_keep` (a torrent, and so its mmaps).
+struct Pinned {
+    _keep: Arc<dyn Any + Send + Sync>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into read-only memory owned by `_keep` (Send + Sync),
+// valid for `len` bytes as long as `_keep` is alive, which is as long as
+// this value.
+unsafe impl Send for Pinned {}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see `unsafe impl Send for Pinned`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
 /// A batch being built or in flight.
 pub struct SendSlot {
     msghdr: libc::msghdr,
     iov: Vec<libc::iovec>,
+    /// Whose memory each of `iov` points at.
+    srcs: Vec<Source>,
     headers: Vec<[u8; 13]>,
     control: Vec<u8>,
     /// Blocks in this batch.
@@ -77,6 +121,7 @@ impl SendSlot {
             // SAFETY: msghdr is a plain C struct for which all-zero is valid.
             msghdr: unsafe { std::mem::zeroed() },
             iov: Vec::with_capacity(1 + 2 * MAX_BLOCKS_PER_SEND),
+            srcs: Vec::with_capacity(1 + 2 * MAX_BLOCKS_PER_SEND),
             headers: Vec::with_capacity(MAX_BLOCKS_PER_SEND),
             control: Vec::new(),
             blocks: Vec::with_capacity(MAX_BLOCKS_PER_SEND),
@@ -94,6 +139,7 @@ impl SendSlot {
     /// Reset for a new batch. Call only when no CQE for this slot is pending.
     pub fn reset(&mut self, owner: (u32, u32)) {
         self.iov.clear();
+        self.srcs.clear();
         self.headers.clear();
         self.control.clear();
         self.blocks.clear();
@@ -118,6 +164,7 @@ impl SendSlot {
                 iov_base: self.control.as_ptr() as *mut _,
                 iov_len: self.control.len(),
             });
+            self.srcs.push(Source::Slot);
             self.total += bytes.len();
         }
     }
@@ -146,6 +193,7 @@ impl SendSlot {
             iov_base: self.headers[last].as_ptr() as *mut _,
             iov_len: 13,
         });
+        self.srcs.push(Source::Slot);
         self.total += 13;
         self.blocks.push(block);
     }
@@ -161,10 +209,18 @@ impl SendSlot {
         let bytes = get(owner);
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
         let as_any: Arc<dyn Any + Send + Sync> = owner.clone();
-        if !self.keep.iter().any(|k| Arc::ptr_eq(k, &as_any)) {
-            self.keep.push(as_any);
-        }
+        let at = match self.keep.iter().position(|k| Arc::ptr_eq(k, &as_any)) {
+            Some(at) => at,
+            None => {
+                self.keep.push(as_any);
+                self.keep.len() - 1
+            }
+        };
         self.push_raw(ptr, len);
+        // A slot has at most ~2 x MAX_BLOCKS_PER_SEND iovecs, so the index
+        // fits; the fallback (copy) is only a missed optimisation.
+        *self.srcs.last_mut().expect("just pushed") =
+            u16::try_from(at).map_or(Source::Slot, Source::Keep);
     }
 
     /// Append `len` bytes of read-pool buffer `idx`. The pool buffer must
@@ -186,6 +242,7 @@ impl SendSlot {
             iov_base: ptr as *mut _,
             iov_len: len,
         });
+        self.srcs.push(Source::Slot);
         self.total += len;
     }
 
@@ -197,6 +254,7 @@ impl SendSlot {
                 iov_base: ZEROS.as_ptr() as *mut _,
                 iov_len: n,
             });
+            self.srcs.push(Source::Zeros);
             self.total += n;
             len -= n;
         }
@@ -218,6 +276,7 @@ impl SendSlot {
         }
         f(&mut flat);
         self.iov.clear();
+        self.srcs.clear();
         self.control = flat;
         self.total = self.control.len();
         if !self.control.is_empty() {
@@ -225,6 +284,7 @@ impl SendSlot {
                 iov_base: self.control.as_ptr() as *mut _,
                 iov_len: self.control.len(),
             });
+            self.srcs.push(Source::Slot);
         }
     }
 
@@ -236,6 +296,33 @@ impl SendSlot {
             // reserved read-pool buffers, the static zero page), valid for
             // `iov_len` bytes while the slot is borrowed.
             unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) }
+        })
+    }
+
+    /// [`SendSlot::pending`] for a carrier that keeps the bytes after the
+    /// send completes: mmap and zero slices as shared handles (no copy),
+    /// the rest to be copied. Lazy: take only what fits.
+    pub fn pending_parts(&self) -> impl Iterator<Item = Pending<'_>> + '_ {
+        self.iov.iter().zip(&self.srcs).map(|(iov, src)| {
+            let (ptr, len) = (iov.iov_base as *const u8, iov.iov_len);
+            match *src {
+                Source::Keep(k) => match self.keep.get(usize::from(k)) {
+                    Some(keep) => Pending::Shared(Bytes::from_owner(Pinned {
+                        _keep: Arc::clone(keep),
+                        ptr,
+                        len,
+                    })),
+                    // Unreachable (indices come from `push_owned`).
+                    // SAFETY: as in `pending`.
+                    None => Pending::Copy(unsafe { std::slice::from_raw_parts(ptr, len) }),
+                },
+                Source::Zeros => {
+                    Pending::Shared(Bytes::from_static(&ZEROS[..len.min(ZEROS.len())]))
+                }
+                // SAFETY: the slot's own buffers or reserved read-pool
+                // buffers, valid for `len` bytes while the slot is borrowed.
+                Source::Slot => Pending::Copy(unsafe { std::slice::from_raw_parts(ptr, len) }),
+            }
         })
     }
 
@@ -284,6 +371,7 @@ impl SendSlot {
             }
         }
         self.iov.drain(..skip);
+        self.srcs.drain(..skip);
         false
     }
 
