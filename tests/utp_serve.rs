@@ -18,8 +18,78 @@ use support::leecher::handshake_bytes;
 
 const BLOCK: u64 = 16384;
 
-#[test]
-fn a_utp_client_downloads_a_torrent_through_the_engine() {
+/// A uTP client on a real UDP socket, driven by the sans-IO endpoint; it
+/// can lose every `n`th datagram each way (loss on the path).
+struct Client {
+    sock: UdpSocket,
+    ep: Endpoint,
+    key: ringseed::utp::ConnKey,
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    /// Lose every `drop_in`th datagram received, `drop_out`th sent (0: none).
+    drop_in: u32,
+    drop_out: u32,
+    seen_in: u32,
+    seen_out: u32,
+    lost: u32,
+}
+
+impl Client {
+    fn connect(server: std::net::SocketAddr, seed: u64, drop_in: u32, drop_out: u32) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        let mut ep = Endpoint::new(EndpointConfig::default(), seed);
+        let key = ep.connect(Instant::now(), server);
+        Self {
+            sock,
+            ep,
+            key,
+            out: vec![0u8; 2048],
+            inbuf: vec![0u8; 4096],
+            drop_in,
+            drop_out,
+            seen_in: 0,
+            seen_out: 0,
+            lost: 0,
+        }
+    }
+
+    /// Sends what is due, takes one datagram (waiting up to 2 ms), runs
+    /// the timers.
+    fn turn(&mut self) {
+        let now = Instant::now();
+        while let Some((to, n)) = self.ep.poll_transmit(now, &mut self.out) {
+            self.seen_out += 1;
+            if self.drop_out > 0 && self.seen_out % self.drop_out == 0 {
+                self.lost += 1;
+                continue;
+            }
+            self.sock.send_to(&self.out[..n], to).unwrap();
+        }
+        if let Ok((n, from)) = self.sock.recv_from(&mut self.inbuf) {
+            self.seen_in += 1;
+            if self.drop_in > 0 && self.seen_in % self.drop_in == 0 {
+                self.lost += 1;
+            } else {
+                self.ep.handle(Instant::now(), from, &self.inbuf[..n]);
+            }
+        }
+        let now = Instant::now();
+        if self.ep.poll_timeout().is_some_and(|t| t <= now) {
+            self.ep.handle_timeout(now);
+        }
+    }
+
+    fn conn(&mut self) -> Option<&mut ringseed::utp::Connection> {
+        self.ep.conn_mut(self.key)
+    }
+}
+
+/// Downloads a 37.1-block torrent over uTP from a 2-shard engine, losing
+/// every `drop_in`th / `drop_out`th datagram; checks every byte and the
+/// engine's counters.
+fn download_over_utp(drop_in: u32, drop_out: u32) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f.bin");
     let len = BLOCK as usize * 37 + 1234;
@@ -33,15 +103,8 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
             ..ShardConfig::default()
         },
     );
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
-    let server = engine.local_addr();
     let t0 = Instant::now();
-    let mut ep = Endpoint::new(EndpointConfig::default(), 99);
-    let key = ep.connect(t0, server);
-    let mut out = vec![0u8; 2048];
-    let mut inbuf = vec![0u8; 4096];
+    let mut client = Client::connect(engine.local_addr(), 99, drop_in, drop_out);
     let mut rbuf = vec![0u8; 1 << 16];
     let mut stream: Vec<u8> = Vec::new();
     let mut sent_hello = false;
@@ -49,20 +112,10 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
     let mut got = vec![0u8; len];
     let mut blocks_left = (len as u64).div_ceil(BLOCK);
     let mut handshake_seen = false;
-    let deadline = t0 + Duration::from_secs(20);
+    let deadline = t0 + Duration::from_secs(30);
     while blocks_left > 0 && Instant::now() < deadline {
-        let now = Instant::now();
-        while let Some((to, n)) = ep.poll_transmit(now, &mut out) {
-            sock.send_to(&out[..n], to).unwrap();
-        }
-        if let Ok((n, from)) = sock.recv_from(&mut inbuf) {
-            ep.handle(Instant::now(), from, &inbuf[..n]);
-        }
-        let now = Instant::now();
-        if ep.poll_timeout().is_some_and(|t| t <= now) {
-            ep.handle_timeout(now);
-        }
-        let c = ep.conn_mut(key).expect("connection");
+        client.turn();
+        let c = client.conn().expect("connection");
         assert!(!c.is_closed(), "closed: {:?}", c.close_reason());
         if c.state() == State::Connected && !sent_hello {
             sent_hello = true;
@@ -119,7 +172,7 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
             }
         }
     }
-    assert_eq!(blocks_left, 0, "every block arrived within 20 s");
+    assert_eq!(blocks_left, 0, "every block arrived within 30 s");
     assert!(got == fix.piece_space[..len], "bytes match the file");
     assert!(wait_until(Duration::from_secs(2), || {
         total(engine.stats(), |s| s.utp_accepted.load(Ordering::Relaxed)) == 1
@@ -127,9 +180,29 @@ fn a_utp_client_downloads_a_torrent_through_the_engine() {
             // Counted as uTP traffic (the `transport` label).
             && total(engine.stats(), |s| s.utp_payload_bytes.load(Ordering::Relaxed)) == len as u64
     }));
-    eprintln!("{len} bytes over uTP in {:?}", t0.elapsed());
+    if drop_in > 0 || drop_out > 0 {
+        assert!(client.lost > 0, "the path lost datagrams");
+    }
+    eprintln!(
+        "{len} bytes over uTP in {:?} ({} datagrams lost on the way)",
+        t0.elapsed(),
+        client.lost
+    );
     engine.shutdown();
     engine.join().unwrap();
+}
+
+#[test]
+fn a_utp_client_downloads_a_torrent_through_the_engine() {
+    download_over_utp(0, 0);
+}
+
+/// Every 20th datagram from the seed and every 25th to it are lost: the
+/// seed re-sends from the mmap (its send buffer holds the slices, not a
+/// copy) and every byte still arrives intact.
+#[test]
+fn a_lossy_path_is_repaired_by_resends_from_the_mmap() {
+    download_over_utp(20, 25);
 }
 
 /// A uTP peer that asks for a whole torrent and then stops reading: its
@@ -154,13 +227,8 @@ fn a_utp_peer_that_stops_reading_is_closed_by_the_send_timeout() {
             ..ShardConfig::default()
         },
     );
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
     let t0 = Instant::now();
-    let mut ep = Endpoint::new(EndpointConfig::default(), 7);
-    let key = ep.connect(t0, engine.local_addr());
-    let (mut out, mut inbuf) = (vec![0u8; 2048], vec![0u8; 4096]);
+    let mut client = Client::connect(engine.local_addr(), 7, 0, 0);
     let (mut hello, mut sent) = (false, false);
     let mut stream: Vec<u8> = Vec::new();
     let closed = |e: &ringseed::engine::Engine| {
@@ -169,18 +237,8 @@ fn a_utp_peer_that_stops_reading_is_closed_by_the_send_timeout() {
         })
     };
     while closed(&engine) == 0 && t0.elapsed() < Duration::from_secs(15) {
-        let now = Instant::now();
-        while let Some((to, n)) = ep.poll_transmit(now, &mut out) {
-            sock.send_to(&out[..n], to).unwrap();
-        }
-        if let Ok((n, from)) = sock.recv_from(&mut inbuf) {
-            ep.handle(Instant::now(), from, &inbuf[..n]);
-        }
-        let now = Instant::now();
-        if ep.poll_timeout().is_some_and(|t| t <= now) {
-            ep.handle_timeout(now);
-        }
-        let Some(c) = ep.conn_mut(key) else { break };
+        client.turn();
+        let Some(c) = client.conn() else { break };
         if c.state() == State::Connected && !hello {
             hello = true;
             let mut m = handshake_bytes(info_hash(&fix.torrent), true, false).to_vec();
