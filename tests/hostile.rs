@@ -548,7 +548,8 @@ struct SlowReaderServer {
     /// An identical server that no hostile peer touches: the honest
     /// leecher's baseline, measured alternately with the attacked server so
     /// that a noisy neighbour on the shared machine slows both alike.
-    twin: ServeProc,
+    /// Held to keep it running (dropping it stops it).
+    _twin: ServeProc,
     twin_addr: SocketAddr,
     metrics: String,
     t: Torrent,
@@ -598,7 +599,7 @@ fn slow_reader_server(dir: &Path) -> SlowReaderServer {
     let srv = SlowReaderServer {
         addr: serve.addr.parse().unwrap(),
         twin_addr: twin.addr.parse().unwrap(),
-        twin,
+        _twin: twin,
         metrics: serve.metrics.clone().expect("metrics address"),
         pieces_root: t.files[0].pieces_root.expect("v2 root"),
         serve,
