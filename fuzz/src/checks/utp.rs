@@ -108,7 +108,13 @@ pub fn check_utp_conn(data: &[u8]) {
                 let n = usize::from(next().unwrap_or(1)) * 97;
                 if let Some(c) = client.conn_mut(ck) {
                     let chunk: Vec<u8> = (0..n).map(|i| (written.len() + i) as u8).collect();
-                    let took = c.write(&chunk);
+                    // Odd sizes copied, even ones shared (as the shards
+                    // give mmap blocks): both end up in one send buffer.
+                    let took = if n % 2 == 1 {
+                        c.write(&chunk)
+                    } else {
+                        c.write_shared(bytes::Bytes::from(chunk.clone()))
+                    };
                     written.extend_from_slice(&chunk[..took]);
                 }
             }
