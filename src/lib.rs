@@ -2,7 +2,8 @@
 //!
 //! Rooms (see README.md and DESIGN notes in each module):
 //! - [`bencode`]: strict decoder that keeps raw spans, and an encoder.
-//! - [`metainfo`]: `.torrent` v1/v2/hybrid parse, validate, create, magnet links.
+//! - [`metainfo`]: `.torrent` v1/v2/hybrid parse, validate, magnet links.
+//! - [`create`]: making a `.torrent` from files (hashing them with `storage`).
 //! - [`storage`]: a torrent's files on disk, piece <-> file spans, hashing, verify.
 //! - [`wire`]: sans-IO peer protocol (codec and per-peer state machine).
 //! - [`swarm`]: sans-IO seeding policies (choker, limits).
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod create;
 pub mod engine;
 pub mod fetch;
 pub mod ledger;

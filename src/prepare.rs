@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::ServeConfig;
-use crate::metainfo::create::{create, write_atomically, CreateOptions};
+use crate::create::{create, write_atomically, CreateOptions};
 use crate::metainfo::{MetaVersion, Torrent};
 use crate::metrics::VerifyStats;
 use crate::storage::files::resolve_data_root;

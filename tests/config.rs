@@ -9,8 +9,8 @@ use ringseed::cli::ServeArgs;
 use ringseed::config::{
     parse_duration, MetricsEndpoint, ServeConfig, TorrentEntry, TorrentOverrides,
 };
+use ringseed::create::{create, CreateOptions};
 use ringseed::engine::TorrentSettings;
-use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::Torrent;
 use ringseed::swarm::choker::ChokerMode;
 use ringseed::swarm::ratelimit::Rate;

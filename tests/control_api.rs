@@ -275,12 +275,12 @@ fn bad_input_is_refused_and_the_rest_keeps_serving() {
     // Data that does not match: a torrent of other bytes.
     let orig = bad.join("orig.bin");
     std::fs::write(&orig, &c_data).unwrap();
-    let opts = ringseed::metainfo::create::CreateOptions {
+    let opts = ringseed::create::CreateOptions {
         version: ringseed::metainfo::MetaVersion::V1,
         piece_length: Some(1 << 16),
         ..Default::default()
     };
-    let torrent = ringseed::metainfo::create::create(&orig, &opts, &|_| {})
+    let torrent = ringseed::create::create(&orig, &opts, &|_| {})
         .unwrap()
         .bytes;
     let mut wrong = c_data.clone();

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
+use ringseed::create::{create, CreateOptions};
 use ringseed::engine::{Catalog, Engine, EngineConfig, ServedTorrent, ShardConfig};
-use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::{MetaVersion, Torrent};
 use ringseed::storage::watch::{DataChangeStats, DataWatch};
 use ringseed::storage::Content;

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringseed::create::{create, CreateOptions};
 use ringseed::engine::{
     Catalog, CloseKind, Engine, EngineConfig, ServedTorrent, ShardConfig, ShardStats,
 };
-use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::{MetaVersion, Torrent};
 use ringseed::storage::Content;
 use ringseed::wire::codec::{HashRequest, Message};

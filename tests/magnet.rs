@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringseed::metainfo::create::{create, CreateOptions};
+use ringseed::create::{create, CreateOptions};
 use ringseed::metainfo::{Magnet, MetaVersion, Torrent};
 use ringseed::wire::codec::{decode, piece_header, Decoded, HashRequest, Message};
 use ringseed::wire::metadata::{

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ringseed::bencode::{decode, DecodeError, OwnedValue};
-use ringseed::metainfo::create::{create, CreateOptions};
+use ringseed::create::{create, CreateOptions};
 use ringseed::metainfo::{Magnet, MetaVersion, MetainfoError, Torrent};
 
 fn fixture(name: &str) -> Torrent {

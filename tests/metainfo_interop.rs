@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ringseed::metainfo::create::{create, write_atomically, CreateOptions};
+use ringseed::create::{create, write_atomically, CreateOptions};
 use ringseed::metainfo::{MetaVersion, Torrent};
 
 fn script() -> PathBuf {

@@ -2,7 +2,7 @@
 //! blocking fake seeder that routes each connection with
 //! `mse::classify`, runs `MseResponder` for encrypted ones and then
 //! `PeerState` (plaintext, or through the `Rc4Stream` when RC4 was selected),
-//! serving a `.torrent` made by `metainfo::create` from memory.
+//! serving a `.torrent` made by `create` from memory.
 //!
 //! Loud SKIP when the bindings are missing, failure under `CI=true`.
 
@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringseed::metainfo::create::{create, CreateOptions};
+use ringseed::create::{create, CreateOptions};
 use ringseed::metainfo::MetaVersion;
 use ringseed::wire::codec::piece_header;
 use ringseed::wire::mse::{

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringseed::metainfo::create::{create, CreateOptions};
+use ringseed::create::{create, CreateOptions};
 use ringseed::metainfo::MetaVersion;
 use ringseed::wire::codec::{piece_header, Handshake, Message, ReservedFlags};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::cli::{CreateArgs, TorrentKind};
-use crate::metainfo::create::{create_from_plan, plan, write_atomically, CreateOptions};
+use crate::create::{create_from_plan, plan, write_atomically, CreateOptions};
 use crate::metainfo::MetaVersion;
 
 pub fn run(args: &CreateArgs) -> anyhow::Result<ExitCode> {

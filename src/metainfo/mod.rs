@@ -8,11 +8,10 @@
 //! directory, piece counts match sizes, v2 piece layers hash up to their
 //! `pieces root`, and a hybrid torrent's v1 and v2 halves describe the same
 //! files at the same offsets. It does not read file contents: hashing data
-//! is `storage`'s job. [`merkle`] holds the BEP 52 merkle math (leaf
+//! is `storage`'s job, and making a torrent from files is [`crate::create`]'s. [`merkle`] holds the BEP 52 merkle math (leaf
 //! hashing, roots, piece layers) that parsing, the wire's hash messages and
 //! storage's hashing share.
 
-pub mod create;
 mod error;
 mod fields;
 mod files;

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringseed::create::{create, CreateOptions};
 use ringseed::engine::{Catalog, Engine, EngineConfig, ServedTorrent, ShardConfig, ShardStats};
-use ringseed::metainfo::create::{create, CreateOptions};
 use ringseed::metainfo::{MetaVersion, Torrent};
 use ringseed::storage::Content;
 use ringseed::wire::Bitfield;

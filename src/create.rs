@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 
 use crate::bencode::{encode_bytes, encode_int, DictBuilder};
 
-use super::{component_problem, FileEntry, MetaVersion, MetainfoError, Torrent, MAX_PIECES};
 use crate::metainfo::merkle::LEAF_SIZE as BLOCK_SIZE;
+use crate::metainfo::{
+    component_problem, FileEntry, MetaVersion, MetainfoError, Torrent, MAX_PIECES,
+};
 use crate::storage::hash::{hash_files, ContentHashes, FileHashes};
 use crate::storage::StorageError;
 
