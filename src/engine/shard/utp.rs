@@ -46,6 +46,12 @@ use super::super::uring::send::Pending;
 use super::super::uring::{OpKind, UserData};
 use super::{input, Shard};
 
+/// Mmap slices shorter than this are copied into the uTP send buffer, not
+/// held: a held slice costs an allocation and a record until acked, so a
+/// peer asking for tiny blocks cannot make the records outweigh the bytes
+/// (a 1 MiB send buffer holds at most ~1,000 held slices).
+const MIN_SHARED: usize = 1024;
+
 /// One uTP connection and the engine connection it carries.
 struct Link {
     key: ConnKey,
@@ -427,7 +433,7 @@ impl Shard {
         }
         let mut n = 0;
         let mut shared = false;
-        for part in slot.pending_parts() {
+        for part in slot.pending_parts(MIN_SHARED) {
             let (len, written) = match part {
                 Pending::Copy(bytes) => (bytes.len(), c.write(&bytes[..bytes.len().min(room - n)])),
                 Pending::Shared(bytes) => {

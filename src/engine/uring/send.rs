@@ -300,12 +300,16 @@ impl SendSlot {
     }
 
     /// [`SendSlot::pending`] for a carrier that keeps the bytes after the
-    /// send completes: mmap and zero slices as shared handles (no copy),
-    /// the rest to be copied. Lazy: take only what fits.
-    pub fn pending_parts(&self) -> impl Iterator<Item = Pending<'_>> + '_ {
-        self.iov.iter().zip(&self.srcs).map(|(iov, src)| {
+    /// send completes: mmap and zero slices of at least `min_shared` bytes
+    /// as shared handles (no copy), the rest to be copied (a handle costs
+    /// an allocation and a record in the carrier's buffer: tiny blocks are
+    /// cheaper copied, and bound that buffer's records). Lazy: take only
+    /// what fits.
+    pub fn pending_parts(&self, min_shared: usize) -> impl Iterator<Item = Pending<'_>> + '_ {
+        self.iov.iter().zip(&self.srcs).map(move |(iov, src)| {
             let (ptr, len) = (iov.iov_base as *const u8, iov.iov_len);
-            match *src {
+            let src = if len < min_shared { Source::Slot } else { *src };
+            match src {
                 Source::Keep(k) => match self.keep.get(usize::from(k)) {
                     Some(keep) => Pending::Shared(Bytes::from_owner(Pinned {
                         _keep: Arc::clone(keep),
@@ -319,8 +323,10 @@ impl SendSlot {
                 Source::Zeros => {
                     Pending::Shared(Bytes::from_static(&ZEROS[..len.min(ZEROS.len())]))
                 }
-                // SAFETY: the slot's own buffers or reserved read-pool
-                // buffers, valid for `len` bytes while the slot is borrowed.
+                // SAFETY: the slot's own buffers, reserved read-pool
+                // buffers, or (below `min_shared`) an mmap kept by `keep`
+                // or the zero page: valid for `len` bytes while the slot is
+                // borrowed.
                 Source::Slot => Pending::Copy(unsafe { std::slice::from_raw_parts(ptr, len) }),
             }
         })
@@ -537,5 +543,40 @@ mod tests {
         assert!(!slot.advance(20));
         assert_eq!(gather(&slot), expected[25..]);
         assert!(slot.advance(expected.len() - 25));
+    }
+
+    /// Mmap and zero slices come out shared from `min_shared` bytes on,
+    /// everything else (and shorter slices) to be copied; the bytes are
+    /// the slot's either way.
+    #[test]
+    fn pending_parts_share_long_mmap_slices_only() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+        let owner = Arc::new(data.clone());
+        let mut slot = SendSlot::new();
+        slot.reset((1, 1));
+        slot.set_control(b"ctl");
+        let block = |len| SentBlock {
+            piece: 0,
+            begin: 0,
+            len,
+            read_buf: None,
+            at: std::time::Instant::now(),
+        };
+        slot.push_block([1; 13], block(3000));
+        slot.push_owned(&owner, |d| &d[..3000]);
+        slot.push_block([2; 13], block(600));
+        slot.push_owned(&owner, |d| &d[3000..3600]);
+        slot.push_zeros(2000);
+        let kinds: Vec<(bool, Vec<u8>)> = slot
+            .pending_parts(1024)
+            .map(|p| match p {
+                Pending::Copy(b) => (false, b.to_vec()),
+                Pending::Shared(b) => (true, b.to_vec()),
+            })
+            .collect();
+        let shared: Vec<bool> = kinds.iter().map(|k| k.0).collect();
+        assert_eq!(shared, [false, false, true, false, false, true]);
+        let flat: Vec<u8> = kinds.into_iter().flat_map(|k| k.1).collect();
+        assert_eq!(flat, gather(&slot));
     }
 }
