@@ -650,16 +650,22 @@ fn honest_rate(srv: &SlowReaderServer, addr: SocketAddr) -> f64 {
 }
 
 /// The honest leecher's best rate from the attacked server and from its
-/// untouched twin, in alternating 32 MiB downloads: rounds of three pairs,
-/// another round (up to three) while the attacked side is more than 10%
+/// untouched twin, in alternating 32 MiB downloads: rounds of four pairs
+/// (which side goes first alternates, so neither gains from going second),
+/// another round, up to four, while the attacked side is more than 10%
 /// behind and the stalled peers are not yet due for their send timeout.
 /// A real loss shows in every round; a noisy neighbour slows both sides.
 fn honest_pair(srv: &SlowReaderServer, due: Instant) -> (f64, f64, usize) {
     let (mut beside, mut baseline, mut pairs) = (0.0f64, 0.0f64, 0);
-    for _round in 0..3 {
-        for _ in 0..3 {
-            baseline = baseline.max(honest_rate(srv, srv.twin_addr));
-            beside = beside.max(honest_rate(srv, srv.addr));
+    for _round in 0..4 {
+        for _ in 0..4 {
+            if pairs % 2 == 0 {
+                baseline = baseline.max(honest_rate(srv, srv.twin_addr));
+                beside = beside.max(honest_rate(srv, srv.addr));
+            } else {
+                beside = beside.max(honest_rate(srv, srv.addr));
+                baseline = baseline.max(honest_rate(srv, srv.twin_addr));
+            }
             pairs += 1;
         }
         if beside >= 0.9 * baseline || Instant::now() + Duration::from_millis(500) > due {
