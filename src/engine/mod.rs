@@ -22,7 +22,7 @@
 //! shards, see `crate::prepare` and `control`), trackers, metrics export.
 
 pub mod catalog;
-pub mod conn;
+pub mod core;
 pub mod limits;
 pub mod shard;
 pub mod stats;

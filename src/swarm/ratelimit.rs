@@ -39,7 +39,7 @@
 //! - Control messages (handshakes, haves, rejects) are not charged: they are
 //!   a rounding error next to piece data, and must never wait behind it.
 //! - Per-torrent caps are not built in: the engine gives a capped torrent a
-//!   second limiter of its own and asks it first (`engine::shard::egress`).
+//!   second limiter of its own and asks it first (`engine::core::egress`).
 
 use std::collections::VecDeque;
 use std::fmt;

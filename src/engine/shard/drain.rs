@@ -21,23 +21,13 @@ use std::time::{Duration, Instant};
 
 use crate::swarm::choker::PeerId;
 
-use super::super::conn::Carrier;
+use super::super::core::egress::Egress;
+use super::super::core::{Carrier, Drain};
 use super::super::stats::CloseKind;
 use super::Shard;
 
 /// How long a drained connection waits for the peer's FIN after ours.
 pub const FIN_WAIT: Duration = Duration::from_secs(5);
-
-/// Where a connection of a torrent being taken out stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drain {
-    /// Still served until then.
-    Grace { until: Instant },
-    /// Choked; waiting for its sends and reads in flight to complete.
-    Choked,
-    /// Our FIN is out; waiting for the peer's until `deadline`.
-    FinSent { deadline: Instant },
-}
 
 impl Shard {
     /// Top of the loop, before the fence is observed: take the current
@@ -52,16 +42,12 @@ impl Shard {
         self.superseed.follow(&self.catalog);
         match self.egress.as_mut() {
             Some(e) => e.follow(now, &self.catalog),
-            None => {
-                self.egress =
-                    super::egress::Egress::new(now, self.cfg.box_pool.clone(), &self.catalog)
-            }
+            None => self.egress = Egress::new(now, self.cfg.box_pool.clone(), &self.catalog),
         }
         if !self.catalog.torrents().iter().any(|t| t.is_draining()) {
             return;
         }
-        for (idx, c) in self.conns.iter_mut().enumerate() {
-            let Some(c) = c.as_mut() else { continue };
+        for (id, c) in self.conns.iter_mut() {
             if c.closing.is_some() || c.drain.is_some() {
                 continue;
             }
@@ -69,7 +55,7 @@ impl Shard {
                 c.drain = Some(Drain::Grace {
                     until: now + t.drain_grace(),
                 });
-                self.draining.push(idx as u32);
+                self.draining.push(id.index());
             }
         }
     }
@@ -82,7 +68,7 @@ impl Shard {
         let list = std::mem::take(&mut self.draining);
         let mut keep = Vec::with_capacity(list.len());
         for idx in list {
-            let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+            let Some(c) = self.conns.at_mut(idx) else {
                 continue;
             };
             if c.closing.is_some() {
@@ -97,9 +83,7 @@ impl Shard {
                 }
                 Some(Drain::Choked) => {
                     let idle = c.send_slot.is_none()
-                        && c.ready.is_empty()
-                        && c.parked.is_none()
-                        && c.reads_inflight == 0
+                        && c.pipe.is_empty()
                         && c.pre_tx.is_empty()
                         && !c.dirty
                         && c.peer.poll_transmit().is_empty();
@@ -135,7 +119,7 @@ impl Shard {
     /// choker, the super-seed selector and the upload-cap queues.
     fn drain_choke(&mut self, now: Instant, idx: u32) {
         self.egress_release(now, idx);
-        let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+        let Some(c) = self.conns.at_mut(idx) else {
             return;
         };
         c.drain = Some(Drain::Choked);

@@ -14,7 +14,7 @@ use io_uring::cqueue;
 
 use crate::wire::{CloseReason, PeerState};
 
-use super::super::conn::{Carrier, Conn};
+use super::super::core::{Carrier, Conn, ConnId};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::{self, FeedError, MseOutcome};
 use super::super::uring::{sys, OpKind, UserData};
@@ -85,8 +85,8 @@ impl Shard {
         &mut self,
         carrier: Carrier,
         remote: SocketAddr,
-    ) -> io::Result<Option<u32>> {
-        if self.live_conns >= self.cfg.max_connections {
+    ) -> io::Result<Option<ConnId>> {
+        if self.conns.len() >= self.cfg.max_connections {
             ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
             return Ok(None);
         }
@@ -102,33 +102,24 @@ impl Shard {
         }
         let now = Instant::now();
         let peer = PeerState::new(now, &self.cfg.peer, remote);
-        let idx = match self.free_conns.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.generations.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[idx as usize];
-        let conn = Conn::new(carrier, generation, remote, admission, peer, now);
-        self.conns[idx as usize] = Some(conn);
-        self.live_conns += 1;
-        self.arm_recv(idx)?;
-        Ok(Some(idx))
+        let id = self
+            .conns
+            .insert_with(|id| Conn::new(carrier, id, remote, admission, peer, now));
+        self.arm_recv(id.index())?;
+        Ok(Some(id))
     }
 
     // ---- receive ------------------------------------------------------
 
     pub(super) fn arm_recv(&mut self, idx: u32) -> io::Result<()> {
-        let Some(c) = self.conns[idx as usize].as_mut() else {
+        let Some(c) = self.conns.at_mut(idx) else {
             return Ok(());
         };
         if c.recv_armed || c.closing.is_some() || c.is_utp() {
             // uTP bytes are fed in by the shard's uTP turn.
             return Ok(());
         }
-        let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
+        let ud = UserData::new(OpKind::Recv, c.id.generation(), idx).encode();
         c.recv_armed = true;
         let fd = c.raw_fd();
         self.ring.push_recv_multi(fd, self.bufs.bgid(), ud)
@@ -154,12 +145,7 @@ impl Shard {
         let bid = cqueue::buffer_select(flags);
         let now = Instant::now();
         let catalog = Arc::clone(&self.catalog);
-        let Some(conn) = self
-            .conns
-            .get_mut(ud.index as usize)
-            .and_then(|c| c.as_mut())
-            .filter(|c| c.generation == ud.generation)
-        else {
+        let Some(conn) = self.conns.get_mut(ConnId::new(ud.index, ud.generation)) else {
             if let Some(bid) = bid {
                 self.bufs.recycle(bid);
             }

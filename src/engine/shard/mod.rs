@@ -20,16 +20,12 @@
 //! are waiting to be flushed; so timers fire on time without a timeout SQE.
 
 mod drain;
-mod egress;
 mod gso;
 mod input;
 mod superseed;
 mod transmit;
 mod udp;
 mod utp;
-
-pub use drain::Drain;
-pub use egress::ConnEgress;
 
 use std::collections::VecDeque;
 use std::io;
@@ -48,10 +44,10 @@ use crate::swarm::superseed::SuperSeedConfig;
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
 use super::catalog::{Catalog, LiveCatalog};
-use super::conn::Conn;
+use super::core::egress::Egress;
+use super::core::{Conn, ConnId, ConnTable};
 use super::limits::ConnLimits;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
-use super::uring::user_data::next_generation;
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
 /// Settings of one shard.
@@ -143,8 +139,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// A cold block's read, keyed by its read-pool buffer.
 struct ColdRead {
-    conn: u32,
-    generation: u32,
+    conn: ConnId,
     req: BlockRequest,
     at: Instant,
     ops_left: u32,
@@ -170,7 +165,7 @@ pub struct Shard {
     cold: Vec<Option<ColdRead>>,
     /// Connections parked because no read buffer was free, oldest first;
     /// woken as buffers are released.
-    read_waiters: VecDeque<(u32, u32)>,
+    read_waiters: VecDeque<ConnId>,
     /// `finish` ran (it runs once, on every exit path; see `Drop`).
     finished: bool,
     listener: socket2::Socket,
@@ -178,10 +173,7 @@ pub struct Shard {
     /// Accept stopped on resource exhaustion; re-armed by the next tick.
     accept_backoff: bool,
     last_accept_warning: Option<Instant>,
-    conns: Vec<Option<Conn>>,
-    generations: Vec<u32>,
-    free_conns: Vec<u32>,
-    live_conns: usize,
+    conns: ConnTable<Conn>,
     sends: SendTable,
     dirty: Vec<u32>,
     rearm: Vec<u32>,
@@ -204,7 +196,7 @@ pub struct Shard {
     /// a withdrawn file are no longer in flight (`storage::fence`).
     fence: FenceTracker,
     /// The upload cap; `None` when nothing is capped.
-    egress: Option<egress::Egress>,
+    egress: Option<Egress>,
     /// Scratch: connections the limiters just granted tokens.
     woken: Vec<u32>,
     superseed: superseed::SuperSeeding,
@@ -241,7 +233,7 @@ impl Shard {
         let now = Instant::now();
         let choker = Choker::new(cfg.choker.clone(), now);
         let fence = catalog.fence().register();
-        let egress = egress::Egress::new(now, cfg.box_pool.clone(), &catalog);
+        let egress = Egress::new(now, cfg.box_pool.clone(), &catalog);
         // The gauge sums over shards to the box cap: shard 0 reports it.
         let shown = if cfg.index == 0 {
             cfg.box_pool.as_ref().map_or(0, |p| p.rate_bytes_per_sec())
@@ -268,10 +260,7 @@ impl Shard {
             accepting: false,
             accept_backoff: false,
             last_accept_warning: None,
-            conns: Vec::new(),
-            generations: Vec::new(),
-            free_conns: Vec::new(),
-            live_conns: 0,
+            conns: ConnTable::default(),
             sends: SendTable::default(),
             dirty: Vec::new(),
             rearm: Vec::new(),
@@ -370,7 +359,7 @@ impl Shard {
                     self.begin_shutdown();
                     now
                 });
-                let idle = self.live_conns == 0 && !self.accepting;
+                let idle = self.conns.is_empty() && !self.accepting;
                 if idle || now.duration_since(since) > DRAIN_TIMEOUT {
                     return Ok(());
                 }
@@ -430,7 +419,7 @@ impl Shard {
         // Stop everything still open, then reap until the kernel holds no
         // more of our memory (reads write into the read pool; sends read
         // send slots), bounded in time.
-        for c in self.conns.iter_mut().flatten() {
+        for (_, c) in self.conns.iter_mut() {
             if let Some(fd) = c.fd() {
                 let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
             }
@@ -476,7 +465,7 @@ impl Shard {
         // Stop accepting: shutting the listener down ends the multishot accept.
         let _ = self.listener.shutdown(std::net::Shutdown::Both);
         self.cancel_udp();
-        for idx in 0..self.conns.len() as u32 {
+        for idx in 0..self.conns.index_bound() {
             self.close(idx, CloseKind::Shutdown);
         }
     }
@@ -535,7 +524,7 @@ impl Shard {
     /// Bookkeeping after the peer state changed: attach the torrent,
     /// register with the choker, pass interest changes, mark dirty.
     fn after_input(&mut self, idx: u32, now: Instant) {
-        let Some(conn) = self.conns[idx as usize].as_mut() else {
+        let Some(conn) = self.conns.at_mut(idx) else {
             return;
         };
         if conn.torrent.is_none() {
@@ -572,7 +561,7 @@ impl Shard {
             // Offers go out with the handshake reply, in this loop turn.
             self.superseed_input(now, idx);
         }
-        let Some(conn) = self.conns[idx as usize].as_mut() else {
+        let Some(conn) = self.conns.at_mut(idx) else {
             return;
         };
         let mut decisions = std::mem::take(&mut self.decisions);
@@ -594,7 +583,7 @@ impl Shard {
     fn apply_decisions(&mut self, now: Instant, decisions: &[ChokeDecision]) {
         for d in decisions {
             let idx = d.peer.0;
-            if let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) {
+            if let Some(c) = self.conns.at_mut(idx) {
                 if c.closing.is_some() {
                     continue;
                 }
@@ -624,10 +613,7 @@ impl Shard {
     /// Connection `idx` leaves the limiters' queues and returns its unused
     /// credit (choked, closing, or nothing left to send).
     fn egress_release(&mut self, now: Instant, idx: u32) {
-        let (Some(e), Some(c)) = (
-            self.egress.as_mut(),
-            self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()),
-        ) else {
+        let (Some(e), Some(c)) = (self.egress.as_mut(), self.conns.at_mut(idx)) else {
             return;
         };
         let (Some(ce), Some(t)) = (c.egress.as_mut(), c.torrent.as_ref()) else {
@@ -637,7 +623,7 @@ impl Shard {
     }
 
     fn mark_dirty(&mut self, idx: u32) {
-        if let Some(c) = self.conns[idx as usize].as_mut() {
+        if let Some(c) = self.conns.at_mut(idx) {
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(idx);
@@ -645,11 +631,10 @@ impl Shard {
         }
     }
 
+    /// The connection an operation's (index, generation) names, if it is
+    /// still open.
     fn conn_mut(&mut self, idx: u32, generation: u32) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(idx as usize)?
-            .as_mut()
-            .filter(|c| c.generation == generation)
+        self.conns.get_mut(ConnId::new(idx, generation))
     }
 
     // ---- timers and teardown -------------------------------------------
@@ -663,11 +648,10 @@ impl Shard {
             let stale: Vec<u32> = self
                 .conns
                 .iter()
-                .enumerate()
-                .filter_map(|(i, c)| {
-                    let slot = c.as_ref()?.send_slot?;
+                .filter_map(|(id, c)| {
+                    let slot = c.send_slot?;
                     let epoch = self.sends.get_mut(slot)?.epoch;
-                    (epoch < forced).then_some(i as u32)
+                    (epoch < forced).then_some(id.index())
                 })
                 .collect();
             for idx in stale {
@@ -681,8 +665,7 @@ impl Shard {
     /// `have` for withheld pieces that are live again (O(1) per connection
     /// when nothing came back).
     fn restored_turn(&mut self) {
-        for (idx, c) in self.conns.iter_mut().enumerate() {
-            let Some(c) = c.as_mut() else { continue };
+        for (id, c) in self.conns.iter_mut() {
             if c.closing.is_some() {
                 continue;
             }
@@ -690,7 +673,7 @@ impl Shard {
             c.peer.announce_restored(&t.view());
             if !c.dirty && !c.peer.poll_transmit().is_empty() {
                 c.dirty = true;
-                self.dirty.push(idx as u32);
+                self.dirty.push(id.index());
             }
         }
     }
@@ -705,8 +688,8 @@ impl Shard {
         }
         self.utp_mark_all();
         let mut to_close = Vec::new();
-        for (idx, c) in self.conns.iter_mut().enumerate() {
-            let Some(c) = c.as_mut() else { continue };
+        for (id, c) in self.conns.iter_mut() {
+            let idx = id.index();
             if c.closing.is_some() {
                 continue;
             }
@@ -717,7 +700,7 @@ impl Shard {
                 // The peer stopped reading: keep-alives or requests from it
                 // do not matter, it cannot hold its send forever.
                 tracing::debug!(peer = %c.remote, "send made no progress; closing peer");
-                to_close.push((idx as u32, CloseKind::SendTimeout));
+                to_close.push((idx, CloseKind::SendTimeout));
                 continue;
             }
             if c.send_slot.is_none() && send_queue_stuck(c, now, self.cfg.send_timeout) {
@@ -725,15 +708,15 @@ impl Shard {
                 // has not read a byte of it since: whatever it sends us
                 // (keep-alives, requests), it does not read.
                 tracing::debug!(peer = %c.remote, "send queue not read; closing peer");
-                to_close.push((idx as u32, CloseKind::SendTimeout));
+                to_close.push((idx, CloseKind::SendTimeout));
                 continue;
             }
             if let Err(reason) = c.peer.handle_tick(now) {
                 c.last_reason = Some(reason);
-                to_close.push((idx as u32, close_kind(reason)));
+                to_close.push((idx, close_kind(reason)));
             } else if !c.peer.poll_transmit().is_empty() && !c.dirty {
                 c.dirty = true;
-                self.dirty.push(idx as u32);
+                self.dirty.push(idx);
             }
         }
         for (idx, kind) in to_close {
@@ -745,7 +728,7 @@ impl Shard {
     /// Start closing a connection: stop its I/O; the slot is freed once
     /// every in-flight operation has completed.
     fn close(&mut self, idx: u32, kind: CloseKind) {
-        let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+        let Some(c) = self.conns.at_mut(idx) else {
             return;
         };
         if c.closing.is_some() {
@@ -774,8 +757,8 @@ impl Shard {
             let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
         }
         if c.recv_armed {
-            let ud = UserData::new(OpKind::Recv, c.generation, idx).encode();
-            let cancel = UserData::new(OpKind::Cancel, c.generation, idx).encode();
+            let ud = UserData::new(OpKind::Recv, c.id.generation(), idx).encode();
+            let cancel = UserData::new(OpKind::Cancel, c.id.generation(), idx).encode();
             let _ = self.ring.push_cancel(ud, cancel);
         }
         if c.in_superseed {
@@ -789,7 +772,7 @@ impl Shard {
             self.utp_fail_waiting(l);
         }
         self.egress_release(Instant::now(), idx);
-        let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+        let Some(c) = self.conns.at_mut(idx) else {
             return;
         };
         if c.in_choker {
@@ -806,32 +789,30 @@ impl Shard {
 
     /// Free a closing connection's slot once nothing is in flight.
     fn try_release(&mut self, idx: u32) {
-        let Some(c) = self.conns.get(idx as usize).and_then(|c| c.as_ref()) else {
+        let Some(c) = self.conns.at(idx) else {
             return;
         };
         if c.closing.is_none() || !c.quiescent() {
             return;
         }
-        let c = self.conns[idx as usize].take().expect("present");
+        let mut c = self.conns.remove(idx).expect("present");
         if let Some(t) = &c.torrent {
             // Nothing of this connection is in flight: it lets go of the files.
             t.count_peer(false);
         }
-        for rb in &c.ready {
+        let ready = c.pipe.take_ready();
+        for rb in &ready {
             // SAFETY: a ready block's READ has completed and it joined no
             // send (the connection is quiescent).
             unsafe { self.reads.release(rb.buf) };
         }
-        if !c.ready.is_empty() {
-            self.wake_read_waiters(c.ready.len() as u32);
+        if !ready.is_empty() {
+            self.wake_read_waiters(ready.len() as u32);
         }
         if !c.peer.is_choked() {
             self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
         }
         self.cfg.limits.release(c.admission);
-        self.generations[idx as usize] = next_generation(self.generations[idx as usize]);
-        self.free_conns.push(idx);
-        self.live_conns -= 1;
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(l) = c.utp_link() {
             self.stats.utp_connections.fetch_sub(1, Ordering::Relaxed);
@@ -848,7 +829,7 @@ impl Shard {
 /// nothing; a peer that stops reading is closed within about 1.5 x `timeout`
 /// of its last completed send.
 fn send_queue_stuck(c: &mut Conn, now: Instant, timeout: Duration) -> bool {
-    use super::conn::SendQueueWatch;
+    use super::core::SendQueueWatch;
     if c.send_queue == SendQueueWatch::Drained
         || !c.peer.is_handshake_complete()
         || now.saturating_duration_since(c.last_send_progress) < timeout / 2

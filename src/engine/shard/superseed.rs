@@ -116,7 +116,7 @@ impl Shard {
     /// After a receive on super-seeding connection `idx`: register it once
     /// its handshake is done, then forward its have events; apply offers.
     pub(super) fn superseed_input(&mut self, now: Instant, idx: u32) {
-        let Some(conn) = self.conns[idx as usize].as_mut() else {
+        let Some(conn) = self.conns.at_mut(idx) else {
             return;
         };
         let Some(t) = conn.torrent.clone() else {
@@ -208,7 +208,7 @@ impl Shard {
     fn apply_offers(&mut self, t: TorrentId, offers: &mut Vec<Offer>) {
         for o in offers.drain(..) {
             let idx = o.peer.0;
-            let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+            let Some(c) = self.conns.at_mut(idx) else {
                 continue;
             };
             if c.closing.is_some() || c.torrent.as_ref().is_none_or(|ct| ct.id != t) {

@@ -21,7 +21,8 @@ use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
-use super::super::conn::{Conn, ReadyBlock, SendQueueWatch};
+use super::super::core::pipeline::{BlockPipeline, Blocks, ReadyBlock, Step};
+use super::super::core::{ConnId, SendQueueWatch};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::seal_outgoing;
 use super::super::uring::{
@@ -35,7 +36,7 @@ impl Shard {
     pub(super) fn flush_dirty(&mut self) -> io::Result<()> {
         let list = std::mem::take(&mut self.dirty);
         for &idx in &list {
-            if let Some(c) = self.conns[idx as usize].as_mut() {
+            if let Some(c) = self.conns.at_mut(idx) {
                 c.dirty = false;
             }
             self.flush(idx)?;
@@ -53,13 +54,13 @@ impl Shard {
     pub(super) fn flush(&mut self, idx: u32) -> io::Result<()> {
         let zc = self.cfg.send_zc;
         let read_share = self.read_share();
-        let Some(conn) = self.conns[idx as usize].as_mut() else {
+        let Some(conn) = self.conns.at_mut(idx) else {
             return Ok(());
         };
         if conn.closing.is_some() || conn.send_slot.is_some() {
             return Ok(());
         }
-        let (slot_id, mut slot) = self.sends.take((idx, conn.generation));
+        let (slot_id, mut slot) = self.sends.take((idx, conn.id.generation()));
         // MSE handshake bytes at the head of this send: already in their
         // final form (the responder encrypted what needs encrypting), so
         // RC4 below must not touch them.
@@ -85,7 +86,7 @@ impl Shard {
             self.egress.as_mut(),
             conn.torrent.as_ref(),
         ) {
-            let blocks = conn.peer.queued_requests() + usize::from(conn.parked.is_some());
+            let blocks = conn.pipe.blocks_waiting(&conn.peer);
             if blocks > 0 && ce.wants_credit() {
                 let want = blocks.min(MAX_BLOCKS_PER_SEND) as u64 * MAX_BLOCK_MESSAGE;
                 e.acquire(std::time::Instant::now(), idx, t.id, ce, want, &self.stats);
@@ -99,161 +100,102 @@ impl Shard {
         let mut freed_bufs = 0u32;
         let mut broken = false;
         if let Some(t) = conn.torrent.clone() {
-            // Blocks already read from disk go first.
-            while slot.has_room(1) {
-                let Some(rb) = conn.ready.pop_front() else {
-                    break;
-                };
-                if !t.is_live(rb.req.piece) {
-                    // SAFETY: a ready block's READ has completed and the
-                    // buffer is in no send: the kernel holds no reference.
-                    unsafe { self.reads.release(rb.buf) };
-                    conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
-                    freed_bufs += 1;
-                    conn.peer.reject_popped(rb.req);
-                    withdrawn = true;
-                    if let Some(ce) = conn.egress.as_mut() {
-                        ce.refund(block_cost(rb.req.len)); // paid, not sent
-                    }
-                    continue;
-                }
-                slot.push_block(
-                    piece_header(rb.req.piece, rb.req.begin, rb.req.len),
-                    SentBlock {
-                        piece: rb.req.piece,
-                        begin: rb.req.begin,
-                        len: rb.req.len,
-                        read_buf: Some(rb.buf),
-                        at: rb.at,
-                    },
-                );
-                // The buffer stays reserved until this slot completes.
-                if !slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize) {
-                    // Not a buffer of the pool: a bug, never sent as some
-                    // other buffer's bytes.
-                    broken = true;
-                    break;
-                }
-            }
-            // Then queued requests, served from the mmap when resident.
+            // The block pipeline decides what goes next (`core::pipeline`);
+            // this loop carries it out.
+            let blocks = TorrentBlocks(&t);
             loop {
-                if broken || !slot.has_room(4) {
-                    break;
-                }
-                let (req, at) = match conn.parked.take() {
-                    Some(r) => r,
-                    None => match conn.peer.pop_block_timed() {
-                        Some(r) => r,
-                        None => break,
-                    },
-                };
-                if !t.is_live(req.piece) {
-                    conn.peer.reject_popped(req);
-                    withdrawn = true;
-                    continue;
-                }
-                let cost = block_cost(req.len);
-                if conn.egress.as_ref().is_some_and(|ce| !ce.can_pay(cost)) {
-                    // Throttled: the block waits for credit.
-                    conn.parked = Some((req, at));
-                    break;
-                }
-                // One mincore per piece, not per block: peers request the
-                // blocks of a piece one after another, so the connection
-                // remembers the last piece found resident (eviction within
-                // that window costs at most a minor stall, never wrong data).
-                let resident = conn.resident_piece == Some(req.piece)
-                    || if resident(&t, t.layout.piece_segments(req.piece)) {
-                        conn.resident_piece = Some(req.piece);
-                        true
-                    } else {
-                        resident(
-                            &t,
-                            t.layout
-                                .segments(req.piece, u64::from(req.begin), u64::from(req.len)),
-                        )
-                    };
-                if !resident {
-                    if conn.reads_inflight > 0 || conn.cold_bufs >= read_share {
-                        // One cold block per connection at a time, and a
-                        // small share of the pool: a peer that stops
-                        // reading cannot hold every buffer of the shard.
-                        // Woken when one of its reads or buffers is done.
-                        conn.parked = Some((req, at));
-                        break;
+                let step = conn.pipe.next(
+                    &mut conn.peer,
+                    &blocks,
+                    |n| slot.has_room(n),
+                    conn.egress.as_mut(),
+                    read_share,
+                );
+                match step {
+                    Step::Ready(rb) => {
+                        slot.push_block(
+                            piece_header(rb.req.piece, rb.req.begin, rb.req.len),
+                            SentBlock {
+                                piece: rb.req.piece,
+                                begin: rb.req.begin,
+                                len: rb.req.len,
+                                read_buf: Some(rb.buf),
+                                at: rb.at,
+                            },
+                        );
+                        // The buffer stays reserved until this slot completes.
+                        if !slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize) {
+                            // Not a buffer of the pool: a bug, never sent as
+                            // some other buffer's bytes.
+                            broken = true;
+                            break;
+                        }
                     }
-                    match start_cold_read(
-                        &mut self.ring,
-                        &mut self.reads,
-                        &mut self.cold,
-                        &mut self.fence,
-                        &t,
-                        idx,
-                        conn,
-                        (req, at),
-                    )? {
-                        true => {
-                            ShardStats::add(&self.stats.cold_reads, 1);
-                            if let Some(ce) = conn.egress.as_mut() {
-                                ce.pay(cost);
+                    Step::Dropped(rb) => {
+                        // SAFETY: a ready block's READ has completed and the
+                        // buffer is in no send: the kernel holds no reference.
+                        unsafe { self.reads.release(rb.buf) };
+                        freed_bufs += 1;
+                        withdrawn = true;
+                    }
+                    Step::Rejected => withdrawn = true,
+                    Step::Mmap { req, at, .. } => {
+                        slot.push_block(
+                            piece_header(req.piece, req.begin, req.len),
+                            SentBlock {
+                                piece: req.piece,
+                                begin: req.begin,
+                                len: req.len,
+                                read_buf: None,
+                                at,
+                            },
+                        );
+                        for seg in
+                            t.layout
+                                .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+                        {
+                            match seg {
+                                Segment::Zero { len } => slot.push_zeros(len as usize),
+                                Segment::File {
+                                    file_index,
+                                    file_offset,
+                                    len,
+                                } => {
+                                    // Zero-copy: the iovec points into the
+                                    // mmap; the slot keeps `t` (and so the
+                                    // mmap) alive.
+                                    slot.push_owned(&t, |t| {
+                                        t.content
+                                            .file_bytes(file_index, file_offset, len)
+                                            .unwrap_or(&[])
+                                    });
+                                }
                             }
                         }
-                        false => {
+                    }
+                    Step::Read { req, at } => {
+                        let started = start_cold_read(
+                            &mut self.ring,
+                            &mut self.reads,
+                            &mut self.cold,
+                            &mut self.fence,
+                            &t,
+                            conn.id,
+                            &mut conn.pipe,
+                            (req, at),
+                        )?;
+                        if started {
+                            ShardStats::add(&self.stats.cold_reads, 1);
+                            BlockPipeline::paid_read(conn.egress.as_mut(), &req);
+                        } else {
                             // No buffer free: woken when one is released.
-                            conn.parked = Some((req, at));
-                            if !conn.waiting_read_buf {
-                                conn.waiting_read_buf = true;
-                                self.read_waiters.push_back((idx, conn.generation));
+                            if conn.pipe.no_read_buffer(req, at) {
+                                self.read_waiters.push_back(conn.id);
                             }
                             break;
                         }
                     }
-                    continue;
-                }
-                let mut segs = 0;
-                for _ in t
-                    .layout
-                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-                {
-                    segs += 1;
-                }
-                if !slot.has_room(segs) {
-                    conn.parked = Some((req, at));
-                    break;
-                }
-                if let Some(ce) = conn.egress.as_mut() {
-                    ce.pay(cost);
-                }
-                slot.push_block(
-                    piece_header(req.piece, req.begin, req.len),
-                    SentBlock {
-                        piece: req.piece,
-                        begin: req.begin,
-                        len: req.len,
-                        read_buf: None,
-                        at,
-                    },
-                );
-                for seg in t
-                    .layout
-                    .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-                {
-                    match seg {
-                        Segment::Zero { len } => slot.push_zeros(len as usize),
-                        Segment::File {
-                            file_index,
-                            file_offset,
-                            len,
-                        } => {
-                            // Zero-copy: the iovec points into the mmap; the
-                            // slot keeps `t` (and so the mmap) alive.
-                            slot.push_owned(&t, |t| {
-                                t.content
-                                    .file_bytes(file_index, file_offset, len)
-                                    .unwrap_or(&[])
-                            });
-                        }
-                    }
+                    Step::Stop(_) => break,
                 }
             }
         }
@@ -282,7 +224,7 @@ impl Shard {
         if freed_bufs > 0 {
             self.wake_read_waiters(freed_bufs);
         }
-        let Some(conn) = self.conns[idx as usize].as_mut() else {
+        let Some(conn) = self.conns.at_mut(idx) else {
             return Ok(());
         };
         // Nothing left to pay for: unused credit goes back to the buckets.
@@ -291,7 +233,7 @@ impl Shard {
             self.egress.as_mut(),
             conn.torrent.as_ref(),
         ) {
-            if ce.has_credit() && conn.parked.is_none() && conn.peer.queued_requests() == 0 {
+            if ce.has_credit() && conn.pipe.blocks_waiting(&conn.peer) == 0 {
                 e.release(std::time::Instant::now(), idx, t.id, ce, &self.stats);
             }
         }
@@ -348,10 +290,7 @@ impl Shard {
         if cqueue::more(flags) {
             // A notification will follow for this op.
             slot.notifs += 1;
-            if let Some(c) = self.conns[cidx as usize]
-                .as_mut()
-                .filter(|c| c.generation == cgen)
-            {
+            if let Some(c) = self.conn_mut(cidx, cgen) {
                 c.zc_pending += 1;
             }
         }
@@ -460,8 +399,7 @@ impl Shard {
             }
             if freed > 0 {
                 if let Some(c) = self.conn_mut(cidx, cgen) {
-                    c.cold_bufs = c.cold_bufs.saturating_sub(freed);
-                    if c.parked.is_some() {
+                    if c.pipe.buffers_returned(freed) {
                         self.mark_dirty(cidx);
                     }
                 }
@@ -481,17 +419,17 @@ impl Shard {
     /// parked for want of one (they retry in this loop turn's flush).
     pub(super) fn wake_read_waiters(&mut self, mut freed: u32) {
         while freed > 0 {
-            let Some((idx, generation)) = self.read_waiters.pop_front() else {
+            let Some(id) = self.read_waiters.pop_front() else {
                 return;
             };
-            let Some(c) = self.conn_mut(idx, generation) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
-            c.waiting_read_buf = false;
-            if c.closing.is_some() || c.parked.is_none() {
+            let retry = c.pipe.woken_for_buffer();
+            if c.closing.is_some() || !retry {
                 continue;
             }
-            self.mark_dirty(idx);
+            self.mark_dirty(id.index());
             freed -= 1;
         }
     }
@@ -515,18 +453,27 @@ impl Shard {
         }
         let cold = self.cold[buf as usize].take().expect("present");
         self.fence.end(cold.epoch);
-        let (cidx, cgen) = (cold.conn, cold.generation);
+        let cidx = cold.conn.index();
         // Every release below: this was the READ's last CQE, and the buffer
         // is in no send yet.
-        let Some(conn) = self.conn_mut(cidx, cgen) else {
+        let Some(conn) = self.conns.get_mut(cold.conn) else {
             // SAFETY: see above.
             unsafe { self.reads.release(buf) };
             self.wake_read_waiters(1);
             return Ok(());
         };
-        conn.reads_inflight = conn.reads_inflight.saturating_sub(1);
+        let served =
+            conn.closing.is_none() && !cold.failed && cold.bytes_read >= cold.bytes_expected;
+        conn.pipe.read_completed(served.then_some(ReadyBlock {
+            req: cold.req,
+            buf,
+            at: cold.at,
+        }));
+        if served {
+            self.mark_dirty(cidx);
+            return Ok(());
+        }
         if conn.closing.is_some() {
-            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
             // SAFETY: see above.
             unsafe { self.reads.release(buf) };
             self.try_release(cidx);
@@ -537,31 +484,21 @@ impl Shard {
             // Short read: the file shrank under us. Never serve the rest of
             // the buffer; the watcher withdraws the piece.
             conn.peer.reject_popped(cold.req);
-            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
             // SAFETY: see above.
             unsafe { self.reads.release(buf) };
             self.mark_dirty(cidx);
             self.wake_read_waiters(1);
             return Ok(());
         }
-        if cold.failed {
-            conn.cold_bufs = conn.cold_bufs.saturating_sub(1);
-            // SAFETY: see above.
-            unsafe { self.reads.release(buf) };
-            self.wake_read_waiters(1);
-            tracing::warn!(
-                piece = cold.req.piece,
-                "reading a block from disk failed; closing the peer"
-            );
-            self.close(cidx, CloseKind::IoError);
-            return Ok(());
-        }
-        conn.ready.push_back(ReadyBlock {
-            req: cold.req,
-            buf,
-            at: cold.at,
-        });
-        self.mark_dirty(cidx);
+        // The read failed.
+        // SAFETY: see above.
+        unsafe { self.reads.release(buf) };
+        self.wake_read_waiters(1);
+        tracing::warn!(
+            piece = cold.req.piece,
+            "reading a block from disk failed; closing the peer"
+        );
+        self.close(cidx, CloseKind::IoError);
         Ok(())
     }
 }
@@ -570,9 +507,33 @@ impl Shard {
 /// read-pool buffers (at least one): 8 of the default 256.
 const READ_SHARE_DIVISOR: u32 = 32;
 
-/// Credit a block costs under an upload cap: its piece message.
-fn block_cost(len: u32) -> u64 {
-    13 + u64::from(len)
+/// The torrent as the block pipeline sees it: liveness, and residency by
+/// `mincore` over the file mmaps.
+struct TorrentBlocks<'a>(&'a ServedTorrent);
+
+impl Blocks for TorrentBlocks<'_> {
+    fn is_live(&self, piece: u32) -> bool {
+        self.0.is_live(piece)
+    }
+
+    fn piece_resident(&self, piece: u32) -> bool {
+        resident(self.0, self.0.layout.piece_segments(piece))
+    }
+
+    fn block_resident(&self, req: &BlockRequest) -> bool {
+        let segs = self
+            .0
+            .layout
+            .segments(req.piece, u64::from(req.begin), u64::from(req.len));
+        resident(self.0, segs)
+    }
+
+    fn segments(&self, req: &BlockRequest) -> usize {
+        self.0
+            .layout
+            .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+            .count()
+    }
 }
 
 /// Whether every file byte of `segs` is in the page cache.
@@ -598,8 +559,8 @@ pub(super) fn start_cold_read(
     cold: &mut [Option<ColdRead>],
     fence: &mut FenceTracker,
     t: &ServedTorrent,
-    idx: u32,
-    conn: &mut Conn,
+    id: ConnId,
+    pipe: &mut BlockPipeline,
     (req, at): (BlockRequest, std::time::Instant),
 ) -> io::Result<bool> {
     if req.len as usize > READ_BUF_SIZE {
@@ -637,14 +598,12 @@ pub(super) fn start_cold_read(
             }
         }
     }
-    conn.cold_bufs += 1;
     if ops == 0 {
-        conn.ready.push_back(ReadyBlock { req, buf, at });
+        pipe.read_done_at_once(ReadyBlock { req, buf, at });
         return Ok(true);
     }
     cold[buf as usize] = Some(ColdRead {
-        conn: idx,
-        generation: conn.generation,
+        conn: id,
         req,
         at,
         ops_left: ops,
@@ -653,7 +612,7 @@ pub(super) fn start_cold_read(
         bytes_expected: segs.iter().map(|s| u64::from(s.2)).sum(),
         epoch: fence.begin(),
     });
-    conn.reads_inflight += 1;
+    pipe.read_submitted();
     for (fd, off, len, dest) in segs {
         // A segment always fits: the block is at most READ_BUF_SIZE long.
         reads.submit_read(ring, buf, dest, fd, off, len, ud)?;

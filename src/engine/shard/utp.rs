@@ -40,7 +40,7 @@ use std::time::Instant;
 use crate::storage::fence::FenceTracker;
 use crate::utp::{ConnKey, Endpoint, EndpointConfig};
 
-use super::super::conn::Carrier;
+use super::super::core::{Carrier, ConnId};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::uring::send::Pending;
 use super::super::uring::{OpKind, UserData};
@@ -55,8 +55,8 @@ const MIN_SHARED: usize = 1024;
 /// One uTP connection and the engine connection it carries.
 struct Link {
     key: ConnKey,
-    /// The engine connection (index, generation) until it is released.
-    conn: Option<(u32, u32)>,
+    /// The engine connection until it is released.
+    conn: Option<ConnId>,
     /// A send slot waiting for room in the uTP send buffer.
     waiting: Option<u32>,
     /// The engine finished its side: FIN after what it sent.
@@ -281,15 +281,10 @@ impl Shard {
             });
             s.by_key.insert(key, i);
             let adopted = self.adopt(Carrier::Utp(i), key.remote)?;
-            let generation = adopted.and_then(|idx| {
-                self.conns[idx as usize]
-                    .as_ref()
-                    .map(|c| (idx, c.generation))
-            });
             let Some(s) = self.udp.as_mut().and_then(|u| u.serving.as_mut()) else {
                 return Ok(());
             };
-            match generation {
+            match adopted {
                 Some(owner) => {
                     if let Some(l) = s.link_mut(i) {
                         l.conn = Some(owner);
@@ -315,14 +310,11 @@ impl Shard {
         };
         l.dirty = false;
         let (key, owner, waiting, fin) = (l.key, l.conn, l.waiting, l.fin);
-        let alive = owner.filter(|&(idx, generation)| {
-            self.conns
-                .get(idx as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.generation == generation && c.closing.is_none())
-        });
+        let alive = owner
+            .filter(|&id| self.conns.get(id).is_some_and(|c| c.closing.is_none()))
+            .map(ConnId::index);
         // Peer -> engine, in order, as much as has arrived.
-        if let Some((idx, _)) = alive {
+        if let Some(idx) = alive {
             let catalog = Arc::clone(&self.catalog);
             let mut fed = false;
             loop {
@@ -336,7 +328,7 @@ impl Shard {
                 if n == 0 {
                     break;
                 }
-                let Some(conn) = self.conns[idx as usize].as_mut() else {
+                let Some(conn) = self.conns.at_mut(idx) else {
                     break;
                 };
                 if conn.closing.is_some() || conn.fin_sent() {
@@ -385,7 +377,7 @@ impl Shard {
         if closed || eof {
             // The peer finished or the connection died: so does the engine
             // connection (its in-flight send, if any, fails below).
-            if let Some((idx, _)) = alive {
+            if let Some(idx) = alive {
                 self.close(idx, CloseKind::PeerClosed);
             }
         }
@@ -511,13 +503,8 @@ impl Shard {
                 c.abort();
             }
             s.mark(i);
-            if let Some((idx, generation)) = owner {
-                if self.conns[idx as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.generation == generation)
-                {
-                    self.close(idx, CloseKind::IoError);
-                }
+            if let Some(id) = owner.filter(|&id| self.conns.get(id).is_some()) {
+                self.close(id.index(), CloseKind::IoError);
             }
         }
     }

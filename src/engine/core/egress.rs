@@ -1,4 +1,4 @@
-//! The upload cap in a shard: the shard's [`EgressLimiter`] on the box-wide
+//! The upload cap of one shard's connections: the shard's [`EgressLimiter`] on the box-wide
 //! pool of `--upload-rate-limit` and one per capped torrent on that
 //! torrent's pool (one pool per torrent, whatever shard its peers are on),
 //! wired to the send path.
@@ -45,8 +45,9 @@ use crate::swarm::ratelimit::{EgressLimiter, TokenPool, MAX_BLOCK_MESSAGE};
 use crate::wire::TorrentId;
 
 use super::super::catalog::Catalog;
-use super::super::conn::Conn;
 use super::super::stats::ShardStats;
+use super::conn::Conn;
+use super::table::ConnTable;
 
 /// One credit account of a connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,6 +106,20 @@ impl ConnEgress {
             .any(|a| a.waiting)
     }
 
+    /// A connection capped by the box alone holding `credit` bytes (the
+    /// block pipeline's tests).
+    #[cfg(test)]
+    pub fn for_test(credit: u64) -> Self {
+        Self {
+            shard: Some(Account {
+                credit,
+                waiting: false,
+            }),
+            torrent: None,
+            since: Instant::now(),
+        }
+    }
+
     /// Some account can pay for less than a whole block and is not already
     /// waiting for its limiter.
     pub fn wants_credit(&self) -> bool {
@@ -112,6 +127,17 @@ impl ConnEgress {
             .into_iter()
             .flatten()
             .any(|a| !a.waiting && a.credit < MAX_BLOCK_MESSAGE)
+    }
+}
+
+/// What holds a connection's credit in the table [`Egress::poll`] credits.
+pub trait Credited {
+    fn credit_mut(&mut self) -> Option<&mut ConnEgress>;
+}
+
+impl Credited for Conn {
+    fn credit_mut(&mut self) -> Option<&mut ConnEgress> {
+        self.egress.as_mut()
     }
 }
 
@@ -279,10 +305,10 @@ impl Egress {
 
     /// Credits parked connections whose turn has come; appends those that
     /// got credit (to be flushed) to `woken`.
-    pub fn poll(
+    pub fn poll<C: Credited>(
         &mut self,
         now: Instant,
-        conns: &mut [Option<Conn>],
+        conns: &mut ConnTable<C>,
         stats: &ShardStats,
         woken: &mut Vec<u32>,
     ) {
@@ -302,10 +328,7 @@ impl Egress {
             };
             l.poll_ready(now, &mut ready);
             for &(idx, g) in &ready {
-                let ce = conns
-                    .get_mut(idx as usize)
-                    .and_then(Option::as_mut)
-                    .and_then(|c| c.egress.as_mut());
+                let ce = conns.at_mut(idx).and_then(Credited::credit_mut);
                 let Some(ce) = ce else {
                     // Cannot happen (closing connections leave the queues);
                     // never lose the tokens.
@@ -351,5 +374,134 @@ fn ask(now: Instant, idx: u32, a: &mut Account, l: &mut EgressLimiter<u32>, want
     match l.request(now, idx, want.saturating_sub(a.credit).max(1)) {
         0 => a.waiting = true,
         g => a.credit += g,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The upload cap as the shards apply it, on a virtual clock: N shards'
+    //! [`Egress`] on one box pool, each connection sending like `flush`
+    //! does (ask for a batch when short of a block, pay per block, one batch
+    //! in flight at its link's speed).
+    use super::*;
+    use crate::swarm::ratelimit::{pool_for, Rate};
+    use std::time::Duration;
+
+    struct Leecher {
+        ce: Option<ConnEgress>,
+        busy_until: Instant,
+        got: u64,
+    }
+
+    impl Credited for Leecher {
+        fn credit_mut(&mut self) -> Option<&mut ConnEgress> {
+            self.ce.as_mut()
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    /// Bytes per second one connection's socket drains.
+    const LINK: u64 = 200_000_000;
+
+    /// Runs `layout[i]` always-backlogged connections on shard `i` for
+    /// `secs` virtual seconds; returns the bytes paid per ms and per
+    /// connection.
+    fn run(rate: Rate, layout: &[usize], secs: u64) -> (Vec<u64>, Vec<u64>) {
+        let t0 = Instant::now();
+        let pool = pool_for(t0, rate);
+        let catalog = Catalog::new(Vec::new());
+        let stats = ShardStats::default();
+        let mut shards: Vec<(Egress, ConnTable<Leecher>)> = layout
+            .iter()
+            .map(|&n| {
+                let e = Egress::new(t0, pool.clone(), &catalog).expect("capped");
+                let mut table = ConnTable::default();
+                for _ in 0..n {
+                    let ce = e.attach(t0, TorrentId(0));
+                    assert!(ce.is_some(), "the box cap applies to every connection");
+                    table.insert_with(|_| Leecher {
+                        ce,
+                        busy_until: t0,
+                        got: 0,
+                    });
+                }
+                (e, table)
+            })
+            .collect();
+        let cost = MAX_BLOCK_MESSAGE;
+        let mut per_ms = vec![0u64; (secs * 1000) as usize];
+        let mut woken = Vec::new();
+        for (step, slot) in per_ms.iter_mut().enumerate() {
+            let now = t0 + MS * step as u32;
+            for (e, table) in shards.iter_mut() {
+                woken.clear();
+                e.poll(now, table, &stats, &mut woken);
+                for (id, c) in table.iter_mut() {
+                    if now < c.busy_until {
+                        continue;
+                    }
+                    let ce = c.ce.as_mut().expect("capped");
+                    if ce.wants_credit() {
+                        e.acquire(now, id.index(), TorrentId(0), ce, 16 * cost, &stats);
+                    }
+                    let mut blocks = 0u64;
+                    while blocks < 16 && ce.can_pay(cost) {
+                        ce.pay(cost);
+                        blocks += 1;
+                    }
+                    c.got += blocks * cost;
+                    *slot += blocks * cost;
+                    let busy = Duration::from_nanos(blocks * cost * 1_000_000_000 / LINK);
+                    c.busy_until = now + busy;
+                }
+            }
+        }
+        let got = shards
+            .iter()
+            .flat_map(|(_, t)| t.iter().map(|(_, c)| c.got))
+            .collect();
+        (per_ms, got)
+    }
+
+    /// The least and most of the 10 s windows after a 1 s warm-up, as a
+    /// fraction of `rate`, every 100 ms.
+    fn windows(per_ms: &[u64], rate: u64) -> (f64, f64) {
+        let (mut lo, mut hi) = (f64::MAX, 0f64);
+        for start in (1000..=per_ms.len() - 10_000).step_by(100) {
+            let sum: u64 = per_ms[start..start + 10_000].iter().sum();
+            let r = sum as f64 / (rate as f64 * 10.0);
+            lo = lo.min(r);
+            hi = hi.max(r);
+        }
+        (lo, hi)
+    }
+
+    #[test]
+    fn one_leecher_gets_the_whole_box_cap_at_1_2_and_8_shards() {
+        let rate: Rate = "40MB/s".parse().unwrap();
+        let r = rate.bytes_per_sec().unwrap();
+        for shards in [1usize, 2, 8] {
+            let mut layout = vec![0; shards];
+            layout[shards - 1] = 1;
+            let (per_ms, _) = run(rate, &layout, 13);
+            let (lo, hi) = windows(&per_ms, r);
+            eprintln!("{shards} shard(s), one leecher: {lo:.4}..{hi:.4} of the cap");
+            assert!(
+                lo >= 0.98 && hi <= 1.02,
+                "{shards} shards: 10 s windows at {lo:.4}..{hi:.4} of the cap"
+            );
+        }
+    }
+
+    #[test]
+    fn connections_share_the_box_cap_fairly_wherever_they_landed() {
+        let rate: Rate = "100MB/s".parse().unwrap();
+        let r = rate.bytes_per_sec().unwrap();
+        let (per_ms, got) = run(rate, &[1, 7, 0, 0, 3, 0, 0, 1], 13);
+        let (lo, hi) = windows(&per_ms, r);
+        eprintln!("8 shards, 12 leechers: {lo:.4}..{hi:.4} of the cap; shares {got:?}");
+        assert!(lo >= 0.98 && hi <= 1.02, "{lo:.4}..{hi:.4} of the cap");
+        let (min, max) = (got.iter().min().unwrap(), got.iter().max().unwrap());
+        assert!(*max as f64 <= *min as f64 * 1.05, "unfair: {got:?}");
     }
 }

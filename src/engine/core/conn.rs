@@ -1,27 +1,31 @@
 //! One peer connection as a shard holds it: what carries its bytes (a TCP
-//! socket or a uTP connection), the sans-IO [`PeerState`], and which
-//! operations are in flight for it.
+//! socket or a uTP connection), the sans-IO [`PeerState`], its block
+//! pipeline, and which operations are in flight for it.
 
-use super::limits::Admission;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::wire::{BlockRequest, PeerState};
+use crate::wire::PeerState;
 
-use super::catalog::ServedTorrent;
-use super::stats::CloseKind;
+use super::super::catalog::ServedTorrent;
+use super::super::limits::Admission;
+use super::super::stats::CloseKind;
+use super::egress::ConnEgress;
+use super::pipeline::BlockPipeline;
+use super::table::ConnId;
 
-/// A block whose data sits in a read-pool buffer (it was not in the page
-/// cache), waiting to be sent.
-#[derive(Clone, Copy, Debug)]
-pub struct ReadyBlock {
-    pub req: BlockRequest,
-    pub buf: u32,
-    /// When the request arrived (for the latency histogram).
-    pub at: Instant,
+/// Where a connection of a torrent being taken out stands (see
+/// `engine::shard::drain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Still served until then.
+    Grace { until: Instant },
+    /// Choked; waiting for its sends and reads in flight to complete.
+    Choked,
+    /// Our FIN is out; waiting for the peer's until `deadline`.
+    FinSent { deadline: Instant },
 }
 
 /// What the shard knows of bytes sitting in a connection's socket send
@@ -51,7 +55,8 @@ pub enum Carrier {
 
 pub struct Conn {
     pub carrier: Carrier,
-    pub generation: u32,
+    /// Its name in the shard's table (operations carry it back).
+    pub id: ConnId,
     pub remote: SocketAddr,
     /// Its place in the box-wide connection counts, given back on close.
     pub admission: Admission,
@@ -64,17 +69,9 @@ pub struct Conn {
     pub send_slot: Option<u32>,
     /// Send slots whose SEND_ZC notifications are still due.
     pub zc_pending: u32,
-    /// Disk reads in flight for this connection's cold blocks.
-    pub reads_inflight: u32,
-    /// Blocks read from disk, ready to send.
-    pub ready: VecDeque<ReadyBlock>,
-    /// A block waiting for a free read buffer.
-    pub parked: Option<(BlockRequest, Instant)>,
-    /// Read-pool buffers this connection holds (reading, ready, or in its
-    /// sends); capped at a small share of the pool.
-    pub cold_bufs: u32,
-    /// In the shard's list of connections waiting for a free read buffer.
-    pub waiting_read_buf: bool,
+    /// Where the blocks it asked for wait: parked, being read from disk,
+    /// read and ready to send.
+    pub pipe: BlockPipeline,
     /// When an in-flight send last made progress (submitted with none in
     /// flight before, or a CQE reported bytes). A send that makes none for
     /// the send timeout closes the peer: it does not read.
@@ -89,15 +86,13 @@ pub struct Conn {
     pub dirty: bool,
     /// Registered with the choker (handshake done).
     pub in_choker: bool,
-    /// The last piece found entirely in the page cache (see `flush`).
-    pub resident_piece: Option<u32>,
     /// Last interest state passed to the choker.
     pub interested: bool,
     pub accepted_at: Instant,
     /// The handshake-to-unchoke latency was recorded.
     pub unchoke_recorded: bool,
     /// Plaintext / MSE handshake / RC4.
-    pub stream: super::stream::StreamMode,
+    pub stream: super::super::stream::StreamMode,
     /// Bytes that must go out before anything `peer` queues (the MSE
     /// handshake reply).
     pub pre_tx: Vec<u8>,
@@ -105,19 +100,19 @@ pub struct Conn {
     pub last_reason: Option<crate::wire::CloseReason>,
     /// Upload-cap credit and queue state; `None` when no cap applies to
     /// this connection (the uncapped send path).
-    pub egress: Option<super::shard::ConnEgress>,
+    pub egress: Option<ConnEgress>,
     /// Registered with its torrent's super-seed selector.
     pub in_superseed: bool,
     /// Its extension handshake was looked at for a `ringseed_ledger`.
     pub ledger_seen: bool,
     /// Its torrent is being taken out (see `engine::shard::drain`).
-    pub drain: Option<super::shard::Drain>,
+    pub drain: Option<Drain>,
 }
 
 impl Conn {
     pub fn new(
         carrier: Carrier,
-        generation: u32,
+        id: ConnId,
         remote: SocketAddr,
         admission: Admission,
         peer: PeerState,
@@ -125,7 +120,7 @@ impl Conn {
     ) -> Self {
         Self {
             carrier,
-            generation,
+            id,
             remote,
             admission,
             peer,
@@ -133,22 +128,17 @@ impl Conn {
             recv_armed: false,
             send_slot: None,
             zc_pending: 0,
-            reads_inflight: 0,
-            ready: VecDeque::new(),
-            parked: None,
-            cold_bufs: 0,
-            waiting_read_buf: false,
+            pipe: BlockPipeline::default(),
             last_send_progress: now,
             send_queue: SendQueueWatch::Unknown,
             closing: None,
             dirty: false,
             in_choker: false,
             interested: false,
-            resident_piece: None,
             accepted_at: now,
             unchoke_recorded: false,
             last_reason: None,
-            stream: super::stream::StreamMode::Detect(Vec::new()),
+            stream: super::super::stream::StreamMode::Detect(Vec::new()),
             pre_tx: Vec::new(),
             egress: None,
             in_superseed: false,
@@ -186,7 +176,7 @@ impl Conn {
 
     /// Our side of the stream is shut for a drain: input is ignored.
     pub fn fin_sent(&self) -> bool {
-        matches!(self.drain, Some(super::shard::Drain::FinSent { .. }))
+        matches!(self.drain, Some(Drain::FinSent { .. }))
     }
 
     /// Nothing of this connection is in the kernel's hands any more.
@@ -194,6 +184,6 @@ impl Conn {
         !self.recv_armed
             && self.send_slot.is_none()
             && self.zc_pending == 0
-            && self.reads_inflight == 0
+            && self.pipe.reads_inflight() == 0
     }
 }

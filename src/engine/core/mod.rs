@@ -1,0 +1,32 @@
+//! The sans-IO part of the engine: what a shard knows of its connections
+//! and decides for them, with no ring, socket or clock of its own (time
+//! comes in as `now`). `engine::shard` is the driver around it: it turns
+//! decisions into io_uring operations and completions into calls here, and
+//! it alone touches memory the kernel may own.
+//!
+//! - [`table`]: the connection table, connections named by typed
+//!   [`ConnId`]s (slot + generation) that go stale when the slot is reused.
+//! - [`conn`]: one connection as the shard holds it.
+//! - [`pipeline`]: one connection's block pipeline (queued -> parked ->
+//!   read from disk if not resident -> ready -> into a send), the one
+//!   place that decides what its next send carries.
+//! - [`egress`]: the upload cap's credit per connection and the shard's
+//!   limiters on the box-wide and per-torrent token pools.
+//!
+//! The policies these drive live in `swarm` (choker, super-seed selector,
+//! token pools), the peer protocol in `wire::PeerState`, the uTP transport
+//! in `utp`: all sans-IO, all tested on virtual clocks.
+//!
+//! Not here yet (the shard still does it, in `engine::shard`): the turn
+//! that wires the choker's and the super-seed selectors' decisions to the
+//! connections, and the timers (send timeout, peer ticks). Moving them in
+//! behind `handle_*(now, ..)` / `poll_*` calls is the next step.
+
+pub mod conn;
+pub mod egress;
+pub mod pipeline;
+pub mod table;
+
+pub use conn::{Carrier, Conn, Drain, SendQueueWatch};
+pub use pipeline::{BlockPipeline, ReadyBlock};
+pub use table::{ConnId, ConnTable};
