@@ -12,8 +12,9 @@ use crate::wire::PeerState;
 use super::super::catalog::ServedTorrent;
 use super::super::limits::Admission;
 use super::super::stats::CloseKind;
-use super::egress::ConnEgress;
+use super::egress::{ConnEgress, Credited};
 use super::pipeline::BlockPipeline;
+use super::sendwatch::SendWatch;
 use super::table::ConnId;
 
 /// Where a connection of a torrent being taken out stands (see
@@ -26,20 +27,6 @@ pub enum Drain {
     Choked,
     /// Our FIN is out; waiting for the peer's until `deadline`.
     FinSent { deadline: Instant },
-}
-
-/// What the shard knows of bytes sitting in a connection's socket send
-/// queue (`SIOCOUTQ`) after its last send completed: a peer that stopped
-/// reading once everything fitted into the kernel's buffers has no send in
-/// flight, so the send timeout watches the queue instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendQueueWatch {
-    /// Not looked at since the last send completed.
-    Unknown,
-    /// Empty when last looked at: the peer read everything.
-    Drained,
-    /// This many bytes were queued at this time and have not shrunk since.
-    Stuck(u32, Instant),
 }
 
 /// What carries a connection's bytes.
@@ -72,13 +59,9 @@ pub struct Conn {
     /// Where the blocks it asked for wait: parked, being read from disk,
     /// read and ready to send.
     pub pipe: BlockPipeline,
-    /// When an in-flight send last made progress (submitted with none in
-    /// flight before, or a CQE reported bytes). A send that makes none for
-    /// the send timeout closes the peer: it does not read.
-    pub last_send_progress: Instant,
-    /// Bytes left in the socket's send queue with nothing of ours in flight
-    /// (see [`SendQueueWatch`]).
-    pub send_queue: SendQueueWatch,
+    /// The send-progress timeout's clock: a peer that stops reading is
+    /// closed.
+    pub send_watch: SendWatch,
     /// Set when closing: the connection is torn down once nothing is in
     /// flight.
     pub closing: Option<CloseKind>,
@@ -129,8 +112,7 @@ impl Conn {
             send_slot: None,
             zc_pending: 0,
             pipe: BlockPipeline::default(),
-            last_send_progress: now,
-            send_queue: SendQueueWatch::Unknown,
+            send_watch: SendWatch::new(now),
             closing: None,
             dirty: false,
             in_choker: false,
@@ -185,5 +167,11 @@ impl Conn {
             && self.send_slot.is_none()
             && self.zc_pending == 0
             && self.pipe.reads_inflight() == 0
+    }
+}
+
+impl Credited for Conn {
+    fn credit_mut(&mut self) -> Option<&mut ConnEgress> {
+        self.egress.as_mut()
     }
 }

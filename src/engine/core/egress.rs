@@ -46,7 +46,6 @@ use crate::wire::TorrentId;
 
 use super::super::catalog::Catalog;
 use super::super::stats::ShardStats;
-use super::conn::Conn;
 use super::table::ConnTable;
 
 /// One credit account of a connection.
@@ -133,12 +132,6 @@ impl ConnEgress {
 /// What holds a connection's credit in the table [`Egress::poll`] credits.
 pub trait Credited {
     fn credit_mut(&mut self) -> Option<&mut ConnEgress>;
-}
-
-impl Credited for Conn {
-    fn credit_mut(&mut self) -> Option<&mut ConnEgress> {
-        self.egress.as_mut()
-    }
 }
 
 /// A shard's limiters. Exists only when some cap is configured.

@@ -12,6 +12,8 @@
 //!   place that decides what its next send carries.
 //! - [`egress`]: the upload cap's credit per connection and the shard's
 //!   limiters on the box-wide and per-torrent token pools.
+//! - [`sendwatch`]: the send-progress timeout (a peer that stops reading
+//!   is closed).
 //!
 //! The policies these drive live in `swarm` (choker, super-seed selector,
 //! token pools), the peer protocol in `wire::PeerState`, the uTP transport
@@ -19,14 +21,15 @@
 //!
 //! Not here yet (the shard still does it, in `engine::shard`): the turn
 //! that wires the choker's and the super-seed selectors' decisions to the
-//! connections, and the timers (send timeout, peer ticks). Moving them in
-//! behind `handle_*(now, ..)` / `poll_*` calls is the next step.
+//! connections, and the loop over connections that runs the timers. Moving
+//! them in behind `handle_*(now, ..)` / `poll_*` calls is the next step.
 
 pub mod conn;
 pub mod egress;
 pub mod pipeline;
+pub mod sendwatch;
 pub mod table;
 
-pub use conn::{Carrier, Conn, Drain, SendQueueWatch};
+pub use conn::{Carrier, Conn, Drain};
 pub use pipeline::{BlockPipeline, ReadyBlock};
 pub use table::{ConnId, ConnTable};

@@ -45,7 +45,7 @@ use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatal
 
 use super::catalog::{Catalog, LiveCatalog};
 use super::core::egress::Egress;
-use super::core::{Conn, ConnId, ConnTable};
+use super::core::{Carrier, Conn, ConnId, ConnTable};
 use super::limits::ConnLimits;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
@@ -694,20 +694,22 @@ impl Shard {
                 continue;
             }
             fold_counters(&self.stats, &mut c.peer);
-            if c.send_slot.is_some()
-                && now.saturating_duration_since(c.last_send_progress) >= self.cfg.send_timeout
+            // A peer that stopped reading: keep-alives or requests from it
+            // do not matter, it cannot hold its send (or the bytes in its
+            // socket's queue) forever.
+            let in_flight = c.send_slot.is_some();
+            let watch_queue = c.peer.is_handshake_complete();
+            let fd = match &c.carrier {
+                // uTP: no socket queue; a peer that stops reading closes its
+                // window, and a send waiting for room is a send in flight.
+                Carrier::Tcp(fd) if watch_queue => Some(fd),
+                _ => None,
+            };
+            let unsent = || fd.map(|fd| super::uring::sys::unsent_bytes(fd).unwrap_or(0));
+            if c.send_watch
+                .stalled(now, self.cfg.send_timeout, in_flight, unsent)
             {
-                // The peer stopped reading: keep-alives or requests from it
-                // do not matter, it cannot hold its send forever.
-                tracing::debug!(peer = %c.remote, "send made no progress; closing peer");
-                to_close.push((idx, CloseKind::SendTimeout));
-                continue;
-            }
-            if c.send_slot.is_none() && send_queue_stuck(c, now, self.cfg.send_timeout) {
-                // Everything fitted into the kernel's buffers and the peer
-                // has not read a byte of it since: whatever it sends us
-                // (keep-alives, requests), it does not read.
-                tracing::debug!(peer = %c.remote, "send queue not read; closing peer");
+                tracing::debug!(peer = %c.remote, in_flight, "peer does not read; closing it");
                 to_close.push((idx, CloseKind::SendTimeout));
                 continue;
             }
@@ -820,36 +822,6 @@ impl Shard {
         }
         drop(c); // closes a TCP socket
     }
-}
-
-/// With nothing of ours in flight, whether the bytes left in `c`'s socket
-/// send queue have not shrunk for `timeout`. Looks (one `SIOCOUTQ`) only at
-/// connections whose last send completed more than `timeout / 2` ago and
-/// whose queue was not seen empty since, so idle peers that read cost
-/// nothing; a peer that stops reading is closed within about 1.5 x `timeout`
-/// of its last completed send.
-fn send_queue_stuck(c: &mut Conn, now: Instant, timeout: Duration) -> bool {
-    use super::core::SendQueueWatch;
-    if c.send_queue == SendQueueWatch::Drained
-        || !c.peer.is_handshake_complete()
-        || now.saturating_duration_since(c.last_send_progress) < timeout / 2
-    {
-        return false;
-    }
-    let Some(fd) = c.fd() else {
-        // uTP: no socket queue; a peer that stops reading closes its
-        // window, and a send waiting for room is a send in flight.
-        return false;
-    };
-    let queued = super::uring::sys::unsent_bytes(fd).unwrap_or(0);
-    match c.send_queue {
-        _ if queued == 0 => c.send_queue = SendQueueWatch::Drained,
-        SendQueueWatch::Stuck(before, since) if queued >= before => {
-            return now.saturating_duration_since(since) >= timeout;
-        }
-        _ => c.send_queue = SendQueueWatch::Stuck(queued, now),
-    }
-    false
 }
 
 /// Move a peer's protocol counters into the shard's stats.

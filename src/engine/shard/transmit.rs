@@ -22,7 +22,7 @@ use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
 use super::super::core::pipeline::{BlockPipeline, Blocks, ReadyBlock, Step};
-use super::super::core::{ConnId, SendQueueWatch};
+use super::super::core::ConnId;
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::seal_outgoing;
 use super::super::uring::{
@@ -249,7 +249,7 @@ impl Shard {
         }
         if conn.send_slot.is_none() {
             // The send-progress clock starts with the first send in flight.
-            conn.last_send_progress = std::time::Instant::now();
+            conn.send_watch.send_started(std::time::Instant::now());
         }
         conn.send_slot = Some(slot_id);
         slot.epoch = self.fence.begin();
@@ -320,8 +320,7 @@ impl Shard {
         if res > 0 {
             self.hist.record_send_size(res as u64);
             if let Some(c) = self.conn_mut(cidx, cgen) {
-                c.last_send_progress = std::time::Instant::now();
-                c.send_queue = SendQueueWatch::Unknown;
+                c.send_watch.progressed(std::time::Instant::now());
             }
         }
         let Some(slot) = self.sends.get_mut(slot_id) else {
