@@ -256,7 +256,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub shards: Option<usize>,
     /// Upload slots for the whole box; 0 = unchoke everyone. Default 256, or 4 per shard
-    /// with --upload-rate-limit (a capped seed spreads pieces faster to a few peers at a time)
+    /// with --upload-rate-limit (a capped seed spreads pieces faster to a few peers at a time),
+    /// at least 16 when it also super-seeds
     #[arg(long)]
     pub upload_slots: Option<u32>,
     /// Maximum peer connections in total.

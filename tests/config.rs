@@ -512,3 +512,26 @@ fn a_capped_seed_defaults_to_a_few_upload_slots_per_shard() {
     let c = ServeConfig::load(&args).unwrap();
     assert_eq!(c.choker_config().upload_slots, 20);
 }
+
+#[test]
+fn a_capped_super_seed_gets_at_least_sixteen_upload_slots() {
+    let mut args = args_with_dir();
+    args.shards = Some(1);
+    args.upload_rate_limit = Some("5MB/s".into());
+    args.super_seed = true;
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.effective_upload_slots(), 16);
+    assert_eq!(c.choker_config().upload_slots, 16);
+    // Eight shards already have 32; sixteen is a floor, not a cap.
+    args.shards = Some(8);
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.effective_upload_slots(), 32);
+    // Uncapped, or set by hand, nothing changes.
+    args.upload_rate_limit = None;
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.effective_upload_slots(), 256);
+    args.upload_rate_limit = Some("5MB/s".into());
+    args.upload_slots = Some(4);
+    let c = ServeConfig::load(&args).unwrap();
+    assert_eq!(c.effective_upload_slots(), 4);
+}

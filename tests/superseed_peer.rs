@@ -1,18 +1,19 @@
 //! PeerState in super-seed mode (BEP 16), scenario style with a virtual
-//! clock, and the glue with the selector as the engine would drive it.
+//! clock. The glue with the selector (offers at the handshake, the next
+//! one once a piece spread) is the engine core's own, tested in
+//! `tests/engine_policies.rs`.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use ringseed::swarm::superseed::{Offer, PeerId, SuperSeedConfig, SuperSeeder};
 use ringseed::wire::codec::HANDSHAKE_LEN;
 use ringseed::wire::codec::{decode, BlockRequest, Decoded, Handshake, HandshakeDecoded, Message};
 use ringseed::wire::types::{HaveEvent, PeerHaves};
 use ringseed::wire::{
-    Bitfield, CloseReason, PeerConfig, PeerState, RejectReason, TorrentCatalog, TorrentId,
-    TorrentKey, TorrentView,
+    CloseReason, PeerConfig, PeerState, RejectReason, TorrentCatalog, TorrentId, TorrentKey,
+    TorrentView,
 };
 use support::catalog::{MemCatalog, MemTorrent};
 use support::leecher::handshake_bytes;
@@ -221,133 +222,4 @@ fn without_super_seed_nothing_changes() {
     assert!(h.peer.suggest_piece(7));
     assert!(h.peer.offer_piece(7));
     assert_eq!(h.drain(), ["Suggest(7)", "Have(7)"]);
-}
-
-/// The engine's glue: a shard with one selector and several connections.
-struct Shard {
-    cat: Cat,
-    sel: SuperSeeder,
-    peers: Vec<PeerState>,
-    offers: Vec<Offer>,
-    now: Instant,
-}
-
-impl Shard {
-    fn new(n: usize) -> Self {
-        let mut inner = MemCatalog::default();
-        inner.add(MemTorrent::v1(V1, PIECE, TOTAL));
-        let now = Instant::now();
-        let config = PeerConfig::default();
-        Shard {
-            cat: Cat {
-                inner,
-                super_seed: true,
-            },
-            sel: SuperSeeder::new(
-                SuperSeedConfig {
-                    offers_per_peer: 1,
-                    ..SuperSeedConfig::default()
-                },
-                &Bitfield::full(8),
-            ),
-            peers: (0..n)
-                .map(|_| PeerState::new(now, &config, remote()))
-                .collect(),
-            offers: Vec::new(),
-            now,
-        }
-    }
-
-    /// Bytes from peer `i`, then what the engine does after `handle_bytes`.
-    fn recv(&mut self, i: usize, bytes: &[u8]) {
-        let was_active = self.peers[i].is_handshake_complete();
-        self.peers[i]
-            .handle_bytes(self.now, bytes, &self.cat)
-            .unwrap();
-        let id = PeerId(i as u32);
-        if !was_active && self.peers[i].is_handshake_complete() {
-            // Drain events first: they are already reflected in peer_haves.
-            while self.peers[i].poll_have_event().is_some() {}
-            let haves = self.peers[i].peer_haves();
-            self.sel
-                .peer_connected(self.now, id, haves, &mut self.offers);
-        }
-        while let Some(ev) = self.peers[i].poll_have_event() {
-            match ev {
-                HaveEvent::Have(p) => self.sel.peer_have(self.now, id, p, &mut self.offers),
-                HaveEvent::Replaced => {
-                    let haves = self.peers[i].peer_haves();
-                    self.sel
-                        .peer_haves_replaced(self.now, id, haves, &mut self.offers)
-                }
-            }
-        }
-        self.apply();
-    }
-
-    fn apply(&mut self) {
-        for o in self.offers.drain(..) {
-            let p = &mut self.peers[o.peer.0 as usize];
-            p.offer_piece(o.piece);
-            if o.suggest {
-                p.suggest_piece(o.piece);
-            }
-        }
-    }
-
-    fn drain(&mut self, i: usize) -> Vec<Message<'static>> {
-        let bytes = self.peers[i].poll_transmit().to_vec();
-        self.peers[i].advance_transmit(bytes.len());
-        let mut buf = &bytes[..];
-        if let Ok(HandshakeDecoded::Complete(_)) = Handshake::decode(buf) {
-            buf = &buf[HANDSHAKE_LEN..];
-        }
-        let mut out = Vec::new();
-        while let Ok(Decoded::Message { msg, consumed }) = decode(buf, 1 << 20) {
-            match msg {
-                Message::Have(p) => out.push(Message::Have(p)),
-                Message::Suggest(p) => out.push(Message::Suggest(p)),
-                Message::HaveNone => out.push(Message::HaveNone),
-                _ => {}
-            }
-            buf = &buf[consumed..];
-        }
-        out
-    }
-}
-
-fn msg(m: Message<'_>) -> Vec<u8> {
-    let mut b = Vec::new();
-    m.encode(&mut b);
-    b
-}
-
-#[test]
-fn engine_glue_offers_at_handshake_and_moves_on_once_a_piece_spreads() {
-    let mut s = Shard::new(2);
-    s.recv(0, &handshake_bytes(V1, true, true));
-    s.recv(1, &handshake_bytes(V1, true, true));
-    let o0 = s.drain(0);
-    let o1 = s.drain(1);
-    // Each got have_none, its own offer and a suggest for it, at once.
-    let Message::Have(a) = o0[1] else {
-        panic!("{o0:?}")
-    };
-    let Message::Have(b) = o1[1] else {
-        panic!("{o1:?}")
-    };
-    assert_eq!(
-        o0,
-        [Message::HaveNone, Message::Have(a), Message::Suggest(a)]
-    );
-    assert_ne!(a, b);
-
-    // Peer 0 downloads `a`: nothing new while peer 1 lacks it.
-    s.recv(0, &msg(Message::Have(a)));
-    assert!(s.drain(0).is_empty());
-    // Peer 1 gets `a` from peer 0: peer 0 is offered a new piece.
-    s.recv(1, &msg(Message::Have(a)));
-    let next = s.drain(0);
-    assert_eq!(next.len(), 2, "{next:?}");
-    assert!(s.drain(1).is_empty(), "peer 1 still holds {b}");
 }

@@ -14,22 +14,29 @@
 //!   limiters on the box-wide and per-torrent token pools.
 //! - [`sendwatch`]: the send-progress timeout (a peer that stops reading
 //!   is closed).
+//! - [`policy`]: the choker, the super-seed selectors and the upload cap
+//!   wired to the connections, behind `handle_*(now, ..)` calls and
+//!   [`Policies::poll_timeout`]; [`superseed`] is its super-seed part.
 //!
-//! The policies these drive live in `swarm` (choker, super-seed selector,
+//! The policies themselves live in `swarm` (choker, super-seed selector,
 //! token pools), the peer protocol in `wire::PeerState`, the uTP transport
 //! in `utp`: all sans-IO, all tested on virtual clocks.
 //!
-//! Not here yet (the shard still does it, in `engine::shard`): the turn
-//! that wires the choker's and the super-seed selectors' decisions to the
-//! connections, and the loop over connections that runs the timers. Moving
-//! them in behind `handle_*(now, ..)` / `poll_*` calls is the next step.
+//! Not here yet (the shard still does it, in `engine::shard`): the loop
+//! over connections that runs the peers' own timers (idle, handshake and
+//! send-progress timeouts), the drain's state machine, and the decision
+//! of which operation to submit next; those use `Policies` and the
+//! pieces above but are still written against the ring.
 
 pub mod conn;
 pub mod egress;
 pub mod pipeline;
+pub mod policy;
 pub mod sendwatch;
+pub mod superseed;
 pub mod table;
 
 pub use conn::{Carrier, Conn, Drain};
 pub use pipeline::{BlockPipeline, ReadyBlock};
+pub use policy::{Conns, Policies, PolicyConfig};
 pub use table::{ConnId, ConnTable};

@@ -19,9 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::swarm::choker::PeerId;
-
-use super::super::core::egress::Egress;
 use super::super::core::{Carrier, Drain};
 use super::super::stats::CloseKind;
 use super::Shard;
@@ -39,11 +36,7 @@ impl Shard {
         let (version, catalog) = self.live.load_versioned();
         self.catalog_version = version;
         self.catalog = catalog;
-        self.superseed.follow(&self.catalog);
-        match self.egress.as_mut() {
-            Some(e) => e.follow(now, &self.catalog),
-            None => self.egress = Egress::new(now, self.cfg.box_pool.clone(), &self.catalog),
-        }
+        self.policies.follow(now, &self.catalog);
         if !self.catalog.torrents().iter().any(|t| t.is_draining()) {
             return;
         }
@@ -118,32 +111,11 @@ impl Shard {
     /// Stop serving connection `idx`: choke it and take it out of the
     /// choker, the super-seed selector and the upload-cap queues.
     fn drain_choke(&mut self, now: Instant, idx: u32) {
-        self.egress_release(now, idx);
-        let Some(c) = self.conns.at_mut(idx) else {
-            return;
+        let mut cx = super::Conns {
+            table: &mut self.conns,
+            dirty: &mut self.dirty,
+            hist: &mut self.hist,
         };
-        c.drain = Some(Drain::Choked);
-        if !c.peer.is_choked() {
-            c.peer.set_choked(now, true);
-            self.stats
-                .unchoked
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let superseed = std::mem::take(&mut c.in_superseed);
-        let in_choker = std::mem::take(&mut c.in_choker);
-        let t = c.torrent.as_ref().map(|t| t.id);
-        if superseed {
-            if let Some(t) = t {
-                self.superseed_closed(now, idx, t);
-            }
-        }
-        if in_choker {
-            let mut out = std::mem::take(&mut self.decisions);
-            out.clear();
-            self.choker.peer_disconnected(now, PeerId(idx), &mut out);
-            self.apply_decisions(now, &out);
-            self.decisions = out;
-        }
-        self.mark_dirty(idx);
+        self.policies.handle_drain(now, &mut cx, idx);
     }
 }

@@ -11,18 +11,17 @@
 //! the next batch goes. Blocks whose pages are not resident are read with
 //! io_uring READ into the read pool first, so the shard never faults.
 //! Accept and receive are in [`input`], the send path (batching,
-//! completions, cold reads) in [`transmit`], the upload cap in [`egress`],
-//! super-seeding in [`superseed`].
+//! completions, cold reads) in [`transmit`]; the choker, super-seeding and
+//! the upload cap are `core::Policies`, told what happened here.
 //!
-//! Timers: the loop's io_uring wait is bounded by [`WAIT`] and by the next
-//! deadline of the upload cap (a parked connection's tokens) and of the
-//! super-seed selectors (a forward timeout), and is zero while connections
+//! Timers: the loop's io_uring wait is bounded by [`WAIT`] and by
+//! `Policies::poll_timeout` (a rechoke, a parked connection's upload
+//! tokens, a super-seed forward timeout), and is zero while connections
 //! are waiting to be flushed; so timers fire on time without a timeout SQE.
 
 mod drain;
 mod gso;
 mod input;
-mod superseed;
 mod transmit;
 mod udp;
 mod utp;
@@ -38,14 +37,13 @@ use io_uring::{cqueue, types};
 
 use crate::metrics::ShardHistograms;
 use crate::storage::fence::FenceTracker;
-use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
+use crate::swarm::choker::ChokerConfig;
 use crate::swarm::ratelimit::TokenPool;
 use crate::swarm::superseed::SuperSeedConfig;
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
 
 use super::catalog::{Catalog, LiveCatalog};
-use super::core::egress::Egress;
-use super::core::{Carrier, Conn, ConnId, ConnTable};
+use super::core::{Carrier, Conn, ConnId, ConnTable, Conns, Policies, PolicyConfig};
 use super::limits::ConnLimits;
 use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
@@ -183,8 +181,8 @@ pub struct Shard {
     catalog_version: u64,
     /// Connections of torrents being taken out (see [`drain`]).
     draining: Vec<u32>,
-    choker: Choker,
-    decisions: Vec<ChokeDecision>,
+    /// The choker, the super-seed selectors and the upload cap.
+    policies: Policies,
     stats: Arc<ShardStats>,
     hist: ShardHistograms,
     shutdown: Arc<AtomicBool>,
@@ -195,11 +193,6 @@ pub struct Shard {
     /// Tags sends and disk reads so a lease break knows when the pages of
     /// a withdrawn file are no longer in flight (`storage::fence`).
     fence: FenceTracker,
-    /// The upload cap; `None` when nothing is capped.
-    egress: Option<Egress>,
-    /// Scratch: connections the limiters just granted tokens.
-    woken: Vec<u32>,
-    superseed: superseed::SuperSeeding,
     /// Completions of uTP "sends" (bytes copied into a uTP send buffer),
     /// handled like CQEs by [`Shard::reap_synthetic`].
     synthetic: VecDeque<(u64, i32)>,
@@ -231,9 +224,19 @@ impl Shard {
             .transpose()?;
         let reads = ReadPool::new(cfg.read_buffers);
         let now = Instant::now();
-        let choker = Choker::new(cfg.choker.clone(), now);
         let fence = catalog.fence().register();
-        let egress = Egress::new(now, cfg.box_pool.clone(), &catalog);
+        let policies = Policies::new(
+            PolicyConfig {
+                choker: cfg.choker.clone(),
+                super_seed: cfg.super_seed.clone(),
+                box_pool: cfg.box_pool.clone(),
+                shard: cfg.index,
+                shards: cfg.shards,
+            },
+            now,
+            &catalog,
+            stats.clone(),
+        );
         // The gauge sums over shards to the box cap: shard 0 reports it.
         let shown = if cfg.index == 0 {
             cfg.box_pool.as_ref().map_or(0, |p| p.rate_bytes_per_sec())
@@ -241,12 +244,6 @@ impl Shard {
             0
         };
         stats.upload_limit.store(shown, Ordering::Relaxed);
-        let superseed = superseed::SuperSeeding::new(
-            cfg.super_seed.clone(),
-            catalog.id_bound() as usize,
-            cfg.index,
-            cfg.shards,
-        );
         Ok(Self {
             fence,
             cold: (0..cfg.read_buffers).map(|_| None).collect(),
@@ -268,17 +265,13 @@ impl Shard {
             live,
             catalog_version,
             draining: Vec::new(),
-            choker,
-            decisions: Vec::new(),
+            policies,
             stats,
             hist,
             shutdown,
             last_tick: now,
             last_restored: now,
             restored_seen: 0,
-            egress,
-            woken: Vec::new(),
-            superseed,
             cfg,
             synthetic: VecDeque::new(),
             utp_fin: Vec::new(),
@@ -322,8 +315,12 @@ impl Shard {
             self.fence.observe(self.catalog.fence());
             self.reap()?;
             let now = Instant::now();
-            self.egress_poll(now);
-            self.superseed_timers(now);
+            let mut cx = Conns {
+                table: &mut self.conns,
+                dirty: &mut self.dirty,
+                hist: &mut self.hist,
+            };
+            self.policies.handle_timers(now, &mut cx);
             self.flush_dirty()?;
             self.reap_synthetic()?;
             self.utp_turn(now)?;
@@ -346,13 +343,6 @@ impl Shard {
                 self.last_tick = now;
                 self.tick(now)?;
             }
-            if now >= self.choker.next_tick() {
-                self.decisions.clear();
-                let mut out = std::mem::take(&mut self.decisions);
-                self.choker.tick(now, &mut out);
-                self.apply_decisions(now, &out);
-                self.decisions = out;
-            }
 
             if self.shutdown.load(Ordering::Relaxed) {
                 let since = *draining_since.get_or_insert_with(|| {
@@ -368,8 +358,8 @@ impl Shard {
     }
 
     /// How long the next io_uring wait may last: [`WAIT`] at most, less
-    /// if a timer (upload tokens, super-seed timeout) is due sooner, zero
-    /// while connections wait to be flushed.
+    /// if a timer (a policy's, a uTP one) is due sooner, zero while
+    /// connections wait to be flushed.
     fn wait_time(&self, now: Instant) -> Duration {
         if !self.dirty.is_empty() || !self.synthetic.is_empty() {
             return Duration::ZERO;
@@ -380,11 +370,7 @@ impl Shard {
         } else {
             WAIT.min(Duration::from_millis(10))
         };
-        let egress = self.egress.as_ref().and_then(|e| e.next_ready(now));
-        let deadline = match (egress, self.superseed.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = Some(self.policies.poll_timeout(now));
         let utp = self
             .udp
             .as_ref()
@@ -395,21 +381,6 @@ impl Shard {
             (a, b) => a.or(b),
         };
         deadline.map_or(wait, |d| d.saturating_duration_since(now).min(wait))
-    }
-
-    /// Grants tokens to parked connections whose turn has come and marks
-    /// them dirty.
-    fn egress_poll(&mut self, now: Instant) {
-        let Some(e) = self.egress.as_mut() else {
-            return;
-        };
-        let mut woken = std::mem::take(&mut self.woken);
-        e.poll(now, &mut self.conns, &self.stats, &mut woken);
-        for &idx in &woken {
-            self.mark_dirty(idx);
-        }
-        woken.clear();
-        self.woken = woken;
     }
 
     fn finish(&mut self) {
@@ -521,21 +492,19 @@ impl Shard {
         }
     }
 
-    /// Bookkeeping after the peer state changed: attach the torrent,
-    /// register with the choker, pass interest changes, mark dirty.
+    /// After a connection's input was handled: the policies (torrent
+    /// attached, choker, super-seed, interest; marks it dirty), then a
+    /// look at its extension handshake for a ledger advert or a fetch hint.
     fn after_input(&mut self, idx: u32, now: Instant) {
+        let mut cx = Conns {
+            table: &mut self.conns,
+            dirty: &mut self.dirty,
+            hist: &mut self.hist,
+        };
+        self.policies.handle_input(now, &self.catalog, &mut cx, idx);
         let Some(conn) = self.conns.at_mut(idx) else {
             return;
         };
-        if conn.torrent.is_none() {
-            if let Some(id) = conn.peer.torrent() {
-                conn.torrent = self.catalog.get(id).cloned();
-                if let Some(t) = &conn.torrent {
-                    t.count_peer(true);
-                }
-                conn.egress = self.egress.as_ref().and_then(|e| e.attach(now, id));
-            }
-        }
         if !conn.ledger_seen {
             if let Some(ext) = conn.peer.peer_ext() {
                 conn.ledger_seen = true;
@@ -553,73 +522,6 @@ impl Shard {
                 }
             }
         }
-        if conn.drain.is_some() {
-            // Being drained: no choker, no offers, nothing new to send.
-            return;
-        }
-        if conn.torrent.is_some() && conn.peer.is_super_seeding() {
-            // Offers go out with the handshake reply, in this loop turn.
-            self.superseed_input(now, idx);
-        }
-        let Some(conn) = self.conns.at_mut(idx) else {
-            return;
-        };
-        let mut decisions = std::mem::take(&mut self.decisions);
-        decisions.clear();
-        if conn.torrent.is_some() && !conn.in_choker {
-            conn.in_choker = self.choker.peer_connected(now, PeerId(idx)).is_ok();
-        }
-        let interested = conn.peer.is_interested();
-        if conn.in_choker && interested != conn.interested {
-            conn.interested = interested;
-            self.choker
-                .peer_interested(now, PeerId(idx), interested, &mut decisions);
-        }
-        self.mark_dirty(idx);
-        self.apply_decisions(now, &decisions);
-        self.decisions = decisions;
-    }
-
-    fn apply_decisions(&mut self, now: Instant, decisions: &[ChokeDecision]) {
-        for d in decisions {
-            let idx = d.peer.0;
-            if let Some(c) = self.conns.at_mut(idx) {
-                if c.closing.is_some() {
-                    continue;
-                }
-                c.peer.set_choked(now, !d.unchoke);
-                if d.unchoke && !c.unchoke_recorded {
-                    if let Some(hs) = c.peer.handshake_completed_at() {
-                        c.unchoke_recorded = true;
-                        self.hist
-                            .record_handshake_to_unchoke(now.saturating_duration_since(hs));
-                    }
-                }
-                if d.unchoke {
-                    self.stats.unchoked.fetch_add(1, Ordering::Relaxed);
-                    if d.optimistic {
-                        ShardStats::add(&self.stats.optimistic_unchokes, 1);
-                    }
-                } else {
-                    self.stats.unchoked.fetch_sub(1, Ordering::Relaxed);
-                    // Its queue is gone: it needs no tokens now.
-                    self.egress_release(now, idx);
-                }
-                self.mark_dirty(idx);
-            }
-        }
-    }
-
-    /// Connection `idx` leaves the limiters' queues and returns its unused
-    /// credit (choked, closing, or nothing left to send).
-    fn egress_release(&mut self, now: Instant, idx: u32) {
-        let (Some(e), Some(c)) = (self.egress.as_mut(), self.conns.at_mut(idx)) else {
-            return;
-        };
-        let (Some(ce), Some(t)) = (c.egress.as_mut(), c.torrent.as_ref()) else {
-            return;
-        };
-        e.release(now, idx, t.id, ce, &self.stats);
     }
 
     fn mark_dirty(&mut self, idx: u32) {
@@ -763,29 +665,16 @@ impl Shard {
             let cancel = UserData::new(OpKind::Cancel, c.id.generation(), idx).encode();
             let _ = self.ring.push_cancel(ud, cancel);
         }
-        if c.in_superseed {
-            c.in_superseed = false;
-            if let Some(t) = c.torrent.as_ref().map(|t| t.id) {
-                self.superseed_closed(Instant::now(), idx, t);
-            }
-        }
         if let Some(l) = utp {
             self.utp_fin.push(l);
             self.utp_fail_waiting(l);
         }
-        self.egress_release(Instant::now(), idx);
-        let Some(c) = self.conns.at_mut(idx) else {
-            return;
+        let mut cx = Conns {
+            table: &mut self.conns,
+            dirty: &mut self.dirty,
+            hist: &mut self.hist,
         };
-        if c.in_choker {
-            c.in_choker = false;
-            let mut out = std::mem::take(&mut self.decisions);
-            out.clear();
-            self.choker
-                .peer_disconnected(Instant::now(), PeerId(idx), &mut out);
-            self.apply_decisions(Instant::now(), &out);
-            self.decisions = out;
-        }
+        self.policies.handle_close(Instant::now(), &mut cx, idx);
         self.try_release(idx);
     }
 

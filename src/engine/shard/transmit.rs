@@ -16,7 +16,6 @@ use io_uring::{cqueue, types};
 
 use crate::storage::fence::FenceTracker;
 use crate::storage::Segment;
-use crate::swarm::choker::PeerId;
 use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
@@ -83,7 +82,7 @@ impl Shard {
         // for a block. No grant: only control bytes go out now.
         if let (Some(ce), Some(e), Some(t)) = (
             conn.egress.as_mut(),
-            self.egress.as_mut(),
+            self.policies.egress_mut(),
             conn.torrent.as_ref(),
         ) {
             let blocks = conn.pipe.blocks_waiting(&conn.peer);
@@ -230,7 +229,7 @@ impl Shard {
         // Nothing left to pay for: unused credit goes back to the buckets.
         if let (Some(ce), Some(e), Some(t)) = (
             conn.egress.as_mut(),
-            self.egress.as_mut(),
+            self.policies.egress_mut(),
             conn.torrent.as_ref(),
         ) {
             if ce.has_credit() && conn.pipe.blocks_waiting(&conn.peer) == 0 {
@@ -357,9 +356,7 @@ impl Shard {
         ShardStats::add(&self.stats.payload_bytes, payload);
         ShardStats::add(&self.stats.protocol_bytes, protocol);
         ShardStats::add(&self.stats.blocks_served, blocks);
-        if payload > 0 {
-            self.choker.record_upload(PeerId(cidx), payload);
-        }
+        self.policies.handle_sent(cidx, payload);
         if let Some(c) = self.conn_mut(cidx, cgen) {
             c.send_slot = None;
             if let Some(t) = c.torrent.as_ref().filter(|_| payload > 0) {

@@ -1,18 +1,19 @@
-//! Super-seeding in a shard: one [`SuperSeeder`] per super-seeding torrent,
-//! fed by the shard's connections to that torrent, its offers applied to
-//! their [`crate::wire::PeerState`]s.
+//! Super-seeding over a shard's connections: one [`SuperSeeder`] per
+//! super-seeding torrent, fed by the shard's connections to that torrent,
+//! its offers applied to their [`crate::wire::PeerState`]s. Driven by
+//! [`super::policy::Policies`]; sans-IO.
 //!
 //! - After every receive of a super-seeding connection
-//!   ([`Shard::superseed_input`]): the first time (handshake just done) the
+//!   ([`SuperSeeding::input`]): the first time (handshake just done) the
 //!   peer is registered with [`SuperSeeder::peer_connected`], whose offers go
 //!   out in the same loop turn as our handshake reply; afterwards its have
 //!   events are forwarded ([`SuperSeeder::peer_have`],
 //!   [`SuperSeeder::peer_haves_replaced`]).
-//! - On close: [`SuperSeeder::peer_disconnected`].
+//! - On close or drain: [`SuperSeeder::peer_disconnected`].
 //! - Forward timeouts: each selector's [`SuperSeeder::next_timeout`] is kept
 //!   as a deadline; the shard loop bounds its io_uring wait by the earliest
 //!   one ([`SuperSeeding::next_deadline`]) and ticks the selectors that are
-//!   due ([`Shard::superseed_timers`]).
+//!   due ([`SuperSeeding::timers`]).
 //! - Every [`Offer`] becomes `offer_piece` (a `have`) and, if asked and the
 //!   peer speaks BEP 6, `suggest_piece`, counted in the shard stats.
 //!
@@ -39,8 +40,9 @@ use crate::swarm::superseed::{Offer, PeerId, SuperSeedConfig, SuperSeeder};
 use crate::wire::types::HaveEvent;
 use crate::wire::TorrentId;
 
+use super::super::catalog::Catalog;
 use super::super::stats::ShardStats;
-use super::Shard;
+use super::policy::Conns;
 
 /// How often a selector holding offers looks for pieces that spread on
 /// other shards.
@@ -81,7 +83,7 @@ impl SuperSeeding {
 
     /// Follow a new catalogue: room for ids added since, and the
     /// selectors of torrents gone dropped.
-    pub fn follow(&mut self, catalog: &super::super::catalog::Catalog) {
+    pub fn follow(&mut self, catalog: &Catalog) {
         let bound = catalog.id_bound() as usize;
         if self.selectors.len() < bound {
             self.selectors.resize_with(bound, || None);
@@ -112,17 +114,17 @@ impl SuperSeeding {
     }
 }
 
-impl Shard {
+impl SuperSeeding {
     /// After a receive on super-seeding connection `idx`: register it once
     /// its handshake is done, then forward its have events; apply offers.
-    pub(super) fn superseed_input(&mut self, now: Instant, idx: u32) {
-        let Some(conn) = self.conns.at_mut(idx) else {
+    pub fn input(&mut self, now: Instant, cx: &mut Conns<'_>, stats: &ShardStats, idx: u32) {
+        let Some(conn) = cx.table.at_mut(idx) else {
             return;
         };
         let Some(t) = conn.torrent.clone() else {
             return;
         };
-        let ss = &mut self.superseed;
+        let ss = self;
         let Some(slot) = ss.selectors.get_mut(t.id.0 as usize) else {
             return;
         };
@@ -153,13 +155,20 @@ impl Shard {
             }
         }
         ss.touched(t.id, now);
-        self.apply_offers(t.id, &mut offers);
-        self.superseed.offers = offers;
+        apply_offers(cx, stats, t.id, &mut offers);
+        ss.offers = offers;
     }
 
     /// Connection `idx` of torrent `t` closed.
-    pub(super) fn superseed_closed(&mut self, now: Instant, idx: u32, t: TorrentId) {
-        let ss = &mut self.superseed;
+    pub fn closed(
+        &mut self,
+        now: Instant,
+        cx: &mut Conns<'_>,
+        stats: &ShardStats,
+        idx: u32,
+        t: TorrentId,
+    ) {
+        let ss = self;
         let Some(Some(selector)) = ss.selectors.get_mut(t.0 as usize) else {
             return;
         };
@@ -168,19 +177,19 @@ impl Shard {
             .sel
             .peer_disconnected(now, PeerId(idx), &mut offers);
         ss.touched(t, now);
-        self.apply_offers(t, &mut offers);
-        self.superseed.offers = offers;
+        apply_offers(cx, stats, t, &mut offers);
+        ss.offers = offers;
     }
 
     /// Ticks the selectors whose forward timeouts are due.
-    pub(super) fn superseed_timers(&mut self, now: Instant) {
-        if self.superseed.next.is_none_or(|d| d > now) {
+    pub fn timers(&mut self, now: Instant, cx: &mut Conns<'_>, stats: &ShardStats) {
+        if self.next.is_none_or(|d| d > now) {
             return;
         }
-        let mut offers = std::mem::take(&mut self.superseed.offers);
+        let mut offers = std::mem::take(&mut self.offers);
         let mut next: Option<Instant> = None;
-        for i in 0..self.superseed.selectors.len() {
-            let Some(s) = self.superseed.selectors[i].as_mut() else {
+        for i in 0..self.selectors.len() {
+            let Some(s) = self.selectors[i].as_mut() else {
                 continue;
             };
             if s.deadline.is_some_and(|d| d <= now) {
@@ -190,37 +199,37 @@ impl Shard {
                     .sel
                     .next_timeout()
                     .map(|d| d.max(now + Duration::from_millis(1)));
-                self.apply_offers(TorrentId(i as u32), &mut offers);
+                apply_offers(cx, stats, TorrentId(i as u32), &mut offers);
             }
-            if let Some(Some(s)) = self.superseed.selectors.get(i) {
+            if let Some(Some(s)) = self.selectors.get(i) {
                 next = match (next, s.deadline) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
             }
         }
-        self.superseed.next = next;
-        self.superseed.offers = offers;
+        self.next = next;
+        self.offers = offers;
     }
+}
 
-    /// Sends each offer (`have`, plus `suggest_piece` for fast peers) to its
-    /// connection and marks it dirty; drains `offers`.
-    fn apply_offers(&mut self, t: TorrentId, offers: &mut Vec<Offer>) {
-        for o in offers.drain(..) {
-            let idx = o.peer.0;
-            let Some(c) = self.conns.at_mut(idx) else {
-                continue;
-            };
-            if c.closing.is_some() || c.torrent.as_ref().is_none_or(|ct| ct.id != t) {
-                continue;
+/// Sends each offer (`have`, plus `suggest_piece` for fast peers) to its
+/// connection and marks it dirty; drains `offers`.
+fn apply_offers(cx: &mut Conns<'_>, stats: &ShardStats, t: TorrentId, offers: &mut Vec<Offer>) {
+    for o in offers.drain(..) {
+        let idx = o.peer.0;
+        let Some(c) = cx.table.at_mut(idx) else {
+            continue;
+        };
+        if c.closing.is_some() || c.torrent.as_ref().is_none_or(|ct| ct.id != t) {
+            continue;
+        }
+        if c.peer.offer_piece(o.piece) {
+            ShardStats::add(&stats.superseed_offers, 1);
+            if o.suggest && c.peer.suggest_piece(o.piece) {
+                ShardStats::add(&stats.superseed_suggests, 1);
             }
-            if c.peer.offer_piece(o.piece) {
-                ShardStats::add(&self.stats.superseed_offers, 1);
-                if o.suggest && c.peer.suggest_piece(o.piece) {
-                    ShardStats::add(&self.stats.superseed_suggests, 1);
-                }
-                self.mark_dirty(idx);
-            }
+            cx.mark_dirty(idx);
         }
     }
 }

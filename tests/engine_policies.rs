@@ -1,0 +1,451 @@
+//! The engine core's policies (`engine::core::Policies`) on a virtual
+//! clock, driven as a shard drives them: connections in a `ConnTable`,
+//! their `PeerState`s fed bytes, `handle_*` after each event, and what each
+//! peer is then sent read back from its `PeerState`. No ring, no socket, no
+//! sleep: one box of one or several shards sharing one catalogue.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringseed::engine::core::{Carrier, Conn, ConnTable, Conns, Policies, PolicyConfig};
+use ringseed::engine::limits::ConnLimits;
+use ringseed::engine::{Catalog, ShardStats, TorrentSettings};
+use ringseed::metainfo::MetaVersion;
+use ringseed::metrics::{ShardHistograms, SharedHistograms};
+use ringseed::swarm::choker::ChokerConfig;
+use ringseed::swarm::superseed::SuperSeedConfig;
+use ringseed::wire::codec::{decode, Decoded, Handshake, HandshakeDecoded, Message, HANDSHAKE_LEN};
+use ringseed::wire::{PeerConfig, PeerState, TorrentCatalog};
+use support::engine::{data, info_hash, make_torrent, served};
+use support::leecher::handshake_bytes;
+
+const PIECE: u32 = 16 * 1024;
+const PIECES: usize = 8;
+
+/// One shard as the core sees it.
+struct Shard {
+    policies: Policies,
+    table: ConnTable<Conn>,
+    dirty: Vec<u32>,
+    hist: ShardHistograms,
+    stats: Arc<ShardStats>,
+}
+
+/// A box: one catalogue (one torrent), `n` shards, a virtual clock.
+struct Box {
+    _dir: tempfile::TempDir,
+    hash: [u8; 20],
+    catalog: Arc<Catalog>,
+    shards: Vec<Shard>,
+    limits: ConnLimits,
+    now: Instant,
+    /// Timer turns run so far (a test that never settles fails, not hangs).
+    steps: u32,
+}
+
+/// What peer messages matter here, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    HaveNone,
+    Have(u32),
+    Suggest(u32),
+    Choke,
+    Unchoke,
+}
+
+impl Box {
+    fn new(shards: usize, super_seed: bool, choker: ChokerConfig, ss: SuperSeedConfig) -> Box {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.bin");
+        std::fs::write(&path, data(7, PIECE as usize * PIECES)).unwrap();
+        let fix = make_torrent(&path, MetaVersion::V1, Some(u64::from(PIECE)));
+        let t = served(&fix, &path).with_settings(TorrentSettings {
+            super_seed,
+            ..TorrentSettings::default()
+        });
+        let catalog = Arc::new(Catalog::new(vec![t]));
+        let now = Instant::now();
+        let hists = SharedHistograms::new(shards);
+        let shards = (0..shards)
+            .map(|i| {
+                let stats = Arc::new(ShardStats::default());
+                Shard {
+                    policies: Policies::new(
+                        PolicyConfig {
+                            choker: choker.clone(),
+                            super_seed: ss.clone(),
+                            box_pool: None,
+                            shard: i,
+                            shards,
+                        },
+                        now,
+                        &catalog,
+                        stats.clone(),
+                    ),
+                    table: ConnTable::default(),
+                    dirty: Vec::new(),
+                    hist: hists.for_shard(i).unwrap(),
+                    stats,
+                }
+            })
+            .collect();
+        Box {
+            _dir: dir,
+            hash: info_hash(&fix.torrent),
+            catalog,
+            shards,
+            limits: ConnLimits::new(1000, 1000, 64),
+            now,
+            steps: 0,
+        }
+    }
+
+    /// A peer connects to shard `s` and sends its handshake (and
+    /// `interested`, if asked): returns its slot index.
+    fn connect(&mut self, s: usize, fast: bool, interested: bool) -> u32 {
+        let remote: SocketAddr = format!("127.0.0.{}:6881", self.shards[s].table.len() + 2)
+            .parse()
+            .unwrap();
+        let admission = self.limits.admit(remote.ip()).unwrap();
+        let now = self.now;
+        let peer = PeerState::new(now, &PeerConfig::default(), remote);
+        let sh = &mut self.shards[s];
+        let id = sh.table.insert_with(|id| {
+            Conn::new(Carrier::Utp(id.index()), id, remote, admission, peer, now)
+        });
+        let mut bytes = handshake_bytes(self.hash, fast, false).to_vec();
+        if interested {
+            Message::Interested.encode(&mut bytes);
+        }
+        self.recv(s, id.index(), &bytes);
+        id.index()
+    }
+
+    /// Bytes from peer `idx` of shard `s`, then the policies, as the shard
+    /// does after a receive.
+    fn recv(&mut self, s: usize, idx: u32, bytes: &[u8]) {
+        let now = self.now;
+        let cat: &Catalog = &self.catalog;
+        let sh = &mut self.shards[s];
+        let c = sh.table.at_mut(idx).unwrap();
+        c.peer
+            .handle_bytes(now, bytes, cat as &dyn TorrentCatalog)
+            .unwrap();
+        let mut cx = Conns {
+            table: &mut sh.table,
+            dirty: &mut sh.dirty,
+            hist: &mut sh.hist,
+        };
+        sh.policies.handle_input(now, cat, &mut cx, idx);
+    }
+
+    fn send(&mut self, s: usize, idx: u32, msg: Message<'_>) {
+        let mut b = Vec::new();
+        msg.encode(&mut b);
+        self.recv(s, idx, &b);
+    }
+
+    fn close(&mut self, s: usize, idx: u32) {
+        let sh = &mut self.shards[s];
+        sh.table.at_mut(idx).unwrap().closing = Some(ringseed::engine::CloseKind::PeerClosed);
+        let mut cx = Conns {
+            table: &mut sh.table,
+            dirty: &mut sh.dirty,
+            hist: &mut sh.hist,
+        };
+        sh.policies.handle_close(self.now, &mut cx, idx);
+    }
+
+    /// Advance the clock to the earliest policy timeout of any shard (at
+    /// least 1 ms, at most to `limit`) and run every shard's due timers.
+    fn run_timers_until(&mut self, limit: Instant) {
+        let next = self
+            .shards
+            .iter()
+            .map(|s| s.policies.poll_timeout(self.now))
+            .min()
+            .unwrap();
+        self.steps += 1;
+        assert!(self.steps < 100_000, "the timers never settle");
+        self.now = next
+            .max(self.now + Duration::from_millis(1))
+            .min(limit.max(self.now));
+        for sh in &mut self.shards {
+            let mut cx = Conns {
+                table: &mut sh.table,
+                dirty: &mut sh.dirty,
+                hist: &mut sh.hist,
+            };
+            sh.policies.handle_timers(self.now, &mut cx);
+        }
+    }
+
+    /// What peer `idx` of shard `s` has been sent since the last call (the
+    /// shard's flush, reduced to the messages these tests look at).
+    fn drain(&mut self, s: usize, idx: u32) -> Vec<Got> {
+        let sh = &mut self.shards[s];
+        if let Some(pos) = sh.dirty.iter().position(|&d| d == idx) {
+            sh.dirty.swap_remove(pos);
+        }
+        let c = sh.table.at_mut(idx).unwrap();
+        c.dirty = false;
+        let bytes = c.peer.poll_transmit().to_vec();
+        c.peer.advance_transmit(bytes.len());
+        let mut buf = &bytes[..];
+        if let Ok(HandshakeDecoded::Complete(_)) = Handshake::decode(buf) {
+            buf = &buf[HANDSHAKE_LEN..];
+        }
+        let mut out = Vec::new();
+        while let Ok(Decoded::Message { msg, consumed }) = decode(buf, 1 << 20) {
+            match msg {
+                Message::HaveNone => out.push(Got::HaveNone),
+                Message::Have(p) => out.push(Got::Have(p)),
+                Message::Suggest(p) => out.push(Got::Suggest(p)),
+                Message::Choke => out.push(Got::Choke),
+                Message::Unchoke => out.push(Got::Unchoke),
+                _ => {}
+            }
+            buf = &buf[consumed..];
+        }
+        out
+    }
+
+    fn is_dirty(&self, s: usize, idx: u32) -> bool {
+        self.shards[s].dirty.contains(&idx)
+    }
+
+    fn unchoked_gauge(&self, s: usize) -> i64 {
+        self.shards[s]
+            .stats
+            .unchoked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn offered(got: &[Got]) -> Vec<u32> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Have(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn choker(slots: u32) -> ChokerConfig {
+    ChokerConfig {
+        upload_slots: slots,
+        optimistic_slots: 1,
+        ..ChokerConfig::default()
+    }
+}
+
+fn ss_config(forward: Duration) -> SuperSeedConfig {
+    SuperSeedConfig {
+        offers_per_peer: 1,
+        forward_timeout: forward,
+        suggest: true,
+        cross_shard_poll: None,
+    }
+}
+
+#[test]
+fn the_choker_fills_its_slots_and_hands_a_closed_peers_slot_on_at_once() {
+    let mut b = Box::new(1, false, choker(2), ss_config(Duration::from_secs(5)));
+    let peers: Vec<u32> = (0..5).map(|_| b.connect(0, true, true)).collect();
+    let got: Vec<Vec<Got>> = peers.iter().map(|&p| b.drain(0, p)).collect();
+    let unchoked: Vec<u32> = peers
+        .iter()
+        .zip(&got)
+        .filter(|(_, g)| g.contains(&Got::Unchoke))
+        .map(|(&p, _)| p)
+        .collect();
+    // Two regular slots and one optimistic, filled as peers got interested.
+    assert_eq!(unchoked.len(), 3, "{got:?}");
+    assert_eq!(b.shards[0].policies.choker().unchoked(), 3);
+    assert_eq!(b.unchoked_gauge(0), 3);
+    for &p in &peers {
+        let c = b.shards[0].table.at(p).unwrap();
+        assert_eq!(!c.peer.is_choked(), unchoked.contains(&p), "peer {p}");
+    }
+
+    // An unchoked peer leaves: a waiting one is unchoked in the same call.
+    b.close(0, unchoked[0]);
+    let waiting: Vec<u32> = peers
+        .iter()
+        .copied()
+        .filter(|p| !unchoked.contains(p))
+        .collect();
+    let now_unchoked: Vec<u32> = waiting
+        .iter()
+        .copied()
+        .filter(|&p| b.is_dirty(0, p) && b.drain(0, p) == [Got::Unchoke])
+        .collect();
+    assert_eq!(
+        now_unchoked.len(),
+        1,
+        "one waiting peer takes the freed slot"
+    );
+    // The choker is full again; the gauge counts the closing peer until
+    // the shard frees its slot (`try_release`): 3 + 1 here.
+    assert_eq!(b.shards[0].policies.choker().unchoked(), 3);
+    assert_eq!(b.unchoked_gauge(0), 4);
+
+    // A peer that loses interest is choked at once, and its slot refilled.
+    let keep = unchoked[1];
+    b.send(0, keep, Message::NotInterested);
+    assert_eq!(b.drain(0, keep), [Got::Choke]);
+    let last = waiting
+        .iter()
+        .copied()
+        .find(|p| !now_unchoked.contains(p))
+        .unwrap();
+    assert_eq!(b.drain(0, last), [Got::Unchoke]);
+}
+
+#[test]
+fn the_optimistic_slot_moves_on_at_the_choker_timeout() {
+    let cfg = ChokerConfig {
+        optimistic_interval: Duration::from_secs(30),
+        rechoke_interval: Duration::from_secs(10),
+        ..choker(1)
+    };
+    let mut b = Box::new(1, false, cfg, ss_config(Duration::from_secs(5)));
+    let peers: Vec<u32> = (0..4).map(|_| b.connect(0, true, true)).collect();
+    for &p in &peers {
+        b.drain(0, p);
+    }
+    let t0 = b.now;
+    // The core names its next timer: the rechoke, 10 s on.
+    assert_eq!(
+        b.shards[0].policies.poll_timeout(b.now),
+        t0 + Duration::from_secs(10)
+    );
+    let mut changes = 0;
+    while b.now < t0 + Duration::from_secs(95) {
+        b.run_timers_until(t0 + Duration::from_secs(95));
+        for &p in &peers {
+            changes += b.drain(0, p).len();
+        }
+        assert!(b.shards[0].policies.choker().unchoked() <= 2);
+    }
+    // Three optimistic terms ended: each choked one peer and unchoked another.
+    assert!(changes >= 6, "{changes} choke/unchoke messages in 95 s");
+    assert!(b.shards[0].policies.choker().optimistic_unchokes_total() >= 3);
+}
+
+#[test]
+fn super_seed_on_two_shards_injects_each_piece_once_and_follows_the_spread_across_shards() {
+    let mut b = Box::new(
+        2,
+        true,
+        choker(0),
+        SuperSeedConfig {
+            cross_shard_poll: Some(Duration::from_millis(100)),
+            ..ss_config(Duration::from_secs(60))
+        },
+    );
+    // One peer per shard: each is greeted with have_none and its own piece.
+    let a = b.connect(0, true, true);
+    let c = b.connect(1, true, true);
+    let got_a = b.drain(0, a);
+    let got_c = b.drain(1, c);
+    assert_eq!(got_a[0], Got::HaveNone, "{got_a:?}");
+    assert_eq!(got_c[0], Got::HaveNone, "{got_c:?}");
+    let (pa, pc) = (offered(&got_a), offered(&got_c));
+    assert_eq!((pa.len(), pc.len()), (1, 1), "{got_a:?} {got_c:?}");
+    assert_ne!(pa[0], pc[0], "the box offered one piece on both shards");
+    assert!(got_a.contains(&Got::Suggest(pa[0])));
+
+    // Peer a downloads its piece: nothing new while no one else has it.
+    b.send(0, a, Message::Have(pa[0]));
+    assert!(offered(&b.drain(0, a)).is_empty());
+    // Peer c, on the other shard, gets it from a: the spread is seen by
+    // shard 0's selector at its next cross-shard poll, within 100 ms.
+    b.send(1, c, Message::Have(pa[0]));
+    let deadline = b.now + Duration::from_millis(150);
+    let mut next = Vec::new();
+    while next.is_empty() && b.now < deadline {
+        b.run_timers_until(deadline);
+        next = offered(&b.drain(0, a));
+    }
+    assert_eq!(
+        next.len(),
+        1,
+        "a's piece spread on shard 1: a is offered a new one"
+    );
+    assert!(
+        ![pa[0], pc[0]].contains(&next[0]),
+        "a new piece, got {next:?}"
+    );
+    // c still holds its own offer: it has not passed it on.
+    assert!(offered(&b.drain(1, c)).is_empty());
+}
+
+#[test]
+fn a_super_seed_offer_that_does_not_spread_is_replaced_after_the_forward_timeout() {
+    let mut b = Box::new(1, true, choker(0), ss_config(Duration::from_secs(5)));
+    let a = b.connect(0, false, true);
+    // A second peer that lacks a's piece and never gets it from a.
+    let other = b.connect(0, false, true);
+    let first = offered(&b.drain(0, a));
+    assert_eq!(first.len(), 1);
+    b.drain(0, other);
+    b.send(0, a, Message::Have(first[0]));
+    assert!(offered(&b.drain(0, a)).is_empty(), "someone still lacks it");
+    let t0 = b.now;
+    // It does not spread: the selector moves on at 5 s, and the core says
+    // so as its next timeout.
+    assert!(b.shards[0].policies.poll_timeout(b.now) <= t0 + Duration::from_secs(5));
+    b.run_timers_until(t0 + Duration::from_secs(4));
+    let early = b.drain(0, a);
+    assert!(
+        offered(&early).is_empty(),
+        "not before the timeout: {early:?} at {:?}",
+        b.now - t0
+    );
+    while b.now < t0 + Duration::from_secs(6) {
+        b.run_timers_until(t0 + Duration::from_secs(6));
+        if b.is_dirty(0, a) {
+            break;
+        }
+    }
+    let next = offered(&b.drain(0, a));
+    assert_eq!(next.len(), 1, "a new offer after the forward timeout");
+    assert_ne!(next[0], first[0]);
+    assert!(b.now >= t0 + Duration::from_secs(5));
+}
+
+#[test]
+fn a_drained_peer_is_choked_and_its_slot_goes_to_a_waiting_peer() {
+    let cfg = ChokerConfig {
+        optimistic_slots: 0,
+        ..choker(1)
+    };
+    let mut b = Box::new(1, false, cfg, ss_config(Duration::from_secs(5)));
+    let first = b.connect(0, true, true);
+    let second = b.connect(0, true, true);
+    assert_eq!(b.drain(0, first), [Got::Unchoke]);
+    assert!(b.drain(0, second).is_empty(), "one slot");
+    let sh = &mut b.shards[0];
+    let mut cx = Conns {
+        table: &mut sh.table,
+        dirty: &mut sh.dirty,
+        hist: &mut sh.hist,
+    };
+    sh.policies.handle_drain(b.now, &mut cx, first);
+    assert_eq!(b.drain(0, first), [Got::Choke]);
+    assert_eq!(b.drain(0, second), [Got::Unchoke]);
+    assert_eq!(b.unchoked_gauge(0), 1);
+    // Its input is still answered (rejects go out), but it holds no slot
+    // and is never unchoked again, even when the slot frees.
+    b.send(0, first, Message::NotInterested);
+    b.send(0, first, Message::Interested);
+    assert!(b.is_dirty(0, first));
+    assert!(b.drain(0, first).is_empty());
+    b.close(0, second);
+    assert!(b.drain(0, first).is_empty());
+    assert_eq!(b.shards[0].policies.choker().unchoked(), 0);
+}
