@@ -2,17 +2,20 @@
 //! clock, driven as a shard drives them: connections in a `ConnTable`,
 //! their `PeerState`s fed bytes, `handle_*` after each event, and what each
 //! peer is then sent read back from its `PeerState`. No ring, no socket, no
-//! sleep: one box of one or several shards sharing one catalogue.
+//! sleep: one box of one or several shards sharing one catalogue. Also the
+//! connections' own timers (`engine::core::timers`): send-progress and
+//! handshake timeouts.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringseed::engine::core::{Carrier, Conn, ConnTable, Conns, Policies, PolicyConfig};
+use ringseed::engine::core::{timers, Carrier, Conn, ConnTable, Conns, Policies, PolicyConfig};
 use ringseed::engine::limits::ConnLimits;
-use ringseed::engine::{Catalog, ShardStats, TorrentSettings};
+use ringseed::engine::{Catalog, CloseKind, ShardStats, TorrentSettings};
 use ringseed::metainfo::MetaVersion;
 use ringseed::metrics::{ShardHistograms, SharedHistograms};
 use ringseed::swarm::choker::ChokerConfig;
@@ -24,6 +27,8 @@ use support::leecher::handshake_bytes;
 
 const PIECE: u32 = 16 * 1024;
 const PIECES: usize = 8;
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const SECOND: Duration = Duration::from_secs(1);
 
 /// One shard as the core sees it.
 struct Shard {
@@ -106,6 +111,18 @@ impl Box {
     /// A peer connects to shard `s` and sends its handshake (and
     /// `interested`, if asked): returns its slot index.
     fn connect(&mut self, s: usize, fast: bool, interested: bool) -> u32 {
+        let idx = self.accept(s, None);
+        let mut bytes = handshake_bytes(self.hash, fast, false).to_vec();
+        if interested {
+            Message::Interested.encode(&mut bytes);
+        }
+        self.recv(s, idx, &bytes);
+        idx
+    }
+
+    /// A connection accepted on shard `s` (uTP, or TCP on `fd`), nothing
+    /// received yet: returns its slot index.
+    fn accept(&mut self, s: usize, fd: Option<OwnedFd>) -> u32 {
         let remote: SocketAddr = format!("127.0.0.{}:6881", self.shards[s].table.len() + 2)
             .parse()
             .unwrap();
@@ -114,14 +131,30 @@ impl Box {
         let peer = PeerState::new(now, &PeerConfig::default(), remote);
         let sh = &mut self.shards[s];
         let id = sh.table.insert_with(|id| {
-            Conn::new(Carrier::Utp(id.index()), id, remote, admission, peer, now)
+            let carrier = match fd {
+                Some(fd) => Carrier::Tcp(fd),
+                None => Carrier::Utp(id.index()),
+            };
+            Conn::new(carrier, id, remote, admission, peer, now)
         });
-        let mut bytes = handshake_bytes(self.hash, fast, false).to_vec();
-        if interested {
-            Message::Interested.encode(&mut bytes);
-        }
-        self.recv(s, id.index(), &bytes);
         id.index()
+    }
+
+    /// The shard's once-a-second pass over its connections' timers, with
+    /// `unsent` standing in for the socket queue's ioctl.
+    fn tick(&mut self, s: usize, unsent: impl Fn(&OwnedFd) -> u32) -> Vec<(u32, CloseKind)> {
+        let sh = &mut self.shards[s];
+        let mut cx = Conns {
+            table: &mut sh.table,
+            dirty: &mut sh.dirty,
+            hist: &mut sh.hist,
+        };
+        let mut out = Vec::new();
+        timers::tick(self.now, SEND_TIMEOUT, &mut cx, &sh.stats, unsent, &mut out);
+        for &(idx, kind) in &out {
+            sh.table.at_mut(idx).unwrap().closing = Some(kind);
+        }
+        out
     }
 
     /// Bytes from peer `idx` of shard `s`, then the policies, as the shard
@@ -150,7 +183,7 @@ impl Box {
 
     fn close(&mut self, s: usize, idx: u32) {
         let sh = &mut self.shards[s];
-        sh.table.at_mut(idx).unwrap().closing = Some(ringseed::engine::CloseKind::PeerClosed);
+        sh.table.at_mut(idx).unwrap().closing = Some(CloseKind::PeerClosed);
         let mut cx = Conns {
             table: &mut sh.table,
             dirty: &mut sh.dirty,
@@ -448,4 +481,111 @@ fn a_drained_peer_is_choked_and_its_slot_goes_to_a_waiting_peer() {
     b.close(0, second);
     assert!(b.drain(0, first).is_empty());
     assert_eq!(b.shards[0].policies.choker().unchoked(), 0);
+}
+
+/// A file descriptor the tests never read or write: it only stands for a
+/// TCP socket whose queue `unsent` reports.
+fn stand_in_fd() -> OwnedFd {
+    std::fs::File::open("/dev/null").unwrap().into()
+}
+
+#[test]
+fn a_send_that_makes_no_progress_is_closed_at_the_send_timeout_and_one_that_does_is_not() {
+    let mut b = Box::new(1, false, choker(0), ss_config(Duration::from_secs(5)));
+    let stuck = b.connect(0, true, true);
+    let reading = b.connect(0, true, true);
+    let t0 = b.now;
+    for idx in [stuck, reading] {
+        let c = b.shards[0].table.at_mut(idx).unwrap();
+        c.send_slot = Some(idx);
+        c.send_watch.send_started(t0);
+    }
+    let mut closed = None;
+    for sec in 1..=40u32 {
+        b.now = t0 + SECOND * sec;
+        // Both keep sending keep-alives (the idle timeout counts input:
+        // it does not see a peer that stopped reading).
+        for idx in [stuck, reading] {
+            if b.shards[0].table.at(idx).unwrap().closing.is_none() {
+                b.recv(0, idx, &[0, 0, 0, 0]);
+            }
+        }
+        b.shards[0]
+            .table
+            .at_mut(reading)
+            .unwrap()
+            .send_watch
+            .progressed(b.now);
+        for (idx, kind) in b.tick(0, |_| 0) {
+            assert_eq!((idx, kind), (stuck, CloseKind::SendTimeout), "at {sec} s");
+            assert!(closed.is_none());
+            closed = Some(sec);
+        }
+    }
+    assert_eq!(closed, Some(30), "closed at the 30 s send timeout");
+}
+
+#[test]
+fn a_tcp_queue_that_does_not_shrink_is_closed_and_one_that_drains_is_not() {
+    let mut b = Box::new(1, false, choker(0), ss_config(Duration::from_secs(5)));
+    let (fd_stuck, fd_draining) = (stand_in_fd(), stand_in_fd());
+    let (raw_stuck, raw_draining) = (fd_stuck.as_raw_fd(), fd_draining.as_raw_fd());
+    let stuck = b.accept(0, Some(fd_stuck));
+    let draining = b.accept(0, Some(fd_draining));
+    let hs = handshake_bytes(b.hash, true, false);
+    b.recv(0, stuck, &hs);
+    b.recv(0, draining, &hs);
+    let t0 = b.now;
+    // Our last send completed at t0 with 1 MB still in each socket queue:
+    // one peer reads a little every second, the other nothing.
+    for idx in [stuck, draining] {
+        b.shards[0]
+            .table
+            .at_mut(idx)
+            .unwrap()
+            .send_watch
+            .progressed(t0);
+    }
+    let mut closed = None;
+    for sec in 1..=60u32 {
+        b.now = t0 + SECOND * sec;
+        for idx in [stuck, draining] {
+            if b.shards[0].table.at(idx).unwrap().closing.is_none() {
+                b.recv(0, idx, &[0, 0, 0, 0]);
+            }
+        }
+        let left = 1_000_000 - 10_000 * sec;
+        let unsent = |fd: &OwnedFd| {
+            if fd.as_raw_fd() == raw_stuck {
+                1_000_000
+            } else {
+                assert_eq!(fd.as_raw_fd(), raw_draining);
+                left
+            }
+        };
+        for (idx, kind) in b.tick(0, unsent) {
+            assert_eq!((idx, kind), (stuck, CloseKind::SendTimeout), "at {sec} s");
+            closed = Some(sec);
+        }
+    }
+    // Watched from half the timeout on, closed a whole timeout later.
+    assert_eq!(closed, Some(45), "closed at 1.5x the send timeout");
+}
+
+#[test]
+fn a_peer_that_never_completes_its_handshake_is_closed_by_its_timeout() {
+    let mut b = Box::new(1, false, choker(0), ss_config(Duration::from_secs(5)));
+    let silent = b.accept(0, None);
+    let t0 = b.now;
+    let mut closed = None;
+    for sec in 1..=120u32 {
+        b.now = t0 + SECOND * sec;
+        if let Some(&(idx, kind)) = b.tick(0, |_| 0).first() {
+            assert_eq!((idx, kind), (silent, CloseKind::Timeout));
+            closed = Some(sec);
+            break;
+        }
+    }
+    let limit = PeerConfig::default().handshake_timeout.as_secs() as u32;
+    assert_eq!(closed, Some(limit), "closed at the handshake timeout");
 }

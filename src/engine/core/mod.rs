@@ -14,6 +14,8 @@
 //!   limiters on the box-wide and per-torrent token pools.
 //! - [`sendwatch`]: the send-progress timeout (a peer that stops reading
 //!   is closed).
+//! - [`timers`]: the connections' own timers (send-progress, handshake,
+//!   idle), one pass per tick.
 //! - [`policy`]: the choker, the super-seed selectors and the upload cap
 //!   wired to the connections, behind `handle_*(now, ..)` calls and
 //!   [`Policies::poll_timeout`]; [`superseed`] is its super-seed part.
@@ -22,11 +24,10 @@
 //! token pools), the peer protocol in `wire::PeerState`, the uTP transport
 //! in `utp`: all sans-IO, all tested on virtual clocks.
 //!
-//! Not here yet (the shard still does it, in `engine::shard`): the loop
-//! over connections that runs the peers' own timers (idle, handshake and
-//! send-progress timeouts), the drain's state machine, and the decision
-//! of which operation to submit next; those use `Policies` and the
-//! pieces above but are still written against the ring.
+//! Not here yet (the shard still does it, in `engine::shard`): the drain's
+//! state machine, and the decision of which operation to submit next
+//! (accept, receive, send, read); those use the pieces above but are still
+//! written against the ring.
 
 pub mod conn;
 pub mod egress;
@@ -35,6 +36,7 @@ pub mod policy;
 pub mod sendwatch;
 pub mod superseed;
 pub mod table;
+pub mod timers;
 
 pub use conn::{Carrier, Conn, Drain};
 pub use pipeline::{BlockPipeline, ReadyBlock};

@@ -14,11 +14,12 @@ use io_uring::cqueue;
 
 use crate::wire::{CloseReason, PeerState};
 
+use super::super::core::timers::close_kind;
 use super::super::core::{Carrier, Conn, ConnId};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::{self, FeedError, MseOutcome};
 use super::super::uring::{sys, OpKind, UserData};
-use super::{close_kind, Shard};
+use super::Shard;
 
 impl Shard {
     // ---- accept -------------------------------------------------------

@@ -40,12 +40,12 @@ use crate::storage::fence::FenceTracker;
 use crate::swarm::choker::ChokerConfig;
 use crate::swarm::ratelimit::TokenPool;
 use crate::swarm::superseed::SuperSeedConfig;
-use crate::wire::{BlockRequest, CloseReason, PeerConfig, PeerState, TorrentCatalog};
+use crate::wire::{BlockRequest, CloseReason, PeerConfig, TorrentCatalog};
 
 use super::catalog::{Catalog, LiveCatalog};
-use super::core::{Carrier, Conn, ConnId, ConnTable, Conns, Policies, PolicyConfig};
+use super::core::{Conn, ConnId, ConnTable, Conns, Policies, PolicyConfig};
 use super::limits::ConnLimits;
-use super::stats::{CloseKind, HandshakeFailure, RejectReason, ShardStats};
+use super::stats::{CloseKind, HandshakeFailure, ShardStats};
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
 
 /// Settings of one shard.
@@ -590,39 +590,19 @@ impl Shard {
         }
         self.utp_mark_all();
         let mut to_close = Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            let idx = id.index();
-            if c.closing.is_some() {
-                continue;
-            }
-            fold_counters(&self.stats, &mut c.peer);
-            // A peer that stopped reading: keep-alives or requests from it
-            // do not matter, it cannot hold its send (or the bytes in its
-            // socket's queue) forever.
-            let in_flight = c.send_slot.is_some();
-            let watch_queue = c.peer.is_handshake_complete();
-            let fd = match &c.carrier {
-                // uTP: no socket queue; a peer that stops reading closes its
-                // window, and a send waiting for room is a send in flight.
-                Carrier::Tcp(fd) if watch_queue => Some(fd),
-                _ => None,
-            };
-            let unsent = || fd.map(|fd| super::uring::sys::unsent_bytes(fd).unwrap_or(0));
-            if c.send_watch
-                .stalled(now, self.cfg.send_timeout, in_flight, unsent)
-            {
-                tracing::debug!(peer = %c.remote, in_flight, "peer does not read; closing it");
-                to_close.push((idx, CloseKind::SendTimeout));
-                continue;
-            }
-            if let Err(reason) = c.peer.handle_tick(now) {
-                c.last_reason = Some(reason);
-                to_close.push((idx, close_kind(reason)));
-            } else if !c.peer.poll_transmit().is_empty() && !c.dirty {
-                c.dirty = true;
-                self.dirty.push(idx);
-            }
-        }
+        let mut cx = Conns {
+            table: &mut self.conns,
+            dirty: &mut self.dirty,
+            hist: &mut self.hist,
+        };
+        super::core::timers::tick(
+            now,
+            self.cfg.send_timeout,
+            &mut cx,
+            &self.stats,
+            |fd| super::uring::sys::unsent_bytes(fd).unwrap_or(0),
+            &mut to_close,
+        );
         for (idx, kind) in to_close {
             self.close(idx, kind);
         }
@@ -640,7 +620,7 @@ impl Shard {
         }
         c.closing = Some(kind);
         ShardStats::add(self.stats.closed(kind), 1);
-        fold_counters(&self.stats, &mut c.peer);
+        super::core::timers::fold_counters(&self.stats, &mut c.peer);
         if !c.peer.is_handshake_complete() {
             let failure = match c.last_reason {
                 Some(CloseReason::UnknownInfoHash) => Some(HandshakeFailure::UnknownInfoHash),
@@ -710,41 +690,6 @@ impl Shard {
             self.utp_released(l);
         }
         drop(c); // closes a TCP socket
-    }
-}
-
-/// Move a peer's protocol counters into the shard's stats.
-fn fold_counters(stats: &ShardStats, peer: &mut PeerState) {
-    use crate::wire::RejectReason as Wire;
-    let pc = peer.take_counters();
-    ShardStats::add(&stats.requests, pc.requests_received);
-    ShardStats::add(&stats.cancelled, pc.cancels_matched);
-    ShardStats::add(&stats.replies_dropped, pc.replies_dropped);
-    for r in Wire::ALL {
-        let n = pc.rejected(r);
-        if n == 0 {
-            continue;
-        }
-        let reason = match r {
-            Wire::Choked | Wire::ChokeFlushed => RejectReason::Choked,
-            Wire::QueueFull => RejectReason::QueueFull,
-            Wire::ZeroLength | Wire::OutOfRange => RejectReason::OutOfRange,
-            Wire::NotHave => RejectReason::Unavailable,
-        };
-        for _ in 0..n {
-            stats.reject(reason);
-        }
-    }
-}
-
-/// Map a protocol close reason to its metrics group.
-pub fn close_kind(reason: CloseReason) -> CloseKind {
-    match reason {
-        CloseReason::HandshakeTimeout | CloseReason::IdleTimeout => CloseKind::Timeout,
-        CloseReason::SendBacklog | CloseReason::TooManyRequests | CloseReason::UnrequestedData => {
-            CloseKind::Flood
-        }
-        _ => CloseKind::ProtocolError,
     }
 }
 
