@@ -13,7 +13,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringseed::engine::core::{timers, Carrier, Conn, ConnTable, Conns, Policies, PolicyConfig};
+use ringseed::engine::core::{
+    timers, Carrier, Conn, ConnTable, Conns, Drain, DrainStep, Policies, PolicyConfig, FIN_WAIT,
+};
 use ringseed::engine::limits::ConnLimits;
 use ringseed::engine::{Catalog, CloseKind, ShardStats, TorrentSettings};
 use ringseed::metainfo::MetaVersion;
@@ -588,4 +590,51 @@ fn a_peer_that_never_completes_its_handshake_is_closed_by_its_timeout() {
     }
     let limit = PeerConfig::default().handshake_timeout.as_secs() as u32;
     assert_eq!(closed, Some(limit), "closed at the handshake timeout");
+}
+
+#[test]
+fn a_draining_connection_is_served_its_grace_then_choked_then_finned_then_closed() {
+    let mut b = Box::new(1, false, choker(0), ss_config(Duration::from_secs(5)));
+    let p = b.connect(0, true, true);
+    assert_eq!(b.drain(0, p), [Got::Unchoke]);
+    let t0 = b.now;
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    assert_eq!(c.drain_step(t0), None, "not draining");
+    c.drain = Some(Drain::Grace {
+        until: t0 + Duration::from_secs(2),
+    });
+    assert_eq!(
+        c.drain_step(t0 + SECOND),
+        Some(DrainStep::Wait),
+        "in its grace"
+    );
+    let at = t0 + Duration::from_secs(2);
+    assert_eq!(c.drain_step(at), Some(DrainStep::Choke));
+    b.now = at;
+    let sh = &mut b.shards[0];
+    let mut cx = Conns {
+        table: &mut sh.table,
+        dirty: &mut sh.dirty,
+        hist: &mut sh.hist,
+    };
+    sh.policies.handle_drain(at, &mut cx, p);
+    // The choke is queued and a send is in flight: not yet.
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    c.send_slot = Some(0);
+    assert_eq!(c.drain_step(at), Some(DrainStep::Wait));
+    c.send_slot = None;
+    assert_eq!(
+        c.drain_step(at),
+        Some(DrainStep::Wait),
+        "the choke is still queued"
+    );
+    assert_eq!(b.drain(0, p), [Got::Choke]);
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    let Some(DrainStep::SendFin { deadline }) = c.drain_step(at) else {
+        panic!("nothing left to send: FIN next, got {:?}", c.drain_step(at));
+    };
+    assert_eq!(deadline, at + FIN_WAIT);
+    c.drain = Some(Drain::FinSent { deadline });
+    assert_eq!(c.drain_step(deadline - SECOND), Some(DrainStep::Wait));
+    assert_eq!(c.drain_step(deadline), Some(DrainStep::Close));
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::wire::PeerState;
 
@@ -27,6 +27,25 @@ pub enum Drain {
     Choked,
     /// Our FIN is out; waiting for the peer's until `deadline`.
     FinSent { deadline: Instant },
+}
+
+/// How long a drained connection waits for the peer's FIN after ours.
+pub const FIN_WAIT: Duration = Duration::from_secs(5);
+
+/// What a draining connection needs next ([`Conn::drain_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainStep {
+    /// Nothing yet: its grace, its sends or the peer's FIN are still due.
+    Wait,
+    /// Its grace is over: choke it and take it out of every policy
+    /// (`Policies::handle_drain`).
+    Choke,
+    /// Nothing of it is left to send: shut our side of the stream (FIN
+    /// after the last whole message) and set [`Drain::FinSent`] with this
+    /// deadline.
+    SendFin { deadline: Instant },
+    /// The peer did not close within [`FIN_WAIT`]: close it.
+    Close,
 }
 
 /// What carries a connection's bytes.
@@ -159,6 +178,31 @@ impl Conn {
     /// Our side of the stream is shut for a drain: input is ignored.
     pub fn fin_sent(&self) -> bool {
         matches!(self.drain, Some(Drain::FinSent { .. }))
+    }
+
+    /// Where a draining connection goes next at `now` (`None`: it is not
+    /// draining). The driver carries the step out.
+    pub fn drain_step(&self, now: Instant) -> Option<DrainStep> {
+        Some(match self.drain? {
+            Drain::Grace { until } if now >= until => DrainStep::Choke,
+            Drain::Grace { .. } => DrainStep::Wait,
+            Drain::Choked => {
+                let idle = self.send_slot.is_none()
+                    && self.pipe.is_empty()
+                    && self.pre_tx.is_empty()
+                    && !self.dirty
+                    && self.peer.poll_transmit().is_empty();
+                if idle {
+                    DrainStep::SendFin {
+                        deadline: now + FIN_WAIT,
+                    }
+                } else {
+                    DrainStep::Wait
+                }
+            }
+            Drain::FinSent { deadline } if now >= deadline => DrainStep::Close,
+            Drain::FinSent { .. } => DrainStep::Wait,
+        })
     }
 
     /// Nothing of this connection is in the kernel's hands any more.

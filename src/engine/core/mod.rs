@@ -24,10 +24,10 @@
 //! token pools), the peer protocol in `wire::PeerState`, the uTP transport
 //! in `utp`: all sans-IO, all tested on virtual clocks.
 //!
-//! Not here yet (the shard still does it, in `engine::shard`): the drain's
-//! state machine, and the decision of which operation to submit next
-//! (accept, receive, send, read); those use the pieces above but are still
-//! written against the ring.
+//! Not here yet (the shard still does it, in `engine::shard`): the decision
+//! of which operation to submit next (accept, receive, send, read) as a
+//! `poll_*` output; the send path uses the pieces above ([`pipeline`]'s
+//! steps) but is still written against the ring.
 
 pub mod conn;
 pub mod egress;
@@ -38,7 +38,7 @@ pub mod superseed;
 pub mod table;
 pub mod timers;
 
-pub use conn::{Carrier, Conn, Drain};
+pub use conn::{Carrier, Conn, Drain, DrainStep, FIN_WAIT};
 pub use pipeline::{BlockPipeline, ReadyBlock};
 pub use policy::{Conns, Policies, PolicyConfig};
 pub use table::{ConnId, ConnTable};

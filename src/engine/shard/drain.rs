@@ -12,19 +12,19 @@
 //!    complete, the choke goes out;
 //! 3. [`Drain::FinSent`]: with nothing left to send, our side of the stream
 //!    is shut (FIN after the last whole message, never a torn one); what the
-//!    peer still sends is ignored until it closes, or [`FIN_WAIT`] passes.
+//!    peer still sends is ignored until it closes, or `core::FIN_WAIT` passes.
+//!
+//! Where a connection goes next is `Conn::drain_step` (sans-IO); this file
+//! carries the steps out.
 //!
 //! The connection then closes as usual; its slot (and with it its hold on the
 //! torrent's files) is freed once nothing of it is in flight.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::super::core::{Carrier, Drain};
+use super::super::core::{Carrier, Drain, DrainStep};
 use super::super::stats::CloseKind;
 use super::Shard;
-
-/// How long a drained connection waits for the peer's FIN after ours.
-pub const FIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Shard {
     /// Top of the loop, before the fence is observed: take the current
@@ -67,40 +67,23 @@ impl Shard {
             if c.closing.is_some() {
                 continue;
             }
-            match c.drain {
-                Some(Drain::Grace { until }) => {
-                    if now >= until {
-                        self.drain_choke(now, idx);
-                    }
+            match c.drain_step(now) {
+                Some(DrainStep::Wait) => keep.push(idx),
+                Some(DrainStep::Choke) => {
+                    self.drain_choke(now, idx);
                     keep.push(idx);
                 }
-                Some(Drain::Choked) => {
-                    let idle = c.send_slot.is_none()
-                        && c.pipe.is_empty()
-                        && c.pre_tx.is_empty()
-                        && !c.dirty
-                        && c.peer.poll_transmit().is_empty();
-                    if idle {
-                        match &c.carrier {
-                            Carrier::Tcp(fd) => {
-                                let _ =
-                                    socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Write);
-                            }
-                            Carrier::Utp(l) => self.utp_fin.push(*l),
+                Some(DrainStep::SendFin { deadline }) => {
+                    match &c.carrier {
+                        Carrier::Tcp(fd) => {
+                            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Write);
                         }
-                        c.drain = Some(Drain::FinSent {
-                            deadline: now + FIN_WAIT,
-                        });
+                        Carrier::Utp(l) => self.utp_fin.push(*l),
                     }
+                    c.drain = Some(Drain::FinSent { deadline });
                     keep.push(idx);
                 }
-                Some(Drain::FinSent { deadline }) => {
-                    if now >= deadline {
-                        self.close(idx, CloseKind::Shutdown);
-                    } else {
-                        keep.push(idx);
-                    }
-                }
+                Some(DrainStep::Close) => self.close(idx, CloseKind::Shutdown),
                 None => {}
             }
         }
