@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringseed::engine::core::{
-    timers, Carrier, Conn, ConnTable, Conns, Drain, DrainStep, Policies, PolicyConfig, FIN_WAIT,
+    accept, accept::Admit, timers, Carrier, Conn, ConnTable, Conns, Drain, DrainStep, Policies,
+    PolicyConfig, FIN_WAIT,
 };
 use ringseed::engine::limits::ConnLimits;
 use ringseed::engine::{Catalog, CloseKind, ShardStats, TorrentSettings};
@@ -39,6 +40,19 @@ struct Shard {
     dirty: Vec<u32>,
     hist: ShardHistograms,
     stats: Arc<ShardStats>,
+}
+
+impl Shard {
+    /// Its policies, and the core's view of its connections as the driver
+    /// passes it.
+    fn split(&mut self) -> (&mut Policies, Conns<'_>) {
+        let cx = Conns {
+            table: &mut self.table,
+            dirty: &mut self.dirty,
+            hist: &mut self.hist,
+        };
+        (&mut self.policies, cx)
+    }
 }
 
 /// A box: one catalogue (one torrent), `n` shards, a virtual clock.
@@ -146,13 +160,10 @@ impl Box {
     /// `unsent` standing in for the socket queue's ioctl.
     fn tick(&mut self, s: usize, unsent: impl Fn(&OwnedFd) -> u32) -> Vec<(u32, CloseKind)> {
         let sh = &mut self.shards[s];
-        let mut cx = Conns {
-            table: &mut sh.table,
-            dirty: &mut sh.dirty,
-            hist: &mut sh.hist,
-        };
+        let stats = sh.stats.clone();
+        let (_, mut cx) = sh.split();
         let mut out = Vec::new();
-        timers::tick(self.now, SEND_TIMEOUT, &mut cx, &sh.stats, unsent, &mut out);
+        timers::tick(self.now, SEND_TIMEOUT, &mut cx, &stats, unsent, &mut out);
         for &(idx, kind) in &out {
             sh.table.at_mut(idx).unwrap().closing = Some(kind);
         }
@@ -169,12 +180,8 @@ impl Box {
         c.peer
             .handle_bytes(now, bytes, cat as &dyn TorrentCatalog)
             .unwrap();
-        let mut cx = Conns {
-            table: &mut sh.table,
-            dirty: &mut sh.dirty,
-            hist: &mut sh.hist,
-        };
-        sh.policies.handle_input(now, cat, &mut cx, idx);
+        let (policies, mut cx) = sh.split();
+        policies.handle_input(now, cat, &mut cx, idx);
     }
 
     fn send(&mut self, s: usize, idx: u32, msg: Message<'_>) {
@@ -186,12 +193,8 @@ impl Box {
     fn close(&mut self, s: usize, idx: u32) {
         let sh = &mut self.shards[s];
         sh.table.at_mut(idx).unwrap().closing = Some(CloseKind::PeerClosed);
-        let mut cx = Conns {
-            table: &mut sh.table,
-            dirty: &mut sh.dirty,
-            hist: &mut sh.hist,
-        };
-        sh.policies.handle_close(self.now, &mut cx, idx);
+        let (policies, mut cx) = sh.split();
+        policies.handle_close(self.now, &mut cx, idx);
     }
 
     /// Advance the clock to the earliest policy timeout of any shard (at
@@ -209,12 +212,8 @@ impl Box {
             .max(self.now + Duration::from_millis(1))
             .min(limit.max(self.now));
         for sh in &mut self.shards {
-            let mut cx = Conns {
-                table: &mut sh.table,
-                dirty: &mut sh.dirty,
-                hist: &mut sh.hist,
-            };
-            sh.policies.handle_timers(self.now, &mut cx);
+            let (policies, mut cx) = sh.split();
+            policies.handle_timers(self.now, &mut cx);
         }
     }
 
@@ -465,12 +464,8 @@ fn a_drained_peer_is_choked_and_its_slot_goes_to_a_waiting_peer() {
     assert_eq!(b.drain(0, first), [Got::Unchoke]);
     assert!(b.drain(0, second).is_empty(), "one slot");
     let sh = &mut b.shards[0];
-    let mut cx = Conns {
-        table: &mut sh.table,
-        dirty: &mut sh.dirty,
-        hist: &mut sh.hist,
-    };
-    sh.policies.handle_drain(b.now, &mut cx, first);
+    let (policies, mut cx) = sh.split();
+    policies.handle_drain(b.now, &mut cx, first);
     assert_eq!(b.drain(0, first), [Got::Choke]);
     assert_eq!(b.drain(0, second), [Got::Unchoke]);
     assert_eq!(b.unchoked_gauge(0), 1);
@@ -612,12 +607,8 @@ fn a_draining_connection_is_served_its_grace_then_choked_then_finned_then_closed
     assert_eq!(c.drain_step(at), Some(DrainStep::Choke));
     b.now = at;
     let sh = &mut b.shards[0];
-    let mut cx = Conns {
-        table: &mut sh.table,
-        dirty: &mut sh.dirty,
-        hist: &mut sh.hist,
-    };
-    sh.policies.handle_drain(at, &mut cx, p);
+    let (policies, mut cx) = sh.split();
+    policies.handle_drain(at, &mut cx, p);
     // The choke is queued and a send is in flight: not yet.
     let c = b.shards[0].table.at_mut(p).unwrap();
     c.send_slot = Some(0);
@@ -637,4 +628,68 @@ fn a_draining_connection_is_served_its_grace_then_choked_then_finned_then_closed
     c.drain = Some(Drain::FinSent { deadline });
     assert_eq!(c.drain_step(deadline - SECOND), Some(DrainStep::Wait));
     assert_eq!(c.drain_step(deadline), Some(DrainStep::Close));
+}
+
+#[test]
+fn connections_are_admitted_within_the_shards_and_the_boxs_limits() {
+    // The box: 4 connections in all, 2 per source (IPv6 per /64); each
+    // shard: 2.
+    let limits = ConnLimits::new(4, 2, 64);
+    let peer = PeerConfig::default();
+    let admit = Admit {
+        per_shard: 2,
+        limits: &limits,
+        peer: &peer,
+    };
+    let stats = ShardStats::default();
+    let now = Instant::now();
+    let mut shards: [ConnTable<Conn>; 3] = Default::default();
+    let try_admit = |table: &mut ConnTable<Conn>, remote: &str| {
+        let remote: SocketAddr = remote.parse().unwrap();
+        accept::admit(now, table, &admit, &stats, Carrier::Utp(0), remote).is_ok()
+    };
+    // A connection closes: its place goes back, box-wide.
+    let close_first = |table: &mut ConnTable<Conn>| {
+        let id = table.iter().next().map(|(id, _)| id).unwrap();
+        let c = table.remove(id.index()).unwrap();
+        limits.release(c.admission);
+    };
+    assert!(try_admit(&mut shards[0], "10.0.0.1:1000"));
+    assert!(try_admit(&mut shards[0], "10.0.0.2:1000"));
+    assert!(
+        !try_admit(&mut shards[0], "10.0.0.3:1000"),
+        "the shard's own limit"
+    );
+    assert!(
+        try_admit(&mut shards[1], "10.0.0.1:2000"),
+        "10.0.0.1's second"
+    );
+    assert!(
+        !try_admit(&mut shards[2], "10.0.0.1:3000"),
+        "a third from 10.0.0.1, on any shard"
+    );
+    assert!(try_admit(&mut shards[2], "[2001:db8:1:2::5]:1000"));
+    assert!(
+        !try_admit(&mut shards[2], "10.0.0.9:1000"),
+        "the box's total"
+    );
+    assert_eq!(limits.total(), 4);
+    let limit_closes = ShardStats::get(stats.closed(CloseKind::Limit));
+    assert_eq!(limit_closes, 3, "every refusal counted");
+
+    close_first(&mut shards[0]);
+    assert_eq!(limits.total(), 3);
+    // One /64 is one source: a second address in 2001:db8:1:2::/64 is its
+    // second connection, and a third is refused.
+    assert!(try_admit(&mut shards[2], "[2001:db8:1:2::6]:1000"));
+    close_first(&mut shards[1]);
+    assert!(
+        !try_admit(&mut shards[1], "[2001:db8:1:2::7]:1000"),
+        "a /64 counts as one source"
+    );
+    assert!(
+        try_admit(&mut shards[1], "[2001:db8:1:3::7]:1000"),
+        "another /64 is another source"
+    );
+    assert_eq!(limits.total(), 4);
 }

@@ -4,6 +4,8 @@
 //! decisions into io_uring operations and completions into calls here, and
 //! it alone touches memory the kernel may own.
 //!
+//! - [`accept`]: a new connection let in within the shard's and the box's
+//!   limits.
 //! - [`table`]: the connection table, connections named by typed
 //!   [`ConnId`]s (slot + generation) that go stale when the slot is reused.
 //! - [`conn`]: one connection as the shard holds it.
@@ -29,6 +31,7 @@
 //! `poll_*` output; the send path uses the pieces above ([`pipeline`]'s
 //! steps) but is still written against the ring.
 
+pub mod accept;
 pub mod conn;
 pub mod egress;
 pub mod pipeline;

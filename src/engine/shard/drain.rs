@@ -94,11 +94,7 @@ impl Shard {
     /// Stop serving connection `idx`: choke it and take it out of the
     /// choker, the super-seed selector and the upload-cap queues.
     fn drain_choke(&mut self, now: Instant, idx: u32) {
-        let mut cx = super::Conns {
-            table: &mut self.conns,
-            dirty: &mut self.dirty,
-            hist: &mut self.hist,
-        };
+        let mut cx = conns!(self);
         self.policies.handle_drain(now, &mut cx, idx);
     }
 }

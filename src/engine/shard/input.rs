@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 
-use crate::wire::{CloseReason, PeerState};
+use crate::wire::CloseReason;
 
+use super::super::core::accept::{self, Admit};
 use super::super::core::timers::close_kind;
 use super::super::core::{Carrier, Conn, ConnId};
 use super::super::stats::{CloseKind, ShardStats};
@@ -87,25 +88,17 @@ impl Shard {
         carrier: Carrier,
         remote: SocketAddr,
     ) -> io::Result<Option<ConnId>> {
-        if self.conns.len() >= self.cfg.max_connections {
-            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
-            return Ok(None);
-        }
-        // Box-wide: the total and the per-source count, whatever shard.
-        let Ok(admission) = self.cfg.limits.admit(remote.ip()) else {
-            ShardStats::add(self.stats.closed(CloseKind::Limit), 1);
+        let limits = Admit {
+            per_shard: self.cfg.max_connections,
+            limits: &self.cfg.limits,
+            peer: &self.cfg.peer,
+        };
+        let now = Instant::now();
+        let Ok(id) = accept::admit(now, &mut self.conns, &limits, &self.stats, carrier, remote)
+        else {
+            // Refused by a limit: dropping the carrier closes a socket.
             return Ok(None);
         };
-        ShardStats::add(&self.stats.accepted, 1);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        if matches!(carrier, Carrier::Utp(_)) {
-            self.stats.utp_connections.fetch_add(1, Ordering::Relaxed);
-        }
-        let now = Instant::now();
-        let peer = PeerState::new(now, &self.cfg.peer, remote);
-        let id = self
-            .conns
-            .insert_with(|id| Conn::new(carrier, id, remote, admission, peer, now));
         self.arm_recv(id.index())?;
         Ok(Some(id))
     }

@@ -19,6 +19,20 @@
 //! tokens, a super-seed forward timeout), and is zero while connections
 //! are waiting to be flushed; so timers fire on time without a timeout SQE.
 
+/// The core's view of this shard's connections for a `Policies` or
+/// `core::timers` call: `Conns` over the table, the dirty list and the
+/// histograms (field borrows, so `self.policies` and `self.catalog` stay
+/// usable beside it).
+macro_rules! conns {
+    ($shard:expr) => {
+        $crate::engine::core::Conns {
+            table: &mut $shard.conns,
+            dirty: &mut $shard.dirty,
+            hist: &mut $shard.hist,
+        }
+    };
+}
+
 mod drain;
 mod gso;
 mod input;
@@ -43,7 +57,7 @@ use crate::swarm::superseed::SuperSeedConfig;
 use crate::wire::{BlockRequest, CloseReason, PeerConfig, TorrentCatalog};
 
 use super::catalog::{Catalog, LiveCatalog};
-use super::core::{Conn, ConnId, ConnTable, Conns, Policies, PolicyConfig};
+use super::core::{Conn, ConnId, ConnTable, Policies, PolicyConfig};
 use super::limits::ConnLimits;
 use super::stats::{CloseKind, HandshakeFailure, ShardStats};
 use super::uring::{OpKind, ProvidedBufRing, ReadPool, Ring, RingConfig, SendTable, UserData};
@@ -315,11 +329,7 @@ impl Shard {
             self.fence.observe(self.catalog.fence());
             self.reap()?;
             let now = Instant::now();
-            let mut cx = Conns {
-                table: &mut self.conns,
-                dirty: &mut self.dirty,
-                hist: &mut self.hist,
-            };
+            let mut cx = conns!(self);
             self.policies.handle_timers(now, &mut cx);
             self.flush_dirty()?;
             self.reap_synthetic()?;
@@ -496,11 +506,7 @@ impl Shard {
     /// attached, choker, super-seed, interest; marks it dirty), then a
     /// look at its extension handshake for a ledger advert or a fetch hint.
     fn after_input(&mut self, idx: u32, now: Instant) {
-        let mut cx = Conns {
-            table: &mut self.conns,
-            dirty: &mut self.dirty,
-            hist: &mut self.hist,
-        };
+        let mut cx = conns!(self);
         self.policies.handle_input(now, &self.catalog, &mut cx, idx);
         let Some(conn) = self.conns.at_mut(idx) else {
             return;
@@ -590,11 +596,7 @@ impl Shard {
         }
         self.utp_mark_all();
         let mut to_close = Vec::new();
-        let mut cx = Conns {
-            table: &mut self.conns,
-            dirty: &mut self.dirty,
-            hist: &mut self.hist,
-        };
+        let mut cx = conns!(self);
         super::core::timers::tick(
             now,
             self.cfg.send_timeout,
@@ -649,11 +651,7 @@ impl Shard {
             self.utp_fin.push(l);
             self.utp_fail_waiting(l);
         }
-        let mut cx = Conns {
-            table: &mut self.conns,
-            dirty: &mut self.dirty,
-            hist: &mut self.hist,
-        };
+        let mut cx = conns!(self);
         self.policies.handle_close(Instant::now(), &mut cx, idx);
         self.try_release(idx);
     }
