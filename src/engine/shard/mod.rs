@@ -531,12 +531,7 @@ impl Shard {
     }
 
     fn mark_dirty(&mut self, idx: u32) {
-        if let Some(c) = self.conns.at_mut(idx) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(idx);
-            }
-        }
+        conns!(self).mark_dirty(idx);
     }
 
     /// The connection an operation's (index, generation) names, if it is
