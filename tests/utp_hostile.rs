@@ -136,10 +136,30 @@ fn a_syn_flood_from_many_ports_is_bounded_and_expires() {
         cfg.max_half_open * Endpoint::HALF_OPEN_BYTES / 1024
     );
     const { assert!(Endpoint::HALF_OPEN_BYTES < 1024) };
-    // They expire, and new peers get in again.
-    ep.handle_timeout(t0 + cfg.half_open_timeout);
+    // Before the half-open timeout the flood holds its slots; after it, a
+    // new peer takes the slot of the oldest, and the cap still holds.
+    let later = t0 + cfg.half_open_timeout;
+    let fresh: SocketAddr = "10.200.0.1:4000".parse().unwrap();
+    ep.handle(later - Duration::from_millis(1), fresh, &syn(1, 1));
+    assert_eq!(
+        ep.dropped[EndpointDrop::HalfOpenFull.index()],
+        20_000 - cfg.max_half_open as u64 + 1
+    );
+    ep.handle_timeout(later);
+    assert_eq!(ep.half_open(), cfg.max_half_open, "age alone drops nobody");
+    ep.handle(later, fresh, &syn(1, 1));
+    assert!(
+        ep.poll_transmit(later, &mut out).is_some(),
+        "the new peer is answered"
+    );
+    assert_eq!(ep.half_open(), cfg.max_half_open);
+    assert_eq!(ep.len(), cfg.max_half_open);
+    // Nothing heard from the flood: it closes after the idle timeout.
+    let idle = later + cfg.conn.idle_timeout;
+    ep.handle_timeout(idle);
+    ep.handle_timeout(idle + cfg.conn.idle_timeout);
+    assert!(ep.is_empty(), "{} left", ep.len());
     assert_eq!(ep.half_open(), 0);
-    assert!(ep.is_empty());
 }
 
 #[test]

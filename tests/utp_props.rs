@@ -67,7 +67,8 @@ impl Sim {
         let start = link.busy_until.map_or(now, |b| b.max(now));
         let queued = start - now;
         link.queue.push((now, queued));
-        if queued > self.net.max_queue || self.rng.chance(self.net.loss) {
+        let drop = queued > self.net.max_queue || self.rng.chance(self.net.loss);
+        if drop {
             return;
         }
         let serial = Duration::from_secs_f64(bytes.len() as f64 / self.net.rate);
@@ -233,7 +234,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("UTP_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64), .. ProptestConfig::default() })]
 
     #[test]
     fn every_byte_arrives_once_and_in_order(
@@ -326,5 +327,36 @@ fn ledbat_holds_the_queue_near_its_target_and_keeps_the_link_busy() {
     assert!(
         goodput > 0.85 * 2e6,
         "goodput {goodput:.0} B/s on a 2 MB/s link"
+    );
+}
+
+/// Found by CI: the SYN's answer was lost once, then the initiator's first
+/// DATA three times; its backed-off re-send came after the acceptor had
+/// dropped the half-open connection on age alone, and nothing arrived.
+#[test]
+fn a_first_data_lost_past_the_half_open_timeout_still_arrives() {
+    let net = Net {
+        rate: 200e3,
+        delay: Duration::from_millis(1),
+        jitter: Duration::from_millis(1),
+        loss: 0.047815160823649894,
+        dup: 0.0,
+        max_queue: Duration::from_secs(1),
+    };
+    let seed = 3848843626070300484;
+    let sent = data(2761, seed);
+    let out = run(net, seed, &sent, Duration::from_secs(600));
+    assert_eq!(
+        out.received.len(),
+        sent.len(),
+        "{:?} after {:?}",
+        out.reasons,
+        out.elapsed
+    );
+    assert!(out.received == sent);
+    assert!(
+        out.delivered > EndpointConfig::default().half_open_timeout,
+        "{:?}",
+        out.delivered
     );
 }

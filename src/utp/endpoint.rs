@@ -3,11 +3,16 @@
 //! from SYNs; datagrams out, from every connection in turn.
 //!
 //! Half-open connections (a SYN arrived, nothing else yet) are capped
-//! ([`EndpointConfig::max_half_open`]) and expire after
-//! [`EndpointConfig::half_open_timeout`]: a SYN flood from many source
+//! ([`EndpointConfig::max_half_open`]): a SYN flood from many source
 //! ports costs at most `max_half_open` x [`Endpoint::HALF_OPEN_BYTES`]
 //! bytes and never more answers than SYNs. A half-open connection holds no
 //! heap memory of its own (its buffers are empty), only its table entry.
+//! When the cap is reached, a new SYN takes the slot of the oldest
+//! half-open connection older than [`EndpointConfig::half_open_timeout`].
+//! Age alone never drops one: the initiator's first DATA may be lost and
+//! re-sent on a backed-off timer well past any fixed deadline, and the
+//! connection must still be there when it arrives (nothing heard at all
+//! closes it after the connection's idle timeout).
 //!
 //! Call order: [`Endpoint::handle`] for each datagram, then
 //! [`Endpoint::poll_accept`] for new connections, the application works on
@@ -34,7 +39,8 @@ pub struct EndpointConfig {
     pub max_connections: usize,
     /// Half-open connections at most. Default 256.
     pub max_half_open: usize,
-    /// A half-open connection is dropped after this. Default 5 s.
+    /// A half-open connection this old gives its slot to a new SYN when
+    /// the half-open cap is reached. Default 5 s.
     pub half_open_timeout: Duration,
 }
 
@@ -100,6 +106,10 @@ pub struct Endpoint {
     conns: HashMap<ConnKey, Entry>,
     accepted: VecDeque<ConnKey>,
     half_open: usize,
+    /// Half-open connections in the order their SYNs came (with their
+    /// creation time, to tell a reused key apart); entries that are no
+    /// longer half-open are skipped and pruned lazily.
+    half_open_order: VecDeque<(Instant, ConnKey)>,
     /// Round-robin position of `poll_transmit`.
     order: Vec<ConnKey>,
     next: usize,
@@ -119,6 +129,7 @@ impl Endpoint {
             conns: HashMap::new(),
             accepted: VecDeque::new(),
             half_open: 0,
+            half_open_order: VecDeque::new(),
             order: Vec::new(),
             next: 0,
             rng: seed | 1,
@@ -206,7 +217,7 @@ impl Endpoint {
         if !self.cfg.accept || self.conns.len() >= self.cfg.max_connections {
             return self.drop(EndpointDrop::Refused);
         }
-        if self.half_open >= self.cfg.max_half_open {
+        if self.half_open >= self.cfg.max_half_open && !self.evict_stale_half_open(now) {
             return self.drop(EndpointDrop::HalfOpenFull);
         }
         let seq = self.random();
@@ -214,7 +225,35 @@ impl Endpoint {
         self.half_open += 1;
         self.insert(key, conn, now, false);
         self.accepted.push_back(key);
+        if self.half_open_order.len() >= 2 * self.cfg.max_half_open.max(1) {
+            let conns = &self.conns;
+            self.half_open_order
+                .retain(|(at, k)| conns.get(k).is_some_and(|e| e.is_half_open_since(*at)));
+        }
+        self.half_open_order.push_back((now, key));
         Some(key)
+    }
+
+    /// Drop the oldest half-open connection if it is older than the
+    /// half-open timeout, to make room for a new SYN.
+    fn evict_stale_half_open(&mut self, now: Instant) -> bool {
+        while let Some(&(at, key)) = self.half_open_order.front() {
+            if !self
+                .conns
+                .get(&key)
+                .is_some_and(|e| e.is_half_open_since(at))
+            {
+                self.half_open_order.pop_front();
+                continue;
+            }
+            if now < at + self.cfg.half_open_timeout {
+                return false;
+            }
+            self.half_open_order.pop_front();
+            self.remove(key);
+            return true;
+        }
+        false
     }
 
     /// A connection accepted since the last call.
@@ -289,31 +328,18 @@ impl Endpoint {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let half_open = self.cfg.half_open_timeout;
         self.conns
             .values()
-            .filter_map(|e| {
-                let t = e.conn.poll_timeout();
-                if !e.conn.is_established() && !e.conn_is_initiator() {
-                    let h = e.created + half_open;
-                    Some(t.map_or(h, |t| t.min(h)))
-                } else {
-                    t
-                }
-            })
+            .filter_map(|e| e.conn.poll_timeout())
             .min()
     }
 
-    /// Run timers; drop expired half-open connections and closed ones the
-    /// application never took.
+    /// Run timers; drop closed connections the application never took.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let half_open = self.cfg.half_open_timeout;
         let mut gone = Vec::new();
         for (key, e) in self.conns.iter_mut() {
             e.conn.handle_timeout(now);
-            let stale =
-                !e.conn.is_established() && !e.conn_is_initiator() && now >= e.created + half_open;
-            if stale || (e.conn.is_closed() && !e.taken) {
+            if e.conn.is_closed() && !e.taken {
                 gone.push(*key);
             }
         }
@@ -326,5 +352,10 @@ impl Endpoint {
 impl Entry {
     fn conn_is_initiator(&self) -> bool {
         self.conn.is_initiator()
+    }
+
+    /// Still the half-open connection made at `at`.
+    fn is_half_open_since(&self, at: Instant) -> bool {
+        self.created == at && !self.conn.is_established() && !self.conn_is_initiator()
     }
 }
