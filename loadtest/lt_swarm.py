@@ -7,7 +7,7 @@ usage: lt_swarm.py --torrent FILE --data PATH [--leechers 30] [--rate 5MB/s]
                    [--seeds ringseed,ringseed-super,libtorrent,libtorrent-super]
                    [--rounds 1] [--ringseed-bin target/release/ringseed]
                    [--shards N] [--ringseed-args '--upload-slots 4'] [--work DIR] [--timeout 600]
-                   [--json OUT]
+                   [--json OUT] [--timeline SECONDS]
 
 Each round, for each seed kind in --seeds (alternating, so noise hits all
 alike): start the seed capped at --rate (ringseed `serve --upload-rate-limit
@@ -172,12 +172,19 @@ def run(kind, args, size, n):
                     h.connect_peer(("127.0.0.1", pj))
         done = [None] * n
         deadline = t0 + args.timeout
+        timeline = []
+        next_sample = 0.0
         while None in done and time.monotonic() < deadline:
             now = time.monotonic() - t0
             for i, (ses, h) in enumerate(sessions):
                 if done[i] is None and h.status().is_seeding:
                     done[i] = now
                 ses.pop_alerts()
+            if args.timeline and now >= next_sample:
+                # Origin bytes so far and the swarm's bytes (all leechers).
+                got = sum(h.status().total_wanted_done for _, h in sessions)
+                timeline.append((round(now, 2), seed.uploaded(), got))
+                next_sample += args.timeline
             time.sleep(0.05)
         time.sleep(0.5)  # let the seed's counter settle
         uploaded = seed.uploaded()
@@ -201,6 +208,7 @@ def run(kind, args, size, n):
         "bound": bound, "ratio": (last / bound) if last else None,
         "origin_bytes": uploaded, "origin_ratio": uploaded / size,
         "completion_times": completed,
+        "timeline": timeline,
     }
 
 
@@ -219,6 +227,8 @@ def main():
     ap.add_argument("--work", default=None, help="where leechers save (default: a temp dir; use tmpfs)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--timeline", type=float, default=0,
+                    help="every this many seconds, print the origin's and the swarm's rates")
     args = ap.parse_args()
     args.rate_text = args.rate
     args.rate = parse_rate(args.rate)
@@ -234,6 +244,13 @@ def main():
                   f"p50 {fmt(res['p50'])} s p90 {fmt(res['p90'])} s last {fmt(res['max'])} s "
                   f"bound {res['bound']:.1f} s ratio {fmt(res['ratio'])} "
                   f"origin {res['origin_ratio']:.2f}x file", flush=True)
+            prev = (0.0, 0.0, 0.0)
+            for t, up, got in res["timeline"]:
+                dt = max(t - prev[0], 1e-9)
+                print(f"  t {t:6.2f} s  origin {(up - prev[1]) / dt / 1e6:6.2f} MB/s "
+                      f"({up / size:.2f}x)  swarm {(got - prev[2]) / dt / 1e6:7.2f} MB/s "
+                      f"({got / size / res['leechers']:.2f} of all)")
+                prev = (t, up, got)
     print()
     print(f"{'seed':17} {'last/bound':>10} {'origin/file':>11}  (medians over {args.rounds} round(s))")
     for kind in args.seeds.split(","):
