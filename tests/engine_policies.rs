@@ -4,7 +4,8 @@
 //! peer is then sent read back from its `PeerState`. No ring, no socket, no
 //! sleep: one box of one or several shards sharing one catalogue. Also the
 //! connections' own timers (`engine::core::timers`): send-progress and
-//! handshake timeouts.
+//! handshake timeouts; and what one send carries (`Conn::fill_send`)
+//! through a fake sink.
 
 mod support;
 
@@ -13,9 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringseed::engine::core::pipeline::{Blocks, ReadyBlock, Stop};
 use ringseed::engine::core::{
     accept, accept::Admit, timers, Carrier, Conn, ConnTable, Conns, Drain, DrainStep, Policies,
-    PolicyConfig, FIN_WAIT,
+    PolicyConfig, ReadStart, SendSink, FIN_WAIT,
 };
 use ringseed::engine::limits::ConnLimits;
 use ringseed::engine::{Catalog, CloseKind, ShardStats, TorrentSettings};
@@ -24,7 +26,7 @@ use ringseed::metrics::{ShardHistograms, SharedHistograms};
 use ringseed::swarm::choker::ChokerConfig;
 use ringseed::swarm::superseed::SuperSeedConfig;
 use ringseed::wire::codec::{decode, Decoded, Handshake, HandshakeDecoded, Message, HANDSHAKE_LEN};
-use ringseed::wire::{PeerConfig, PeerState, TorrentCatalog};
+use ringseed::wire::{BlockRequest, PeerConfig, PeerState, TorrentCatalog};
 use support::engine::{data, info_hash, make_torrent, served};
 use support::leecher::handshake_bytes;
 
@@ -692,4 +694,218 @@ fn connections_are_admitted_within_the_shards_and_the_boxs_limits() {
         "another /64 is another source"
     );
     assert_eq!(limits.total(), 4);
+}
+
+/// The torrent as the send path sees it, with residency set by the test.
+struct FakeBlocks {
+    cold: Vec<u32>,
+    withdrawn: Vec<u32>,
+}
+
+impl Blocks for FakeBlocks {
+    fn is_live(&self, piece: u32) -> bool {
+        !self.withdrawn.contains(&piece)
+    }
+    fn piece_resident(&self, piece: u32) -> bool {
+        !self.cold.contains(&piece)
+    }
+    fn block_resident(&self, req: &BlockRequest) -> bool {
+        self.piece_resident(req.piece)
+    }
+    fn segments(&self, _: &BlockRequest) -> usize {
+        1
+    }
+}
+
+/// A send being built, as the driver's sink: what went in, in order.
+#[derive(Default)]
+struct FakeSink {
+    control: Vec<u8>,
+    /// (piece, from a pool buffer)
+    sent: Vec<(u32, Option<u32>)>,
+    iovecs: usize,
+    max_iovecs: usize,
+    free_bufs: Vec<u32>,
+    reading: Vec<(BlockRequest, u32)>,
+    freed: Vec<u32>,
+}
+
+impl SendSink for FakeSink {
+    fn set_control(&mut self, bytes: &[u8]) {
+        self.control = bytes.to_vec();
+        self.iovecs = 1;
+    }
+    fn has_room(&self, iovecs: usize) -> bool {
+        self.iovecs + 1 + iovecs <= self.max_iovecs
+    }
+    fn push_mmap(&mut self, req: BlockRequest, _: Instant) {
+        self.sent.push((req.piece, None));
+        self.iovecs += 2;
+    }
+    fn push_ready(&mut self, rb: ReadyBlock) -> bool {
+        self.sent.push((rb.req.piece, Some(rb.buf)));
+        self.iovecs += 2;
+        true
+    }
+    unsafe fn free_ready(&mut self, rb: ReadyBlock) {
+        self.freed.push(rb.buf);
+    }
+    fn start_read(&mut self, req: BlockRequest, _: Instant) -> std::io::Result<ReadStart> {
+        Ok(match self.free_bufs.pop() {
+            Some(buf) => {
+                self.reading.push((req, buf));
+                ReadStart::Submitted
+            }
+            None => ReadStart::NoBuffer,
+        })
+    }
+}
+
+fn block(piece: u32) -> BlockRequest {
+    BlockRequest {
+        piece,
+        begin: 0,
+        len: PIECE,
+    }
+}
+
+#[test]
+fn a_send_carries_control_bytes_then_blocks_and_resident_ones_do_not_wait_behind_a_read() {
+    let mut b = Box::new(1, false, choker(4), ss_config(Duration::from_secs(5)));
+    let p = b.connect(0, true, true);
+    for piece in 0..6 {
+        b.send(0, p, Message::Request(block(piece)));
+    }
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    // Pieces 1 and 2 are not in the page cache.
+    let blocks = FakeBlocks {
+        cold: vec![1, 2],
+        withdrawn: vec![],
+    };
+    let sink = |free_bufs: Vec<u32>| FakeSink {
+        max_iovecs: 64,
+        free_bufs,
+        ..FakeSink::default()
+    };
+    let mut s1 = sink(vec![7]);
+    let f = c.fill_send(Some(&blocks), 8, &mut s1).unwrap();
+    // Our handshake, bitfield and unchoke lead the send.
+    assert!(s1.control.starts_with(b"\x13BitTorrent protocol"));
+    assert_eq!(&s1.control[28..48], &b.hash[..]);
+    let mut rest = &s1.control[HANDSHAKE_LEN..];
+    let mut msgs = Vec::new();
+    while let Ok(Decoded::Message { msg, consumed }) = decode(rest, 1 << 20) {
+        msgs.push(format!("{msg:?}"));
+        rest = &rest[consumed..];
+    }
+    assert!(msgs.iter().any(|m| m == "Unchoke"), "{msgs:?}");
+    // Piece 0 from the mmap, piece 1 read into buffer 7; a connection
+    // reads one block at a time, so the second cold block (2) waits, and
+    // the send is done.
+    assert_eq!(s1.sent, vec![(0, None)]);
+    assert_eq!(s1.reading, vec![(block(1), 7)]);
+    assert_eq!((f.blocks, f.reads, f.stop), (1, 1, Some(Stop::ColdBusy)));
+    assert_eq!(f.pre_len, 0);
+    assert!(!f.wait_for_buffer && !f.withdrawn && !f.broken);
+
+    // The read completes: the next send carries it first. Piece 2 then
+    // finds no free buffer: it parks, and the connection waits for one.
+    c.pipe.read_completed(Some(ReadyBlock {
+        req: block(1),
+        buf: 7,
+        at: b.now,
+    }));
+    let mut s2 = sink(vec![]);
+    let f = c.fill_send(Some(&blocks), 8, &mut s2).unwrap();
+    assert!(s2.control.is_empty());
+    assert_eq!(s2.sent, vec![(1, Some(7))]);
+    assert!(f.wait_for_buffer && f.stop.is_none(), "{f:?}");
+    assert!(c.pipe.woken_for_buffer(), "a parked block to retry");
+
+    // Woken with a buffer free: piece 2 is read, and the resident blocks
+    // behind it go meanwhile.
+    let mut s3 = sink(vec![3]);
+    let f = c.fill_send(Some(&blocks), 8, &mut s3).unwrap();
+    assert_eq!(s3.reading, vec![(block(2), 3)]);
+    assert_eq!(s3.sent, vec![(3, None), (4, None), (5, None)]);
+    assert_eq!((f.blocks, f.reads, f.stop), (3, 1, Some(Stop::Idle)));
+}
+
+#[test]
+fn a_send_stops_when_full_and_a_withdrawn_ready_block_is_rejected_and_its_buffer_freed() {
+    let mut b = Box::new(1, false, choker(4), ss_config(Duration::from_secs(5)));
+    let p = b.connect(0, true, true);
+    b.drain(0, p);
+    for piece in 0..6 {
+        b.send(0, p, Message::Request(block(piece)));
+    }
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    let blocks = |cold: Vec<u32>, withdrawn: Vec<u32>| FakeBlocks { cold, withdrawn };
+    // Room for the control iovec and two blocks.
+    let mut s1 = FakeSink {
+        max_iovecs: 8,
+        ..FakeSink::default()
+    };
+    let f = c
+        .fill_send(Some(&blocks(vec![], vec![])), 8, &mut s1)
+        .unwrap();
+    assert_eq!(s1.sent, vec![(0, None), (1, None)]);
+    assert_eq!(f.stop, Some(Stop::Full));
+    // Piece 2 is cold: read into buffer 5 while 3 and 4 go.
+    let mut s2 = FakeSink {
+        max_iovecs: 8,
+        free_bufs: vec![5],
+        ..FakeSink::default()
+    };
+    c.fill_send(Some(&blocks(vec![2], vec![])), 8, &mut s2)
+        .unwrap();
+    assert_eq!(s2.reading, vec![(block(2), 5)]);
+    assert_eq!(s2.sent, vec![(3, None), (4, None)]);
+    // The read completes, and then pieces 2 and 5 are withdrawn (their
+    // data changed on disk): nothing is sent, buffer 5 goes back.
+    c.pipe.read_completed(Some(ReadyBlock {
+        req: block(2),
+        buf: 5,
+        at: b.now,
+    }));
+    let changed = blocks(vec![], vec![2, 5]);
+    let mut s3 = FakeSink {
+        max_iovecs: 64,
+        ..FakeSink::default()
+    };
+    let f = c.fill_send(Some(&changed), 8, &mut s3).unwrap();
+    assert_eq!(s3.freed, vec![5], "the withdrawn block's buffer goes back");
+    assert!(s3.sent.is_empty());
+    assert!(f.withdrawn && f.freed_bufs == 1, "{f:?}");
+    // Both rejects go in the next send.
+    let mut s4 = FakeSink {
+        max_iovecs: 64,
+        ..FakeSink::default()
+    };
+    c.fill_send(Some(&changed), 8, &mut s4).unwrap();
+    let mut rest = &s4.control[..];
+    let mut rejects = Vec::new();
+    while let Ok(Decoded::Message { msg, consumed }) = decode(rest, 1 << 20) {
+        if let Message::Reject(r) = msg {
+            rejects.push(r.piece);
+        }
+        rest = &rest[consumed..];
+    }
+    assert_eq!(rejects, vec![2, 5]);
+}
+
+#[test]
+fn before_the_handshake_names_a_torrent_a_send_carries_control_bytes_only() {
+    let mut b = Box::new(1, false, choker(4), ss_config(Duration::from_secs(5)));
+    let p = b.accept(0, None);
+    let c = b.shards[0].table.at_mut(p).unwrap();
+    c.pre_tx = b"mse reply".to_vec();
+    let mut sink = FakeSink {
+        max_iovecs: 64,
+        ..FakeSink::default()
+    };
+    let f = c.fill_send(None::<&FakeBlocks>, 8, &mut sink).unwrap();
+    assert_eq!(sink.control, b"mse reply");
+    assert_eq!((f.pre_len, f.blocks), (9, 0));
+    assert!(c.pre_tx.is_empty());
 }

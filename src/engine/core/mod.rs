@@ -12,6 +12,10 @@
 //! - [`pipeline`]: one connection's block pipeline (queued -> parked ->
 //!   read from disk if not resident -> ready -> into a send), the one
 //!   place that decides what its next send carries.
+//! - [`send`]: what one send carries ([`Conn::fill_send`], the core's
+//!   `poll_transmit`): the MSE reply and control bytes, then blocks as
+//!   the pipeline decides, through a [`send::SendSink`] the driver
+//!   implements over its send slot and read pool.
 //! - [`egress`]: the upload cap's credit per connection and the shard's
 //!   limiters on the box-wide and per-torrent token pools.
 //! - [`sendwatch`]: the send-progress timeout (a peer that stops reading
@@ -26,16 +30,18 @@
 //! token pools), the peer protocol in `wire::PeerState`, the uTP transport
 //! in `utp`: all sans-IO, all tested on virtual clocks.
 //!
-//! Not here yet (the shard still does it, in `engine::shard`): the decision
-//! of which operation to submit next (accept, receive, send, read) as a
-//! `poll_*` output; the send path uses the pieces above ([`pipeline`]'s
-//! steps) but is still written against the ring.
+//! Not here yet (the shard still does it, in `engine::shard`): *when* to
+//! submit (the dirty list decides which connections get a send built this
+//! loop turn; receives are multishot and re-armed by the shard), and the
+//! completion bookkeeping of a send (partial sends, SEND_ZC
+//! notifications), which is about kernel-owned memory.
 
 pub mod accept;
 pub mod conn;
 pub mod egress;
 pub mod pipeline;
 pub mod policy;
+pub mod send;
 pub mod sendwatch;
 pub mod superseed;
 pub mod table;
@@ -44,4 +50,5 @@ pub mod timers;
 pub use conn::{Carrier, Conn, Drain, DrainStep, FIN_WAIT};
 pub use pipeline::{BlockPipeline, ReadyBlock};
 pub use policy::{Conns, Policies, PolicyConfig};
+pub use send::{Filled, ReadStart, SendSink};
 pub use table::{ConnId, ConnTable};

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crate::metrics::ShardHistograms;
 use crate::swarm::choker::{ChokeDecision, Choker, ChokerConfig, PeerId};
-use crate::swarm::ratelimit::TokenPool;
+use crate::swarm::ratelimit::{TokenPool, MAX_BLOCK_MESSAGE};
 use crate::swarm::superseed::SuperSeedConfig;
 
 use super::super::catalog::Catalog;
@@ -246,10 +246,40 @@ impl Policies {
         e.release(now, idx, t.id, ce, &self.stats);
     }
 
-    /// The upload cap's limiters, for the send path (which asks for credit
-    /// before a batch); `None` while nothing is capped.
+    /// The upload cap's limiters; `None` while nothing is capped.
     pub fn egress_mut(&mut self) -> Option<&mut Egress> {
         self.egress.as_mut()
+    }
+
+    /// Before a send of `c` (slot `idx`) is filled: when it has blocks
+    /// waiting and cannot pay for one, it asks for credit for a batch (at
+    /// most `batch` blocks, what one send carries), granted at once, or it
+    /// waits for the limiter and sends control bytes only. Uncapped
+    /// connections skip all of it.
+    pub fn credit_for_send(&mut self, now: Instant, idx: u32, c: &mut Conn, batch: usize) {
+        let (Some(e), Some(ce), Some(t)) =
+            (self.egress.as_mut(), c.egress.as_mut(), c.torrent.as_ref())
+        else {
+            return;
+        };
+        let blocks = c.pipe.blocks_waiting(&c.peer);
+        if blocks > 0 && ce.wants_credit() {
+            let want = blocks.min(batch) as u64 * MAX_BLOCK_MESSAGE;
+            e.acquire(now, idx, t.id, ce, want, &self.stats);
+        }
+    }
+
+    /// After a send of `c` was filled: with nothing left to pay for, its
+    /// unused credit goes back to the pools.
+    pub fn credit_after_send(&mut self, now: Instant, idx: u32, c: &mut Conn) {
+        let (Some(e), Some(ce), Some(t)) =
+            (self.egress.as_mut(), c.egress.as_mut(), c.torrent.as_ref())
+        else {
+            return;
+        };
+        if ce.has_credit() && c.pipe.blocks_waiting(&c.peer) == 0 {
+            e.release(now, idx, t.id, ce, &self.stats);
+        }
     }
 
     /// The choker, to look at (tests, metrics).

@@ -11,21 +11,22 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{cqueue, types};
 
 use crate::storage::fence::FenceTracker;
 use crate::storage::Segment;
-use crate::swarm::ratelimit::MAX_BLOCK_MESSAGE;
 use crate::wire::{piece_header, BlockRequest};
 
 use super::super::catalog::ServedTorrent;
-use super::super::core::pipeline::{BlockPipeline, Blocks, ReadyBlock, Step};
-use super::super::core::ConnId;
+use super::super::core::pipeline::{Blocks, ReadyBlock};
+use super::super::core::{ConnId, ReadStart, SendSink};
 use super::super::stats::{CloseKind, ShardStats};
 use super::super::stream::seal_outgoing;
 use super::super::uring::{
-    sys, OpKind, ReadPool, Ring, SentBlock, UserData, MAX_BLOCKS_PER_SEND, READ_BUF_SIZE,
+    sys, OpKind, ReadPool, Ring, SendSlot, SentBlock, UserData, MAX_BLOCKS_PER_SEND, READ_BUF_SIZE,
 };
 use super::{ColdRead, Shard};
 
@@ -59,151 +60,36 @@ impl Shard {
         if conn.closing.is_some() || conn.send_slot.is_some() {
             return Ok(());
         }
+        let now = std::time::Instant::now();
         let (slot_id, mut slot) = self.sends.take((idx, conn.id.generation()));
-        // MSE handshake bytes at the head of this send: already in their
-        // final form (the responder encrypted what needs encrypting), so
-        // RC4 below must not touch them.
-        let pre_len = conn.pre_tx.len();
-        if conn.pre_tx.is_empty() {
-            let ctl = conn.peer.poll_transmit();
-            let ctl_len = ctl.len();
-            slot.set_control(ctl);
-            conn.peer.advance_transmit(ctl_len);
-        } else {
-            // The MSE handshake reply goes first.
-            let mut ctl = std::mem::take(&mut conn.pre_tx);
-            ctl.extend_from_slice(conn.peer.poll_transmit());
-            let n = conn.peer.poll_transmit().len();
-            conn.peer.advance_transmit(n);
-            slot.set_control(&ctl);
+        self.policies
+            .credit_for_send(now, idx, conn, MAX_BLOCKS_PER_SEND);
+        // The core decides what this send carries (`core::send`); the sink
+        // builds it over the slot and the read pool.
+        let t = conn.torrent.clone();
+        let id = conn.id;
+        let filled = {
+            let mut sink = SlotSink {
+                slot: &mut slot,
+                reads: &mut self.reads,
+                ring: &mut self.ring,
+                cold: &mut self.cold,
+                fence: &mut self.fence,
+                t: t.as_ref(),
+                conn: id,
+            };
+            let blocks = t.as_deref().map(TorrentBlocks);
+            conn.fill_send(blocks.as_ref(), read_share, &mut sink)?
+        };
+        ShardStats::add(&self.stats.cold_reads, u64::from(filled.reads));
+        if filled.wait_for_buffer {
+            self.read_waiters.push_back(id);
         }
-
-        // Upload cap: ask for a batch's worth of credit when it cannot pay
-        // for a block. No grant: only control bytes go out now.
-        if let (Some(ce), Some(e), Some(t)) = (
-            conn.egress.as_mut(),
-            self.policies.egress_mut(),
-            conn.torrent.as_ref(),
-        ) {
-            let blocks = conn.pipe.blocks_waiting(&conn.peer);
-            if blocks > 0 && ce.wants_credit() {
-                let want = blocks.min(MAX_BLOCKS_PER_SEND) as u64 * MAX_BLOCK_MESSAGE;
-                e.acquire(std::time::Instant::now(), idx, t.id, ce, want, &self.stats);
-            }
-        }
-
-        // Requests whose piece was withdrawn (data changed on disk) since
-        // they were queued: their rejects go out with the next send.
-        let mut withdrawn = false;
-        // Read-pool buffers this flush gave back (parked peers may use them).
-        let mut freed_bufs = 0u32;
-        let mut broken = false;
-        if let Some(t) = conn.torrent.clone() {
-            // The block pipeline decides what goes next (`core::pipeline`);
-            // this loop carries it out.
-            let blocks = TorrentBlocks(&t);
-            loop {
-                let step = conn.pipe.next(
-                    &mut conn.peer,
-                    &blocks,
-                    |n| slot.has_room(n),
-                    conn.egress.as_mut(),
-                    read_share,
-                );
-                match step {
-                    Step::Ready(rb) => {
-                        slot.push_block(
-                            piece_header(rb.req.piece, rb.req.begin, rb.req.len),
-                            SentBlock {
-                                piece: rb.req.piece,
-                                begin: rb.req.begin,
-                                len: rb.req.len,
-                                read_buf: Some(rb.buf),
-                                at: rb.at,
-                            },
-                        );
-                        // The buffer stays reserved until this slot completes.
-                        if !slot.push_read_buf(&self.reads, rb.buf, rb.req.len as usize) {
-                            // Not a buffer of the pool: a bug, never sent as
-                            // some other buffer's bytes.
-                            broken = true;
-                            break;
-                        }
-                    }
-                    Step::Dropped(rb) => {
-                        // SAFETY: a ready block's READ has completed and the
-                        // buffer is in no send: the kernel holds no reference.
-                        unsafe { self.reads.release(rb.buf) };
-                        freed_bufs += 1;
-                        withdrawn = true;
-                    }
-                    Step::Rejected => withdrawn = true,
-                    Step::Mmap { req, at, .. } => {
-                        slot.push_block(
-                            piece_header(req.piece, req.begin, req.len),
-                            SentBlock {
-                                piece: req.piece,
-                                begin: req.begin,
-                                len: req.len,
-                                read_buf: None,
-                                at,
-                            },
-                        );
-                        for seg in
-                            t.layout
-                                .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-                        {
-                            match seg {
-                                Segment::Zero { len } => slot.push_zeros(len as usize),
-                                Segment::File {
-                                    file_index,
-                                    file_offset,
-                                    len,
-                                } => {
-                                    // Zero-copy: the iovec points into the
-                                    // mmap; the slot keeps `t` (and so the
-                                    // mmap) alive.
-                                    slot.push_owned(&t, |t| {
-                                        t.content
-                                            .file_bytes(file_index, file_offset, len)
-                                            .unwrap_or(&[])
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    Step::Read { req, at } => {
-                        let started = start_cold_read(
-                            &mut self.ring,
-                            &mut self.reads,
-                            &mut self.cold,
-                            &mut self.fence,
-                            &t,
-                            conn.id,
-                            &mut conn.pipe,
-                            (req, at),
-                        )?;
-                        if started {
-                            ShardStats::add(&self.stats.cold_reads, 1);
-                            BlockPipeline::paid_read(conn.egress.as_mut(), &req);
-                        } else {
-                            // No buffer free: woken when one is released.
-                            if conn.pipe.no_read_buffer(req, at) {
-                                self.read_waiters.push_back(conn.id);
-                            }
-                            break;
-                        }
-                    }
-                    Step::Stop(_) => break,
-                }
-            }
-        }
-
-        if withdrawn && !conn.dirty {
+        if filled.withdrawn && !conn.dirty {
             conn.dirty = true;
             self.dirty.push(idx);
         }
-        if broken {
+        if filled.broken {
             tracing::error!(
                 shard = self.cfg.index,
                 "read-pool buffer index out of range; closing the peer"
@@ -220,22 +106,13 @@ impl Shard {
             self.wake_read_waiters(u32::MAX);
             return Ok(());
         }
-        if freed_bufs > 0 {
-            self.wake_read_waiters(freed_bufs);
+        if filled.freed_bufs > 0 {
+            self.wake_read_waiters(filled.freed_bufs);
         }
         let Some(conn) = self.conns.at_mut(idx) else {
             return Ok(());
         };
-        // Nothing left to pay for: unused credit goes back to the buckets.
-        if let (Some(ce), Some(e), Some(t)) = (
-            conn.egress.as_mut(),
-            self.policies.egress_mut(),
-            conn.torrent.as_ref(),
-        ) {
-            if ce.has_credit() && conn.pipe.blocks_waiting(&conn.peer) == 0 {
-                e.release(std::time::Instant::now(), idx, t.id, ce, &self.stats);
-            }
-        }
+        self.policies.credit_after_send(now, idx, conn);
         if slot.is_empty() {
             self.sends.put_back(slot_id, slot);
             return Ok(());
@@ -244,11 +121,12 @@ impl Shard {
             // The copying path: RC4 must see every byte in order, except
             // the MSE handshake's own bytes at the head.
             let stream = &mut conn.stream;
+            let pre_len = filled.pre_len;
             slot.flatten_and_transform(|bytes| seal_outgoing(stream, bytes, pre_len));
         }
         if conn.send_slot.is_none() {
             // The send-progress clock starts with the first send in flight.
-            conn.send_watch.send_started(std::time::Instant::now());
+            conn.send_watch.send_started(now);
         }
         conn.send_slot = Some(slot_id);
         slot.epoch = self.fence.begin();
@@ -547,71 +425,165 @@ fn resident(t: &ServedTorrent, mut segs: crate::storage::Segments<'_>) -> bool {
     })
 }
 
-/// Submit READs for `req` into a free read buffer. Ok(false): no buffer free.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn start_cold_read(
-    ring: &mut Ring,
-    reads: &mut ReadPool,
-    cold: &mut [Option<ColdRead>],
-    fence: &mut FenceTracker,
-    t: &ServedTorrent,
-    id: ConnId,
-    pipe: &mut BlockPipeline,
-    (req, at): (BlockRequest, std::time::Instant),
-) -> io::Result<bool> {
-    if req.len as usize > READ_BUF_SIZE {
-        return Ok(false);
+/// The send being built for one connection, as the core fills it
+/// ([`SendSink`]): iovecs into the mmap and the read pool, READs into the
+/// pool. The only code of the send path that touches kernel-bound memory.
+struct SlotSink<'a> {
+    slot: &'a mut SendSlot,
+    reads: &'a mut ReadPool,
+    ring: &'a mut Ring,
+    cold: &'a mut [Option<ColdRead>],
+    fence: &'a mut FenceTracker,
+    /// The connection's torrent (blocks come only once it has one).
+    t: Option<&'a Arc<ServedTorrent>>,
+    conn: ConnId,
+}
+
+impl SendSink for SlotSink<'_> {
+    fn set_control(&mut self, bytes: &[u8]) {
+        self.slot.set_control(bytes);
     }
-    let Some(buf) = reads.alloc() else {
-        return Ok(false);
-    };
-    let mut ops = 0u32;
-    let mut dest = 0usize;
-    let ud = UserData::new(OpKind::Read, 0, buf).encode();
-    let mut segs: Vec<(types::Fd, u64, u32, usize)> = Vec::new();
-    for seg in t
-        .layout
-        .segments(req.piece, u64::from(req.begin), u64::from(req.len))
-    {
-        match seg {
-            Segment::Zero { len } => {
-                reads.zero(buf, dest, len as usize);
-                dest += len as usize;
-            }
-            Segment::File {
-                file_index,
-                file_offset,
-                len,
-            } => {
-                let Some(file) = t.content.files().get(file_index).and_then(|f| f.file()) else {
-                    // SAFETY: no READ was submitted into `buf` yet.
-                    unsafe { reads.release(buf) };
-                    return Ok(false);
-                };
-                segs.push((types::Fd(file.as_raw_fd()), file_offset, len as u32, dest));
-                ops += 1;
-                dest += len as usize;
+
+    fn has_room(&self, iovecs: usize) -> bool {
+        self.slot.has_room(iovecs)
+    }
+
+    fn push_mmap(&mut self, req: BlockRequest, at: Instant) {
+        let Some(t) = self.t else {
+            return;
+        };
+        self.slot.push_block(
+            piece_header(req.piece, req.begin, req.len),
+            SentBlock {
+                piece: req.piece,
+                begin: req.begin,
+                len: req.len,
+                read_buf: None,
+                at,
+            },
+        );
+        for seg in t
+            .layout
+            .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+        {
+            match seg {
+                Segment::Zero { len } => self.slot.push_zeros(len as usize),
+                Segment::File {
+                    file_index,
+                    file_offset,
+                    len,
+                } => {
+                    // Zero-copy: the iovec points into the mmap; the slot
+                    // keeps `t` (and so the mmap) alive.
+                    self.slot.push_owned(t, |t| {
+                        t.content
+                            .file_bytes(file_index, file_offset, len)
+                            .unwrap_or(&[])
+                    });
+                }
             }
         }
     }
-    if ops == 0 {
-        pipe.read_done_at_once(ReadyBlock { req, buf, at });
-        return Ok(true);
+
+    fn push_ready(&mut self, rb: ReadyBlock) -> bool {
+        self.slot.push_block(
+            piece_header(rb.req.piece, rb.req.begin, rb.req.len),
+            SentBlock {
+                piece: rb.req.piece,
+                begin: rb.req.begin,
+                len: rb.req.len,
+                read_buf: Some(rb.buf),
+                at: rb.at,
+            },
+        );
+        // The buffer stays reserved until this slot completes.
+        self.slot
+            .push_read_buf(self.reads, rb.buf, rb.req.len as usize)
     }
-    cold[buf as usize] = Some(ColdRead {
-        conn: id,
-        req,
-        at,
-        ops_left: ops,
-        failed: false,
-        bytes_read: 0,
-        bytes_expected: segs.iter().map(|s| u64::from(s.2)).sum(),
-        epoch: fence.begin(),
-    });
-    pipe.read_submitted();
-    for (fd, off, len, dest) in segs {
-        // A segment always fits: the block is at most READ_BUF_SIZE long.
-        reads.submit_read(ring, buf, dest, fd, off, len, ud)?;
+
+    unsafe fn free_ready(&mut self, rb: ReadyBlock) {
+        // SAFETY: the caller guarantees the READ completed and the buffer
+        // is in no send.
+        unsafe { self.reads.release(rb.buf) };
     }
-    Ok(true)
+
+    /// READs for `req` into a free pool buffer, one per file it spans.
+    fn start_read(&mut self, req: BlockRequest, at: Instant) -> io::Result<ReadStart> {
+        let Some(t) = self.t else {
+            return Ok(ReadStart::NoBuffer);
+        };
+        if req.len as usize > READ_BUF_SIZE {
+            return Ok(ReadStart::NoBuffer);
+        }
+        let Some(buf) = self.reads.alloc() else {
+            return Ok(ReadStart::NoBuffer);
+        };
+        // One READ per file the block spans: on the stack, unless the block
+        // spans more than MAX_READ_SEGMENTS files (tiny files; rare).
+        let mut segs: [ReadSeg; MAX_READ_SEGMENTS] = [(types::Fd(-1), 0, 0, 0); MAX_READ_SEGMENTS];
+        let mut spill: Vec<ReadSeg> = Vec::new();
+        let mut ops = 0usize;
+        let mut dest = 0usize;
+        let mut file_bytes = 0u64;
+        for seg in t
+            .layout
+            .segments(req.piece, u64::from(req.begin), u64::from(req.len))
+        {
+            match seg {
+                Segment::Zero { len } => {
+                    self.reads.zero(buf, dest, len as usize);
+                    dest += len as usize;
+                }
+                Segment::File {
+                    file_index,
+                    file_offset,
+                    len,
+                } => {
+                    let Some(file) = t.content.files().get(file_index).and_then(|f| f.file())
+                    else {
+                        // SAFETY: no READ was submitted into `buf` yet.
+                        unsafe { self.reads.release(buf) };
+                        return Ok(ReadStart::NoBuffer);
+                    };
+                    let seg = (types::Fd(file.as_raw_fd()), file_offset, len as u32, dest);
+                    match segs.get_mut(ops) {
+                        Some(s) => *s = seg,
+                        None => spill.push(seg),
+                    }
+                    ops += 1;
+                    dest += len as usize;
+                    file_bytes += len;
+                }
+            }
+        }
+        if ops == 0 {
+            return Ok(ReadStart::Done { buf });
+        }
+        self.cold[buf as usize] = Some(ColdRead {
+            conn: self.conn,
+            req,
+            at,
+            ops_left: ops as u32,
+            failed: false,
+            bytes_read: 0,
+            bytes_expected: file_bytes,
+            epoch: self.fence.begin(),
+        });
+        let ud = UserData::new(OpKind::Read, 0, buf).encode();
+        let on_stack = ops.min(MAX_READ_SEGMENTS);
+        for &(fd, off, len, dest) in segs[..on_stack].iter().chain(&spill) {
+            // A segment always fits: the block is at most READ_BUF_SIZE long.
+            self.reads
+                .submit_read(self.ring, buf, dest, fd, off, len, ud)?;
+        }
+        Ok(ReadStart::Submitted)
+    }
 }
+
+/// One READ of a block: the file, its offset, the length, and where in
+/// the pool buffer it lands.
+type ReadSeg = (types::Fd, u64, u32, usize);
+
+/// Files one block's READs are kept on the stack for; a block spanning
+/// more (files of a few bytes each) spills into a `Vec`.
+const MAX_READ_SEGMENTS: usize = 16;
