@@ -3,10 +3,16 @@
 //! handle its completion (partial sends, SEND_ZC notifications), and read
 //! blocks whose pages are not resident into the read pool first.
 //!
+//! What a batch carries is the core's decision (`Conn::fill_send` in
+//! `core::send`); this file is the [`SendSink`] it fills (`SlotSink`: the
+//! slot's iovecs, the read pool's buffers, the READs) and what happens
+//! around it: submitting, completions, freeing what the kernel is done
+//! with.
+//!
 //! Under an upload cap a connection pays `13 + len` credit per block when
 //! the block is committed (to this send, or to a disk read whose result a
 //! later send carries); without credit it sends only control bytes and
-//! waits for the limiter (see [`super::egress`]). Uncapped connections
+//! waits for the limiter (see `core::egress`). Uncapped connections
 //! (`conn.egress` is `None`) skip all of it.
 
 use std::io;
@@ -60,7 +66,7 @@ impl Shard {
         if conn.closing.is_some() || conn.send_slot.is_some() {
             return Ok(());
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let (slot_id, mut slot) = self.sends.take((idx, conn.id.generation()));
         self.policies
             .credit_for_send(now, idx, conn, MAX_BLOCKS_PER_SEND);
@@ -197,7 +203,7 @@ impl Shard {
         if res > 0 {
             self.hist.record_send_size(res as u64);
             if let Some(c) = self.conn_mut(cidx, cgen) {
-                c.send_watch.progressed(std::time::Instant::now());
+                c.send_watch.progressed(Instant::now());
             }
         }
         let Some(slot) = self.sends.get_mut(slot_id) else {
@@ -225,7 +231,7 @@ impl Shard {
         let free = slot.notifs == 0;
         let payload: u64 = slot.blocks.iter().map(|b| u64::from(b.len)).sum();
         let blocks = slot.blocks.len() as u64;
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         for b in &slot.blocks {
             self.hist
                 .record_request_to_send(now.saturating_duration_since(b.at));
