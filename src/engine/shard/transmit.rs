@@ -91,10 +91,6 @@ impl Shard {
         if filled.wait_for_buffer {
             self.read_waiters.push_back(id);
         }
-        if filled.withdrawn && !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(idx);
-        }
         if filled.broken {
             tracing::error!(
                 shard = self.cfg.index,
@@ -114,6 +110,10 @@ impl Shard {
         }
         if filled.freed_bufs > 0 {
             self.wake_read_waiters(filled.freed_bufs);
+        }
+        if filled.withdrawn {
+            // Rejects were queued: they go with the next send.
+            self.mark_dirty(idx);
         }
         let Some(conn) = self.conns.at_mut(idx) else {
             return Ok(());
