@@ -38,7 +38,9 @@
 //! - Whatever cannot go on now waits in `parked`, first in line next time.
 //!   Blocks go out in request order except that resident blocks do not
 //!   wait behind one being read from disk (BitTorrent lets a seed answer
-//!   requests in any order; libtorrent does the same).
+//!   requests in any order; libtorrent does the same). A second cold
+//!   block does wait (one read at a time per connection), and the blocks
+//!   behind it wait with it until the first read completes.
 
 use std::collections::VecDeque;
 use std::time::Instant;
