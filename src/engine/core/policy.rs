@@ -237,18 +237,18 @@ impl Policies {
     /// queue empty): its unused credit goes back to the pools and it leaves
     /// the limiters' queues.
     pub fn release_credit(&mut self, now: Instant, table: &mut ConnTable<Conn>, idx: u32) {
-        let (Some(e), Some(c)) = (self.egress.as_mut(), table.at_mut(idx)) else {
-            return;
-        };
-        let (Some(ce), Some(t)) = (c.egress.as_mut(), c.torrent.as_ref()) else {
+        if let Some(c) = table.at_mut(idx) {
+            self.release_credit_of(now, idx, c);
+        }
+    }
+
+    fn release_credit_of(&mut self, now: Instant, idx: u32, c: &mut Conn) {
+        let (Some(e), Some(ce), Some(t)) =
+            (self.egress.as_mut(), c.egress.as_mut(), c.torrent.as_ref())
+        else {
             return;
         };
         e.release(now, idx, t.id, ce, &self.stats);
-    }
-
-    /// The upload cap's limiters; `None` while nothing is capped.
-    pub fn egress_mut(&mut self) -> Option<&mut Egress> {
-        self.egress.as_mut()
     }
 
     /// Before a send of `c` (slot `idx`) is filled: when it has blocks
@@ -272,13 +272,9 @@ impl Policies {
     /// After a send of `c` was filled: with nothing left to pay for, its
     /// unused credit goes back to the pools.
     pub fn credit_after_send(&mut self, now: Instant, idx: u32, c: &mut Conn) {
-        let (Some(e), Some(ce), Some(t)) =
-            (self.egress.as_mut(), c.egress.as_mut(), c.torrent.as_ref())
-        else {
-            return;
-        };
-        if ce.has_credit() && c.pipe.blocks_waiting(&c.peer) == 0 {
-            e.release(now, idx, t.id, ce, &self.stats);
+        let has_credit = c.egress.as_ref().is_some_and(|ce| ce.has_credit());
+        if has_credit && c.pipe.blocks_waiting(&c.peer) == 0 {
+            self.release_credit_of(now, idx, c);
         }
     }
 
